@@ -1,0 +1,50 @@
+# steadfast developer and CI entry points. `make test` is the one command the
+# README and CI use: it installs (as root, via apt, only if missing) and starts
+# PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (see internal/testenv/services.sh),
+# runs every test with the race detector against them, and stops what it
+# started even when tests fail.
+
+SHELL := /bin/bash
+GO ?= go
+SERVICES := bash internal/testenv/services.sh
+
+PKGS ?= ./...
+TESTFLAGS ?=
+TESTTIMEOUT ?= 60m
+BENCH ?= .
+BENCHTIME ?= 1s
+BENCHCOUNT ?= 3
+BENCHFLAGS ?=
+BENCHOUT ?= .services/bench.txt
+
+.PHONY: test services services-down services-status bench lint
+
+## test: start backends, run all tests with -race (extra flags: TESTFLAGS=...), stop backends
+test:
+	STEADFAST_REQUIRE_BACKENDS=1 $(SERVICES) run -- \
+		$(GO) test -race -count=1 -timeout $(TESTTIMEOUT) $(TESTFLAGS) $(PKGS)
+
+## services: start the backends and keep them up; then `. .services/env`
+services:
+	$(SERVICES) up
+
+## services-down: stop the backends that `make services` / services.sh started
+services-down:
+	$(SERVICES) down
+
+services-status:
+	$(SERVICES) status
+
+## bench: start backends, run benchmarks (BENCH, BENCHTIME, BENCHCOUNT, PKGS), save to BENCHOUT
+bench:
+	STEADFAST_REQUIRE_BACKENDS=1 $(SERVICES) run --tee $(BENCHOUT) -- \
+		$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime '$(BENCHTIME)' -count $(BENCHCOUNT) -benchmem $(BENCHFLAGS) $(PKGS)
+	@echo; echo "== each figure beside its raw baseline from the same run (medians; ratio > 1 means faster than raw)"
+	@$(GO) run ./internal/benchtable < $(BENCHOUT)
+	@echo "raw benchmark output saved to $(BENCHOUT)"
+
+## lint: gofmt must report nothing, go vet must pass
+lint:
+	@unformatted="$$(gofmt -l .)"; \
+	if [ -n "$$unformatted" ]; then echo "gofmt -l reports unformatted files:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet $(PKGS)

@@ -1,0 +1,258 @@
+// Package memory is an in-process broker: the zero-infrastructure backend for
+// examples and for unit-testing handlers.
+//
+// It behaves like a persistent broker with consumer groups, inside one
+// process: every group receives every message of a topic; the members of a
+// group (each Subscribe call) compete for messages; messages sharing a key are
+// handled one at a time in publish order while different keys run in
+// parallel; a handler error redelivers the message with a growing
+// Delivery.Attempt after a backoff, keeping its key blocked so order holds;
+// messages published while no member runs wait for the next one. A group that
+// subscribes for the first time starts at the first message of the topic, as
+// a Kafka group with auto.offset.reset=earliest does.
+//
+// Acknowledgement is exact: a handler that returned nil is never redelivered,
+// so the broker produces no duplicates of its own. Nothing survives the
+// process; every published message stays in memory for the Broker's life,
+// which is what tests and examples want and what a production service does
+// not.
+package memory
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/steadfast-go/steadfast/broker"
+)
+
+// Config tunes a Broker. The zero value is ready to use.
+type Config struct {
+	// MaxMessageBytes is the largest Message.Size accepted by Publish.
+	// Default broker.DefaultMaxMessageBytes.
+	MaxMessageBytes int
+	// RedeliveryBackoff returns how long a failed message waits before its
+	// next delivery; attempt is the number of deliveries so far (1 after the
+	// first failure). Default: 5ms doubling per attempt, capped at 1s.
+	RedeliveryBackoff func(attempt int) time.Duration
+	// DrainTimeout bounds how long a stopping subscription waits for running
+	// handlers before cancelling their context. Their results are still
+	// recorded when they return. Default 30s.
+	DrainTimeout time.Duration
+}
+
+// DefaultRedeliveryBackoff is the backoff used when Config.RedeliveryBackoff
+// is nil.
+func DefaultRedeliveryBackoff(attempt int) time.Duration {
+	d := 5 * time.Millisecond
+	for i := 1; i < attempt && d < time.Second; i++ {
+		d *= 2
+	}
+	return min(d, time.Second)
+}
+
+// Broker is an in-process broker. It implements broker.Publisher and
+// broker.Subscriber and is safe for concurrent use. Create it with New.
+type Broker struct {
+	cfg    Config
+	mu     sync.Mutex
+	topics map[string]*topic
+	closed bool
+	done   chan struct{}
+}
+
+var (
+	_ broker.Publisher  = (*Broker)(nil)
+	_ broker.Subscriber = (*Broker)(nil)
+)
+
+// New returns an empty broker.
+func New(cfg Config) *Broker {
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = broker.DefaultMaxMessageBytes
+	}
+	if cfg.RedeliveryBackoff == nil {
+		cfg.RedeliveryBackoff = DefaultRedeliveryBackoff
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	return &Broker{cfg: cfg, topics: make(map[string]*topic), done: make(chan struct{})}
+}
+
+type topic struct {
+	log    []broker.Message
+	groups map[string]*group
+}
+
+// Publish appends msgs to their topics and makes them available to every
+// group. It returns broker.ErrClosed after Close and ctx.Err() when ctx is
+// already done; otherwise all messages are accepted atomically.
+func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	msgs, err := broker.Normalize(msgs, b.cfg.MaxMessageBytes)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return broker.ErrClosed
+	}
+	touched := make(map[*group]struct{})
+	for _, m := range msgs {
+		t := b.topic(m.Topic)
+		off := int64(len(t.log))
+		t.log = append(t.log, m)
+		for _, g := range t.groups {
+			g.enqueue(m, off)
+			touched[g] = struct{}{}
+		}
+	}
+	for g := range touched {
+		g.broadcast()
+	}
+	return nil
+}
+
+// Published returns a copy of every message published to topic so far, in
+// publish order. Tests use it to assert what a component sent.
+func (b *Broker) Published(topic string) []broker.Message {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.topics[topic]
+	if t == nil {
+		return nil
+	}
+	return append([]broker.Message(nil), t.log...)
+}
+
+// Pending returns how many messages of topic the group has not yet
+// acknowledged, in flight included. A group that never subscribed has
+// every message of the topic pending.
+func (b *Broker) Pending(topic, group string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.topics[topic]
+	if t == nil {
+		return 0
+	}
+	if g := t.groups[group]; g != nil {
+		return g.pending
+	}
+	return len(t.log)
+}
+
+// Close stops the broker: Publish returns broker.ErrClosed, and running
+// Subscribe calls drain their in-flight handlers and return
+// broker.ErrClosed. Close is idempotent.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.closed {
+		b.closed = true
+		close(b.done)
+	}
+	return nil
+}
+
+// topic returns the named topic, creating it. Callers hold b.mu.
+func (b *Broker) topic(name string) *topic {
+	t := b.topics[name]
+	if t == nil {
+		t = &topic{groups: make(map[string]*group)}
+		b.topics[name] = t
+	}
+	return t
+}
+
+// Subscribe joins sub.Group on sub.Topic and runs h with up to
+// sub.Concurrency handlers at once until ctx is cancelled (returns nil) or the
+// broker is closed (returns broker.ErrClosed). See package doc for the
+// delivery guarantees.
+func (b *Broker) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
+	if err := broker.CheckSubscribe(sub, h); err != nil {
+		return err
+	}
+	sub = sub.WithDefaults()
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return broker.ErrClosed
+	}
+	t := b.topic(sub.Topic)
+	g := t.groups[sub.Group]
+	if g == nil {
+		g = newGroup(&b.mu, sub.Group)
+		for off, m := range t.log {
+			g.enqueue(m, int64(off))
+		}
+		t.groups[sub.Group] = g
+	}
+	b.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for range sub.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.work(ctx, g, h)
+		}()
+	}
+	wg.Wait()
+	select {
+	case <-b.done:
+		if ctx.Err() == nil {
+			return fmt.Errorf("memory: subscribe %q/%q: %w", sub.Topic, sub.Group, broker.ErrClosed)
+		}
+	default:
+	}
+	return nil
+}
+
+// work takes deliveries from g and runs h until ctx ends or the broker
+// closes. A delivery taken is always completed, whatever happens to ctx.
+func (b *Broker) work(ctx context.Context, g *group, h broker.Handler) {
+	for {
+		e, ok := g.take(ctx, b.done)
+		if !ok {
+			return
+		}
+		err := b.run(ctx, h, e)
+		g.complete(e, err, b.cfg.RedeliveryBackoff)
+	}
+}
+
+// run calls h for e with a context that survives ctx's cancellation for up to
+// DrainTimeout, and turns a handler panic into an error so the message is
+// redelivered instead of lost.
+func (b *Broker) run(ctx context.Context, h broker.Handler, e *entry) (err error) {
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(b.cfg.DrainTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-hctx.Done():
+		}
+	})
+	defer stop()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("memory: handler panicked: %v", r)
+		}
+	}()
+	return h(hctx, broker.Delivery{
+		Message:     e.msg,
+		Attempt:     e.attempt,
+		Redelivered: e.attempt > 1,
+		Group:       e.group,
+		Partition:   -1,
+		Offset:      e.offset,
+	})
+}

@@ -1,0 +1,124 @@
+package memory_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/brokertest"
+	"github.com/steadfast-go/steadfast/broker/memory"
+)
+
+func TestConformance(t *testing.T) {
+	brokertest.Run(t, brokertest.Features{
+		ConsumerGroups: true,
+		Persistent:     true,
+		PerKeyOrder:    true,
+		ExactlyOnce:    true,
+	}, func(t *testing.T) brokertest.Backend {
+		b := memory.New(memory.Config{})
+		t.Cleanup(func() { b.Close() })
+		return brokertest.Backend{Publisher: b, Subscriber: b}
+	})
+}
+
+func TestCloseStopsSubscribers(t *testing.T) {
+	b := memory.New(memory.Config{})
+	done := make(chan error, 1)
+	var handled atomic.Int64
+	go func() {
+		done <- b.Subscribe(context.Background(), broker.Subscription{Topic: "t", Group: "g"}, func(context.Context, broker.Delivery) error {
+			handled.Add(1)
+			return nil
+		})
+	}()
+	if err := b.Publish(context.Background(), broker.NewMessage("t", []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	for handled.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	b.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, broker.ErrClosed) {
+			t.Fatalf("Subscribe after Close = %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Subscribe did not return after Close")
+	}
+	if err := b.Publish(context.Background(), broker.NewMessage("t", nil)); !errors.Is(err, broker.ErrClosed) {
+		t.Fatalf("Publish after Close = %v, want ErrClosed", err)
+	}
+	if err := b.Subscribe(context.Background(), broker.Subscription{Topic: "t", Group: "g"}, func(context.Context, broker.Delivery) error { return nil }); !errors.Is(err, broker.ErrClosed) {
+		t.Fatalf("Subscribe on closed broker = %v, want ErrClosed", err)
+	}
+}
+
+func TestHandlerPanicRedelivers(t *testing.T) {
+	b := memory.New(memory.Config{RedeliveryBackoff: func(int) time.Duration { return time.Millisecond }})
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := b.Publish(ctx, broker.NewMessage("t", []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan int, 2)
+	go b.Subscribe(ctx, broker.Subscription{Topic: "t", Group: "g"}, func(_ context.Context, d broker.Delivery) error {
+		if d.Attempt == 1 {
+			panic("boom")
+		}
+		got <- d.Attempt
+		return nil
+	})
+	select {
+	case a := <-got:
+		if a != 2 {
+			t.Fatalf("attempt after panic = %d, want 2", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("message lost after handler panic")
+	}
+	if p := b.Pending("t", "g"); p != 0 {
+		// The ack is recorded right after the handler returns.
+		time.Sleep(50 * time.Millisecond)
+		if p = b.Pending("t", "g"); p != 0 {
+			t.Fatalf("pending = %d after success, want 0", p)
+		}
+	}
+}
+
+func TestDrainTimeoutCancelsHandlerContext(t *testing.T) {
+	b := memory.New(memory.Config{DrainTimeout: 50 * time.Millisecond})
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := b.Publish(ctx, broker.NewMessage("t", []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- b.Subscribe(ctx, broker.Subscription{Topic: "t", Group: "g"}, func(hctx context.Context, d broker.Delivery) error {
+			close(started)
+			<-hctx.Done()
+			return hctx.Err()
+		})
+	}()
+	<-started
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Subscribe = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler context not cancelled after the drain timeout")
+	}
+	// The handler failed, so the message is still pending.
+	if p := b.Pending("t", "g"); p != 1 {
+		t.Fatalf("pending = %d, want 1", p)
+	}
+}

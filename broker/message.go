@@ -1,0 +1,141 @@
+package broker
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Well-known header names. Adapters map the ones their protocol has a native
+// field for (RabbitMQ correlation-id, content-type, type) and carry the rest as
+// plain headers, so a message round-trips unchanged through every broker.
+const (
+	HeaderType          = "type"
+	HeaderContentType   = "content-type"
+	HeaderCorrelationID = "correlation-id"
+	HeaderCausationID   = "causation-id"
+	HeaderTraceparent   = "traceparent"
+	HeaderTracestate    = "tracestate"
+)
+
+// DefaultMaxMessageBytes is the size limit Normalize applies when a caller
+// passes no limit of its own. It matches Kafka's default message.max.bytes.
+const DefaultMaxMessageBytes = 1 << 20
+
+// Message is the unit every pattern publishes and consumes.
+//
+// ID identifies the message across retries and redeliveries; consumers
+// deduplicate on it. Key is the ordering unit: messages sharing a non-empty
+// Key are delivered in publish order within a consumer group. An empty Key
+// means the message has no ordering constraint.
+type Message struct {
+	// ID is unique and stable across retries. Normalize fills an empty ID
+	// with a UUIDv7, which sorts by creation time.
+	ID string
+	// Topic names the destination: a Kafka topic, a RabbitMQ exchange routing
+	// key, or a memory broker topic. It must not be empty.
+	Topic string
+	// Key is the Kafka record key or the RabbitMQ routing key and the unit of
+	// ordering everywhere.
+	Key string
+	// Payload is opaque to the broker.
+	Payload []byte
+	// Headers carry metadata such as type, content-type, correlation-id,
+	// causation-id and traceparent.
+	Headers map[string]string
+	// Time is when the message was created. Normalize fills a zero Time with
+	// the current time. Brokers keep at least millisecond precision.
+	Time time.Time
+}
+
+// NewMessage returns a message for topic with a fresh UUIDv7 ID and the
+// current time.
+func NewMessage(topic string, payload []byte) Message {
+	return Message{ID: NewID(), Topic: topic, Payload: payload, Time: time.Now()}
+}
+
+// NewID returns a new UUIDv7 string. It falls back to a random UUIDv4 only if
+// the system clock or random source fails, so it never returns an empty ID.
+func NewID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return uuid.NewString()
+	}
+	return id.String()
+}
+
+// Header returns the value of header k, or "" when absent.
+func (m Message) Header(k string) string { return m.Headers[k] }
+
+// Size is the number of bytes the message occupies on the wire, not counting
+// protocol framing: key, payload, and header names and values.
+func (m Message) Size() int {
+	n := len(m.Key) + len(m.Payload)
+	for k, v := range m.Headers {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
+// Validate reports why m cannot be published: ErrEmptyTopic, or
+// ErrMessageTooLarge when Size exceeds maxBytes (maxBytes <= 0 means
+// DefaultMaxMessageBytes).
+func (m Message) Validate(maxBytes int) error {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxMessageBytes
+	}
+	if m.Topic == "" {
+		return ErrEmptyTopic
+	}
+	if s := m.Size(); s > maxBytes {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, s, maxBytes)
+	}
+	return nil
+}
+
+// Normalize validates every message and returns copies with an empty ID
+// filled by NewID and a zero Time filled with the current time. Adapters call
+// it at the start of Publish, so a batch with one bad message is rejected as a
+// whole before anything is sent. The returned error wraps the sentinel
+// (ErrEmptyTopic, ErrMessageTooLarge) and names the message's index.
+func Normalize(msgs []Message, maxBytes int) ([]Message, error) {
+	out := make([]Message, len(msgs))
+	now := time.Now()
+	for i, m := range msgs {
+		if err := m.Validate(maxBytes); err != nil {
+			return nil, fmt.Errorf("broker: message %d (id %q, topic %q): %w", i, m.ID, m.Topic, err)
+		}
+		if m.ID == "" {
+			m.ID = NewID()
+		}
+		if m.Time.IsZero() {
+			m.Time = now
+		}
+		out[i] = m
+	}
+	return out, nil
+}
+
+// Delivery is a message as a subscriber received it, with what the broker
+// knows about this delivery.
+type Delivery struct {
+	Message
+	// Attempt is 1 on the first delivery and grows by one on each
+	// redelivery the adapter knows of.
+	Attempt int
+	// Redelivered reports that the message may have been handed to a
+	// handler before (Attempt > 1, or the broker's own redelivery flag).
+	Redelivered bool
+	// Group is the consumer group that received the message.
+	Group string
+	// Partition is the Kafka partition, or -1 where the broker has none.
+	Partition int32
+	// Offset is the Kafka offset or the memory broker's sequence number,
+	// or -1 where the broker has none.
+	Offset int64
+	// Queue is the RabbitMQ queue the message was consumed from.
+	Queue string
+	// DeliveryTag is the RabbitMQ delivery tag, 0 elsewhere.
+	DeliveryTag uint64
+}
