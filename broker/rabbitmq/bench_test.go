@@ -1,0 +1,277 @@
+package rabbitmq_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/rabbitmq"
+	"github.com/steadfast-go/steadfast/internal/testenv"
+)
+
+// The benchmarks compare the adapter with plain amqp091-go doing the same
+// work on the same node in the same run: 1 KB persistent messages to a
+// durable classic queue, publisher confirms with mandatory routing,
+// manual acks. `make bench` prints them side by side.
+
+const benchWindow = 1000
+
+var benchPayload = make([]byte, 1024)
+
+// benchTopic declares a topic exchange with one durable queue bound to it
+// and returns their names and a cleanup that deletes both.
+func benchTopic(b *testing.B, ch *amqp.Channel, queueArgs amqp.Table) (exchange, queue string, cleanup func()) {
+	b.Helper()
+	exchange, queue = testenv.Name(b, "bx"), testenv.Name(b, "bq")
+	if err := ch.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, queueArgs); err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.QueueBind(queue, "#", exchange, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	return exchange, queue, func() {
+		_, _ = ch.QueueDelete(queue, false, false, false)
+		_ = ch.ExchangeDelete(exchange, false, false)
+	}
+}
+
+func rawConn(b *testing.B, url string) (*amqp.Connection, *amqp.Channel) {
+	b.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return conn, ch
+}
+
+func rawPublishing(i int) amqp.Publishing {
+	return amqp.Publishing{
+		DeliveryMode: amqp.Persistent,
+		MessageId:    broker.NewID(),
+		Timestamp:    time.Now(),
+		Body:         benchPayload,
+		Headers:      amqp.Table{"seq": fmt.Sprint(i)},
+	}
+}
+
+// rawWindowPublish publishes n messages on ch (in confirm mode) with up to
+// benchWindow unconfirmed at a time.
+func rawWindowPublish(b *testing.B, ch *amqp.Channel, exchange string, n int) {
+	b.Helper()
+	returns := ch.NotifyReturn(make(chan amqp.Return, 1))
+	window := make([]*amqp.DeferredConfirmation, 0, benchWindow)
+	wait := func(dc *amqp.DeferredConfirmation) {
+		if !dc.Wait() {
+			b.Fatal("nack")
+		}
+	}
+	for i := range n {
+		if len(window) == benchWindow {
+			wait(window[0])
+			window = window[1:]
+		}
+		dc, err := ch.PublishWithDeferredConfirm(exchange, fmt.Sprintf("k%d", i%64), true, false, rawPublishing(i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		window = append(window, dc)
+	}
+	for _, dc := range window {
+		wait(dc)
+	}
+	select {
+	case r := <-returns:
+		b.Fatalf("message returned: %s", r.ReplyText)
+	default:
+	}
+}
+
+func msgsPerSec(b *testing.B, start time.Time) {
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}
+
+func benchMessages(topic string, n int) []broker.Message {
+	msgs := make([]broker.Message, n)
+	for i := range msgs {
+		msgs[i] = broker.NewMessage(topic, benchPayload)
+		msgs[i].Key = fmt.Sprintf("k%d", i%64)
+		msgs[i].Headers = map[string]string{"seq": fmt.Sprint(i)}
+	}
+	return msgs
+}
+
+func BenchmarkPublish(b *testing.B) {
+	url := testenv.RabbitMQURL(b)
+	b.Run("1KB/raw", func(b *testing.B) {
+		_, ch := rawConn(b, url)
+		if err := ch.Confirm(false); err != nil {
+			b.Fatal(err)
+		}
+		ex, _, cleanup := benchTopic(b, ch, nil)
+		defer cleanup()
+		b.ResetTimer()
+		start := time.Now()
+		for i := range b.N {
+			dc, err := ch.PublishWithDeferredConfirm(ex, fmt.Sprintf("k%d", i%64), true, false, rawPublishing(i))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if !dc.Wait() {
+				b.Fatal("nack")
+			}
+		}
+		msgsPerSec(b, start)
+		b.StopTimer()
+	})
+	b.Run("1KB/raw-window", func(b *testing.B) {
+		_, ch := rawConn(b, url)
+		if err := ch.Confirm(false); err != nil {
+			b.Fatal(err)
+		}
+		ex, _, cleanup := benchTopic(b, ch, nil)
+		defer cleanup()
+		b.ResetTimer()
+		start := time.Now()
+		rawWindowPublish(b, ch, ex, b.N)
+		msgsPerSec(b, start)
+		b.StopTimer()
+	})
+
+	adapter := func(b *testing.B, publishers, batch int) {
+		_, ch := rawConn(b, url)
+		ex, _, cleanup := benchTopic(b, ch, nil)
+		defer cleanup()
+		pub, err := rabbitmq.NewPublisher(dial(b, url), rabbitmq.PublisherConfig{NoDeclare: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pub.Close()
+		msgs := benchMessages(ex, b.N)
+		var next atomic.Int64
+		ctx := context.Background()
+		b.ResetTimer()
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range publishers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					hi := int(next.Add(int64(batch)))
+					lo := hi - batch
+					if lo >= len(msgs) {
+						return
+					}
+					if err := pub.Publish(ctx, msgs[lo:min(hi, len(msgs))]...); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		msgsPerSec(b, start)
+		b.StopTimer()
+	}
+	// One message per call, one call at a time: the round trip per
+	// message of the raw loop.
+	b.Run("1KB/steadfast-single-vs-raw", func(b *testing.B) { adapter(b, 1, 1) })
+	// Four callers with batches of 250: at most 1000 unconfirmed, as the
+	// raw window.
+	b.Run("1KB/steadfast-vs-raw-window", func(b *testing.B) { adapter(b, 4, 250) })
+	// One caller with batches of 1000: the window drains at the end of
+	// each call.
+	b.Run("1KB/steadfast-batch1000-vs-raw-window", func(b *testing.B) { adapter(b, 1, 1000) })
+	// 64 callers publishing one message each and waiting for its confirm,
+	// as request handlers do: the raw loop's work, made concurrent by the
+	// channel pool.
+	b.Run("1KB/steadfast-64x1-vs-raw", func(b *testing.B) { adapter(b, 64, 1) })
+}
+
+func BenchmarkConsume(b *testing.B) {
+	url := testenv.RabbitMQURL(b)
+	const prefetch = 256
+	b.Run("1KB/raw", func(b *testing.B) {
+		_, ch := rawConn(b, url)
+		if err := ch.Confirm(false); err != nil {
+			b.Fatal(err)
+		}
+		ex, q, cleanup := benchTopic(b, ch, nil)
+		defer cleanup()
+		rawWindowPublish(b, ch, ex, b.N)
+		_, cch := rawConn(b, url)
+		if err := cch.Qos(prefetch, 0, false); err != nil {
+			b.Fatal(err)
+		}
+		b.ResetTimer()
+		start := time.Now()
+		deliveries, err := cch.Consume(q, "", false, false, false, false, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range b.N {
+			d := <-deliveries
+			if err := d.Ack(false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		msgsPerSec(b, start)
+		b.StopTimer()
+		cch.Close()
+	})
+	adapter := func(b *testing.B, cfg rabbitmq.SubscriberConfig, concurrency int) {
+		_, ch := rawConn(b, url)
+		if err := ch.Confirm(false); err != nil {
+			b.Fatal(err)
+		}
+		sub, err := rabbitmq.NewSubscriber(dial(b, url), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sub.Close()
+		topic := testenv.Name(b, "bt")
+		topo, err := sub.Topology(topic, "g")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := sub.Setup(context.Background(), topic, "g"); err != nil {
+			b.Fatal(err)
+		}
+		conn := dial(b, url)
+		defer conn.Delete(context.Background(), topo)
+		rawWindowPublish(b, ch, topic, b.N)
+		var handled atomic.Int64
+		done := make(chan struct{})
+		ctx, cancel := context.WithCancel(context.Background())
+		b.ResetTimer()
+		start := time.Now()
+		go func() {
+			_ = sub.Subscribe(ctx, broker.Subscription{Topic: topic, Group: "g", Concurrency: concurrency}, func(context.Context, broker.Delivery) error {
+				if handled.Add(1) == int64(b.N) {
+					close(done)
+				}
+				return nil
+			})
+		}()
+		<-done
+		msgsPerSec(b, start)
+		b.StopTimer()
+		cancel()
+	}
+	b.Run("1KB/steadfast", func(b *testing.B) { adapter(b, rabbitmq.SubscriberConfig{Prefetch: prefetch}, 16) })
+	b.Run("1KB/steadfast-defaults", func(b *testing.B) { adapter(b, rabbitmq.SubscriberConfig{}, 0) })
+}

@@ -1,0 +1,579 @@
+package rabbitmq
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/steadfast-go/steadfast/broker"
+)
+
+// Config configures a connection. URL is required; every other field has a
+// documented default.
+type Config struct {
+	// URL is the amqp:// or amqps:// URL of the broker, with credentials
+	// and vhost, e.g. amqp://guest:guest@localhost:5672/. Required.
+	URL string
+	// Name is the connection name shown by the management UI and
+	// rabbitmqctl list_connections. Default "steadfast".
+	Name string
+	// Logger receives connection-lifecycle events (lost, reconnected,
+	// topology re-declared). Default: a logger that discards everything.
+	Logger *slog.Logger
+	// ReconnectMin and ReconnectMax bound the exponential backoff (with
+	// jitter) between reconnection attempts. Defaults 100ms and 5s.
+	ReconnectMin, ReconnectMax time.Duration
+	// DialTimeout bounds one TCP connect plus AMQP handshake. Default 10s.
+	DialTimeout time.Duration
+	// Heartbeat is the AMQP heartbeat interval; a peer silent for two
+	// intervals counts as lost. Default 10s.
+	Heartbeat time.Duration
+	// TLS configures amqps:// connections. Default: the system roots and
+	// the URL's host name.
+	TLS *tls.Config
+	// MeterProvider and TracerProvider receive the metrics and spans of
+	// the publishers and subscribers built on the connection. Default: no-op
+	// providers (nothing is recorded; no global provider is consulted).
+	MeterProvider  metric.MeterProvider
+	TracerProvider trace.TracerProvider
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.URL == "" {
+		return c, fmt.Errorf("%w: Config.URL is empty", ErrInvalidConfig)
+	}
+	if _, err := amqp.ParseURI(c.URL); err != nil {
+		return c, fmt.Errorf("%w: Config.URL: %v", ErrInvalidConfig, err)
+	}
+	if c.Name == "" {
+		c.Name = "steadfast"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.ReconnectMin <= 0 {
+		c.ReconnectMin = 100 * time.Millisecond
+	}
+	if c.ReconnectMax <= 0 {
+		c.ReconnectMax = 5 * time.Second
+	}
+	if c.ReconnectMax < c.ReconnectMin {
+		return c, fmt.Errorf("%w: ReconnectMax %v < ReconnectMin %v", ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 10 * time.Second
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 10 * time.Second
+	}
+	return c, nil
+}
+
+// Conn is a self-healing AMQP connection. amqp091-go does not reconnect by
+// itself (its experimental recovery is left off); Conn watches the
+// connection, redials with exponential backoff when it is lost, declares
+// again every topology declared through it, and only then lets publishers
+// and subscribers open channels on the new connection. Publishers resend
+// what was not confirmed and subscribers resume consuming (see their docs).
+//
+// Conn is safe for concurrent use. RabbitMQ advises separate connections for
+// publishing and consuming, so that flow control applied to a fast
+// publisher does not delay a consumer's acks: Dial twice for that.
+type Conn struct {
+	cfg   Config
+	log   *slog.Logger
+	tel   *telemetry
+	done  chan struct{}
+	wg    sync.WaitGroup
+	topoM sync.Mutex // serializes Declare/Delete with the re-declaration after a reconnect
+	reg   registry   // guarded by topoM
+
+	mu      sync.Mutex
+	cur     *amqp.Connection // nil while down
+	gen     uint64           // incremented on every new connection
+	changed chan struct{}    // closed and replaced on every state change
+	blocked bool             // the broker blocked publishing (resource alarm)
+	closed  bool
+}
+
+// Dial connects to cfg.URL and returns the connection. It retries with
+// backoff until ctx is done when the broker is unreachable, and fails at once
+// on an invalid config or refused credentials.
+func Dial(ctx context.Context, cfg Config) (*Conn, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "steadfast/rabbitmq", "connection", cfg.Name),
+		tel:     newTelemetry(cfg.MeterProvider, cfg.TracerProvider),
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+	}
+	conn, err := c.dialRetry(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.setUp(conn)
+	c.wg.Add(1)
+	go c.supervise(conn)
+	return c, nil
+}
+
+// Close closes the connection. Publishers and subscribers built on it fail
+// with broker.ErrClosed afterwards; close them first for a graceful stop.
+// Close is idempotent.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	close(c.done)
+	cur := c.cur
+	c.cur = nil
+	c.signal()
+	c.mu.Unlock()
+	var err error
+	if cur != nil {
+		err = cur.Close()
+		if errors.Is(err, amqp.ErrClosed) {
+			err = nil
+		}
+	}
+	c.wg.Wait()
+	return err
+}
+
+// signal wakes everyone waiting for a state change. Callers hold c.mu.
+func (c *Conn) signal() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+func (c *Conn) setUp(conn *amqp.Connection) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		_ = conn.Close()
+		return
+	}
+	c.cur = conn
+	c.gen++
+	c.blocked = false
+	c.signal()
+}
+
+func (c *Conn) setDown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cur = nil
+	c.signal()
+}
+
+func (c *Conn) dial() (*amqp.Connection, error) {
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(c.cfg.Name)
+	return amqp.DialConfig(c.cfg.URL, amqp.Config{
+		Heartbeat:       c.cfg.Heartbeat,
+		TLSClientConfig: c.cfg.TLS,
+		Properties:      props,
+		Dial: func(network, addr string) (net.Conn, error) {
+			return amqp.DefaultDial(c.cfg.DialTimeout)(network, addr)
+		},
+	})
+}
+
+func (c *Conn) newBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = c.cfg.ReconnectMin
+	b.MaxInterval = c.cfg.ReconnectMax
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
+
+// permanent reports dial errors that retrying cannot fix.
+func permanent(err error) bool {
+	var ae *amqp.Error
+	if errors.As(err, &ae) {
+		return ae.Code == amqp.AccessRefused || ae.Code == amqp.NotAllowed
+	}
+	return errors.Is(err, amqp.ErrSASL) || errors.Is(err, amqp.ErrCredentials) || errors.Is(err, amqp.ErrVhost)
+}
+
+func (c *Conn) dialRetry(ctx context.Context) (*amqp.Connection, error) {
+	b := c.newBackoff()
+	for attempt := 1; ; attempt++ {
+		conn, err := c.dial()
+		if err == nil {
+			return conn, nil
+		}
+		if permanent(err) {
+			return nil, fmt.Errorf("rabbitmq: dial %s: %w", redact(c.cfg.URL), err)
+		}
+		wait := b.NextBackOff()
+		lvl := slog.LevelDebug
+		if attempt == 1 {
+			lvl = slog.LevelWarn
+		}
+		c.log.Log(ctx, lvl, "rabbitmq: dial failed, retrying", "attempt", attempt, "in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("rabbitmq: dial %s: %w (last error: %v)", redact(c.cfg.URL), ctx.Err(), err)
+		case <-c.done:
+			t.Stop()
+			return nil, broker.ErrClosed
+		case <-t.C:
+		}
+	}
+}
+
+// redact hides the password of an AMQP URL.
+func redact(u string) string {
+	uri, err := amqp.ParseURI(u)
+	if err != nil {
+		return "(invalid URL)"
+	}
+	uri.Password = "xxx"
+	return uri.String()
+}
+
+// supervise watches conn and replaces it when it is lost, until Close.
+func (c *Conn) supervise(conn *amqp.Connection) {
+	defer c.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+		blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 4))
+	watch:
+		for {
+			select {
+			case b, ok := <-blocked:
+				if !ok {
+					blocked = nil
+					continue
+				}
+				c.mu.Lock()
+				c.blocked = b.Active
+				c.signal()
+				c.mu.Unlock()
+				if b.Active {
+					c.log.Warn("rabbitmq: broker blocked publishing (resource alarm)", "reason", b.Reason)
+				} else {
+					c.log.Info("rabbitmq: broker unblocked publishing")
+				}
+			case err := <-closed:
+				if ctx.Err() != nil {
+					return
+				}
+				c.log.Warn("rabbitmq: connection lost", "err", err)
+				break watch
+			case <-ctx.Done():
+				return
+			}
+		}
+		c.setDown()
+		c.tel.reconnects.Add(ctx, 1)
+		for {
+			next, err := c.dialRetry(ctx)
+			if err != nil {
+				// Only Close or refused credentials end the loop; the
+				// latter is logged and retried: the credentials may be
+				// restored.
+				if ctx.Err() != nil {
+					return
+				}
+				c.log.Error("rabbitmq: reconnect failed", "err", err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(c.cfg.ReconnectMax):
+				}
+				continue
+			}
+			if err := c.redeclare(ctx, next); err != nil {
+				c.log.Warn("rabbitmq: topology re-declaration interrupted, reconnecting", "err", err)
+				_ = next.Close()
+				continue
+			}
+			conn = next
+			break
+		}
+		c.setUp(conn)
+		c.log.Info("rabbitmq: reconnected")
+	}
+}
+
+// redeclare declares every recorded entity on conn before it is handed out.
+// Conflicts (someone changed an entity while we were away) are logged and
+// skipped: the entities that conflict keep the broker's definition. An error
+// is returned only when conn itself fails.
+func (c *Conn) redeclare(ctx context.Context, conn *amqp.Connection) error {
+	c.topoM.Lock()
+	defer c.topoM.Unlock()
+	t := c.reg.topology()
+	if len(t.Exchanges)+len(t.Queues)+len(t.Bindings) == 0 {
+		return nil
+	}
+	d := &declarer{open: func(context.Context) (*amqp.Channel, error) { return conn.Channel() }}
+	defer d.close()
+	var failed int
+	err := d.declare(ctx, t, func(err error) bool {
+		if conn.IsClosed() {
+			return false
+		}
+		failed++
+		c.log.Error("rabbitmq: re-declaration after reconnect failed", "err", err)
+		return true
+	})
+	if err == nil && conn.IsClosed() {
+		err = ErrConnectionLost
+	}
+	if err != nil {
+		return err
+	}
+	c.log.Info("rabbitmq: topology re-declared", "exchanges", len(t.Exchanges), "queues", len(t.Queues), "bindings", len(t.Bindings), "failed", failed)
+	return nil
+}
+
+// current waits until the connection is up and returns it with its
+// generation.
+func (c *Conn) current(ctx context.Context) (*amqp.Connection, uint64, error) {
+	for {
+		c.mu.Lock()
+		cur, gen, closed, changed := c.cur, c.gen, c.closed, c.changed
+		c.mu.Unlock()
+		if closed {
+			return nil, 0, broker.ErrClosed
+		}
+		if cur != nil && !cur.IsClosed() {
+			return cur, gen, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, 0, fmt.Errorf("rabbitmq: waiting for the connection: %w", context.Cause(ctx))
+		case <-changed:
+		case <-time.After(50 * time.Millisecond):
+			// The connection closed but the supervisor has not noticed yet.
+		}
+	}
+}
+
+// channel opens a channel on the current connection, waiting for a
+// reconnect when the connection is down.
+func (c *Conn) channel(ctx context.Context) (*amqp.Channel, uint64, error) {
+	for {
+		conn, gen, err := c.current(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		ch, err := conn.Channel()
+		if err == nil {
+			return ch, gen, nil
+		}
+		if !conn.IsClosed() {
+			return nil, 0, fmt.Errorf("rabbitmq: open channel: %w", err)
+		}
+	}
+}
+
+// waitUnblocked waits while the broker blocks publishing on this
+// connection, so a publish honours ctx instead of hanging in a socket write.
+func (c *Conn) waitUnblocked(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		blocked, changed, closed := c.blocked, c.changed, c.closed
+		c.mu.Unlock()
+		if closed {
+			return broker.ErrClosed
+		}
+		if !blocked {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("rabbitmq: broker blocks publishing (resource alarm): %w", ctx.Err())
+		case <-changed:
+		}
+	}
+}
+
+// openNow opens a channel on the current connection without waiting; it
+// fails with ErrConnectionLost while the connection is down.
+func (c *Conn) openNow(context.Context) (*amqp.Channel, error) {
+	c.mu.Lock()
+	cur, closed := c.cur, c.closed
+	c.mu.Unlock()
+	if closed {
+		return nil, broker.ErrClosed
+	}
+	if cur == nil {
+		return nil, ErrConnectionLost
+	}
+	ch, err := cur.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("%w: open channel: %v", ErrConnectionLost, err)
+	}
+	return ch, nil
+}
+
+// lostDuring reports whether err means the connection or channel dropped
+// under an operation (rather than the broker refusing it), so that the
+// operation is worth repeating on the next connection.
+func lostDuring(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrConnectionLost) || errors.Is(err, amqp.ErrClosed) || errors.Is(err, io.EOF) {
+		return true
+	}
+	var ae *amqp.Error
+	if errors.As(err, &ae) {
+		if !ae.Server {
+			return true
+		}
+		switch ae.Code {
+		case amqp.ConnectionForced, amqp.FrameError, amqp.InternalError, amqp.UnexpectedFrame, amqp.ChannelError:
+			return true
+		}
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne)
+}
+
+// Declare declares t now and again after every reconnect. It is idempotent:
+// entities that exist with the same properties are left alone. A conflicting
+// declaration returns a *DeclareError matching ErrTopologyConflict, and the
+// entities after it are not declared; nothing of t is remembered for
+// re-declaration unless all of it succeeded. Declare waits for the
+// connection while it is down, until ctx is done.
+func (c *Conn) Declare(ctx context.Context, t Topology) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	return c.withTopology(ctx, func(d *declarer) error {
+		var declErr error
+		if err := d.declare(ctx, t, func(err error) bool {
+			declErr = err
+			return false
+		}); err != nil {
+			return err
+		}
+		if declErr != nil {
+			return declErr
+		}
+		c.reg.add(t)
+		return nil
+	})
+}
+
+// withTopology runs fn under the topology lock with a declarer on the
+// current connection, and runs it again on the next connection when the
+// connection drops meanwhile.
+func (c *Conn) withTopology(ctx context.Context, fn func(d *declarer) error) error {
+	for {
+		if _, _, err := c.current(ctx); err != nil {
+			return err
+		}
+		c.topoM.Lock()
+		d := &declarer{open: c.openNow}
+		err := fn(d)
+		d.close()
+		c.topoM.Unlock()
+		if err == nil || !lostDuring(err) {
+			return err
+		}
+		c.log.Debug("rabbitmq: connection lost during declaration, retrying", "err", err)
+		if perr := c.pause(ctx); perr != nil {
+			return fmt.Errorf("%w (after %v)", perr, err)
+		}
+	}
+}
+
+// Delete deletes the bindings, queues and exchanges of t (in that order)
+// and forgets them, so they are not declared again after a reconnect.
+// Entities that do not exist are skipped. Queues are deleted with their
+// messages.
+func (c *Conn) Delete(ctx context.Context, t Topology) error {
+	return c.withTopology(ctx, func(d *declarer) error {
+		c.reg.remove(t)
+		var errs []error
+		step := func(what string, f func(ch *amqp.Channel) error) error {
+			ch, err := d.channel(ctx)
+			if err != nil {
+				return err
+			}
+			if err := f(ch); err != nil {
+				if lostDuring(err) {
+					return err
+				}
+				if amqpCode(err) != amqp.NotFound {
+					errs = append(errs, fmt.Errorf("rabbitmq: %s: %w", what, err))
+				}
+			}
+			return nil
+		}
+		for _, b := range t.Bindings {
+			if err := step("unbind "+b.String(), func(ch *amqp.Channel) error {
+				return ch.QueueUnbind(b.Queue, b.Key, b.Exchange, b.Args)
+			}); err != nil {
+				return err
+			}
+		}
+		for _, q := range t.Queues {
+			if err := step(fmt.Sprintf("delete queue %q", q.Name), func(ch *amqp.Channel) error {
+				_, err := ch.QueueDelete(q.Name, false, false, false)
+				return err
+			}); err != nil {
+				return err
+			}
+		}
+		for _, e := range t.Exchanges {
+			if err := step(fmt.Sprintf("delete exchange %q", e.Name), func(ch *amqp.Channel) error {
+				return ch.ExchangeDelete(e.Name, false, false)
+			}); err != nil {
+				return err
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// pause waits a little before a retry.
+func (c *Conn) pause(ctx context.Context) error {
+	t := time.NewTimer(c.cfg.ReconnectMin)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.done:
+		return broker.ErrClosed
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,69 @@
+// Package rabbitmq is the RabbitMQ adapter of the broker ports, built on
+// github.com/rabbitmq/amqp091-go: a self-healing connection (Conn), a
+// Publisher with windowed publisher confirms, a Subscriber with per-key
+// ordered concurrency, declarative topology and dead-letter retry chains.
+//
+// # Mapping
+//
+// A broker topic is a durable exchange (topic kind by default) and
+// Message.Key is the routing key. A consumer group is a durable queue per
+// (topic, group), named "<topic>.<group>" and bound to the exchange with
+// "#", so every group receives every message and the members of a group
+// (each Subscribe call) share the queue. Groups configures all of it.
+// Subscriber.Setup declares a group's queue before anything is published:
+// messages published while no queue is bound are unroutable, and Publish
+// reports them as errors.
+//
+// Message.ID is the AMQP message-id; Time travels in the timestamp property
+// (whole seconds, for other clients) and, with nanoseconds, in an
+// x-steadfast-time header; the headers type, content-type, correlation-id,
+// content-encoding, reply-to and app-id use their AMQP properties; other
+// headers are string headers. Headers with the reserved prefix
+// "x-steadfast-" are escaped on the wire, so every message round-trips
+// unchanged. Broker-added headers appear on deliveries as strings:
+// x-death as JSON (see Deaths), x-delivery-count, x-first-death-*.
+//
+// # Guarantees
+//
+//   - Publish returns nil only when the broker confirmed every message
+//     (publisher confirms, persistent delivery, mandatory routing). An
+//     unroutable message is an error matching ErrUnroutable, never a silent
+//     drop. Messages not confirmed when the connection drops are sent again
+//     after the reconnect, until the caller's ctx ends: a Publish in flight
+//     during an outage either succeeds after the reconnect or returns an
+//     error, and a message may be enqueued twice (consumers deduplicate on
+//     Message.ID).
+//   - Delivery is at least once with manual acks. A handler error retries
+//     the delivery in process with a growing Delivery.Attempt, holding back
+//     its key; MaxAttempts and Groups.Retry hand failures to the broker
+//     (dead-letter exchange, retry chain, parking queue) instead.
+//   - Per-key order: one active member per group (single-active-consumer
+//     queues), and within it one handler at a time per key while different
+//     keys run in parallel. Groups.Competing trades cross-member order for
+//     throughput across processes. Messages that go through a retry chain
+//     leave their key's order.
+//   - Without handler errors or connection failures no message is handed to
+//     a group twice: acks are sent before a stopping member closes its
+//     channel, and deliveries it had not started go back to the queue in
+//     order. After a connection failure, deliveries whose acks were lost are
+//     redelivered with Redelivered set.
+//   - Conn re-dials with exponential backoff after a connection loss,
+//     declares every topology declared through it again (conflicts are
+//     logged and skipped), and only then hands out channels; subscribers
+//     resume consuming and publishers resend.
+//
+// # Observability
+//
+// Conn, Publisher and Subscriber log through the *slog.Logger of Config
+// (default: discard). Metrics and spans go to the OpenTelemetry providers of
+// Config (default: no-op; no global provider is consulted). A Publish call
+// propagates the W3C trace context of its ctx in the traceparent header of
+// messages that have none, and handlers receive the sender's span context.
+//
+// # Costs
+//
+// A Conn holds one TCP connection and one goroutine; a Publisher one AMQP
+// channel and goroutine per pool slot (PublisherConfig.Channels); a
+// Subscribe call one channel, one goroutine per key with deliveries in
+// hand, and at most Subscription.Concurrency handlers at once.
+package rabbitmq

@@ -1,0 +1,98 @@
+package rabbitmq_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/steadfast-go/steadfast/broker/rabbitmq"
+)
+
+// testLogger logs warnings and errors to stderr when STEADFAST_TEST_LOG is
+// set, and discards otherwise.
+func testLogger() *slog.Logger {
+	if os.Getenv("STEADFAST_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// dial connects to url and closes the connection at cleanup.
+func dial(t testing.TB, url string) *rabbitmq.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: url, Name: t.Name(), Logger: testLogger(),
+		ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// raw opens a plain amqp091 channel for assertions, closed at cleanup.
+func raw(t testing.TB, url string) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatalf("raw dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("raw channel: %v", err)
+	}
+	return ch
+}
+
+// cleaner deletes the topologies it is given at test cleanup, so tests on
+// the shared node leave no durable queues behind.
+type cleaner struct {
+	mu    sync.Mutex
+	topos []rabbitmq.Topology
+}
+
+func newCleaner(t testing.TB, url string) *cleaner {
+	c := &cleaner{}
+	t.Cleanup(func() {
+		c.mu.Lock()
+		topos := c.topos
+		c.mu.Unlock()
+		if len(topos) == 0 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		conn, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: url})
+		if err != nil {
+			t.Logf("cleanup: dial: %v", err)
+			return
+		}
+		defer conn.Close()
+		for _, topo := range topos {
+			if err := conn.Delete(ctx, topo); err != nil {
+				t.Logf("cleanup: %v", err)
+			}
+		}
+	})
+	return c
+}
+
+func (c *cleaner) add(topos ...rabbitmq.Topology) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.topos = append(c.topos, topos...)
+}
+
+// ctxT returns a context bounded by a generous liveness timeout.
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -1,0 +1,519 @@
+package rabbitmq
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/codes"
+
+	"github.com/steadfast-go/steadfast/broker"
+)
+
+// SubscriberConfig tunes a Subscriber. The zero value is ready to use.
+type SubscriberConfig struct {
+	// Groups maps topics and groups to exchanges and queues.
+	Groups Groups
+	// Prefetch is the number of unacknowledged deliveries the broker sends
+	// each member ahead (basic.qos). Default 4 × Subscription.Concurrency,
+	// at least 64.
+	Prefetch int
+	// MaxAttempts is the number of handler attempts one delivery gets
+	// before the subscriber rejects it (nack without requeue), which hands
+	// it to the queue's dead-letter exchange: without one, the broker
+	// discards it. Until then a failed delivery is retried in process,
+	// after RetryBackoff, holding back the later messages of its key. Zero
+	// means no limit without Groups.Retry, and 1 with it (every failure
+	// goes down the retry chain at once).
+	MaxAttempts int
+	// RetryBackoff returns the wait before attempt+1 after attempt failed
+	// in process. Default: 5ms doubling per attempt, capped at 1s.
+	RetryBackoff func(attempt int) time.Duration
+	// DrainTimeout bounds how long a stopping member waits for running
+	// handlers before cancelling their context. Their results are still
+	// recorded when they return. Default 30s.
+	DrainTimeout time.Duration
+	// Logger overrides the connection's logger.
+	Logger *slog.Logger
+}
+
+// DefaultRetryBackoff is the RetryBackoff used when none is configured.
+func DefaultRetryBackoff(attempt int) time.Duration {
+	d := 5 * time.Millisecond
+	for i := 1; i < attempt && d < time.Second; i++ {
+		d *= 2
+	}
+	return min(d, time.Second)
+}
+
+func (c SubscriberConfig) withDefaults(conn *Conn) (SubscriberConfig, error) {
+	if c.Prefetch < 0 || c.Prefetch > 65535 || c.MaxAttempts < 0 || c.DrainTimeout < 0 {
+		return c, fmt.Errorf("%w: SubscriberConfig: Prefetch must be in [0, 65535], MaxAttempts and DrainTimeout not negative", ErrInvalidConfig)
+	}
+	if _, err := c.Groups.Topology("t", "g"); err != nil {
+		return c, fmt.Errorf("%w: SubscriberConfig.Groups: %w", ErrInvalidConfig, err)
+	}
+	if c.MaxAttempts == 0 && c.Groups.Retry != nil {
+		c.MaxAttempts = 1
+	}
+	if c.RetryBackoff == nil {
+		c.RetryBackoff = DefaultRetryBackoff
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = conn.log
+	}
+	return c, nil
+}
+
+// Subscriber consumes broker topics from RabbitMQ (see Groups for the
+// mapping of topics and groups to exchanges and queues).
+//
+// Delivery: at least once. Deliveries are acknowledged manually, one by one,
+// after the handler returned nil; a handler error retries the delivery in
+// process with a growing Delivery.Attempt (see SubscriberConfig.MaxAttempts
+// and Groups.Retry for handing failures to the broker instead). A handler
+// that panics counts as failed.
+//
+// Order: within a member, deliveries sharing a non-empty key run one at a
+// time in queue order, while different keys run in parallel up to
+// Subscription.Concurrency. Across the members of a group the order holds
+// because group queues have a single active consumer (unless
+// Groups.Competing).
+//
+// Failures: when the connection or channel is lost the member waits for its
+// running handlers (their acks cannot be delivered any more: the broker has
+// already requeued those messages, which come back with Redelivered set),
+// reconnects with backoff and consumes again. When the broker cancels the
+// consumer because its queue was deleted, Subscribe returns an error
+// matching ErrConsumerCancelled.
+//
+// Shutdown: cancelling Subscribe's ctx stops taking deliveries, waits for
+// the running handlers (their context stays alive for DrainTimeout), acks
+// their successes, then closes the channel, which returns the deliveries
+// not yet started to the queue, in order.
+type Subscriber struct {
+	conn *Conn
+	cfg  SubscriberConfig
+	log  *slog.Logger
+	tel  *telemetry
+	life context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	done bool
+}
+
+var _ broker.Subscriber = (*Subscriber)(nil)
+
+// NewSubscriber returns a subscriber on conn.
+func NewSubscriber(conn *Conn, cfg SubscriberConfig) (*Subscriber, error) {
+	if conn == nil {
+		return nil, fmt.Errorf("%w: nil *Conn", ErrInvalidConfig)
+	}
+	cfg, err := cfg.withDefaults(conn)
+	if err != nil {
+		return nil, err
+	}
+	s := &Subscriber{conn: conn, cfg: cfg, log: cfg.Logger, tel: conn.tel}
+	s.life, s.stop = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Close makes running Subscribe calls drain (as on cancellation) and return
+// broker.ErrClosed, and waits for them. Later calls fail with
+// broker.ErrClosed. The connection stays open.
+func (s *Subscriber) Close() error {
+	s.mu.Lock()
+	s.done = true
+	s.mu.Unlock()
+	s.stop()
+	s.wg.Wait()
+	return nil
+}
+
+// Setup declares the exchange of topic and the queues (and retry chains) of
+// groups, as Subscribe does, so that messages published before the first
+// Subscribe call are kept. It is idempotent; the declarations are repeated
+// after every reconnect.
+func (s *Subscriber) Setup(ctx context.Context, topic string, groups ...string) error {
+	t, err := s.cfg.Groups.Topology(topic, groups...)
+	if err != nil {
+		return err
+	}
+	return s.conn.Declare(ctx, t)
+}
+
+// Topology returns what Setup declares.
+func (s *Subscriber) Topology(topic string, groups ...string) (Topology, error) {
+	return s.cfg.Groups.Topology(topic, groups...)
+}
+
+// Subscribe declares the group's topology, joins the group as a new member
+// and runs h until ctx is cancelled (it then drains and returns nil), the
+// Subscriber is closed (broker.ErrClosed), or consumption fails for good: an
+// error matching ErrConsumerCancelled when the queue was deleted, or the
+// declaration error.
+func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
+	if err := broker.CheckSubscribe(sub, h); err != nil {
+		return err
+	}
+	sub = sub.WithDefaults()
+	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		return fmt.Errorf("rabbitmq: subscribe %q/%q: %w", sub.Topic, sub.Group, broker.ErrClosed)
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	// runCtx ends with ctx or when the subscriber closes.
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer context.AfterFunc(s.life, func() { cancel(broker.ErrClosed) })()
+
+	if err := s.Setup(runCtx, sub.Topic, sub.Group); err != nil {
+		if runCtx.Err() != nil {
+			return s.endErr(ctx, sub)
+		}
+		return fmt.Errorf("rabbitmq: subscribe %q/%q: %w", sub.Topic, sub.Group, err)
+	}
+	prefetch := s.cfg.Prefetch
+	if prefetch == 0 {
+		prefetch = min(max(4*sub.Concurrency, 64), 65535)
+	}
+	var tag [6]byte
+	_, _ = rand.Read(tag[:])
+	m := &member{
+		s:        s,
+		sub:      sub,
+		h:        h,
+		queue:    s.cfg.Groups.QueueFor(sub.Topic, sub.Group),
+		prefetch: prefetch,
+		tag:      "steadfast." + sub.Group + "." + hex.EncodeToString(tag[:]),
+		sem:      make(chan struct{}, sub.Concurrency),
+	}
+	if err := m.run(runCtx); err != nil {
+		if runCtx.Err() != nil {
+			return s.endErr(ctx, sub)
+		}
+		return err
+	}
+	return s.endErr(ctx, sub)
+}
+
+// endErr is what Subscribe returns once it stopped because ctx ended (nil)
+// or the subscriber closed.
+func (s *Subscriber) endErr(ctx context.Context, sub broker.Subscription) error {
+	if ctx.Err() == nil {
+		return fmt.Errorf("rabbitmq: subscribe %q/%q: %w", sub.Topic, sub.Group, broker.ErrClosed)
+	}
+	return nil
+}
+
+// member is one Subscribe call.
+type member struct {
+	s        *Subscriber
+	sub      broker.Subscription
+	h        broker.Handler
+	queue    string
+	prefetch int
+	tag      string
+	sem      chan struct{} // one token per running handler
+}
+
+type endReason int
+
+const (
+	endStop endReason = iota
+	endLost
+	endCancelled
+)
+
+// run consumes until runCtx ends (returns nil) or consumption fails for
+// good. Handler contexts carry runCtx's values and outlive it by
+// DrainTimeout.
+func (m *member) run(runCtx context.Context) error {
+	log := m.s.log.With("queue", m.queue, "consumer", m.tag)
+	for {
+		ch, _, err := m.s.conn.channel(runCtx)
+		if err != nil {
+			if runCtx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("rabbitmq: subscribe %q: %w", m.queue, err)
+		}
+		deliveries, cancels, err := m.consume(ch)
+		if err != nil {
+			_ = ch.Close()
+			if lostDuring(err) {
+				log.Debug("rabbitmq: connection lost while starting to consume, retrying", "err", err)
+				if perr := m.s.conn.pause(runCtx); perr != nil {
+					return nil
+				}
+				continue
+			}
+			if amqpCode(err) == amqp.NotFound {
+				err = fmt.Errorf("%w: %w", ErrNotFound, err)
+			}
+			return fmt.Errorf("rabbitmq: consume %q: %w", m.queue, err)
+		}
+		sess := &session{m: m, ch: ch, lanes: map[string]*lane{}, stopCh: make(chan struct{})}
+		sess.hctx, sess.cancel = context.WithCancel(context.WithoutCancel(runCtx))
+		stopTimer := context.AfterFunc(runCtx, func() {
+			t := time.NewTimer(m.s.cfg.DrainTimeout)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				sess.cancel()
+			case <-sess.hctx.Done():
+			}
+		})
+		reason := sess.dispatch(runCtx, deliveries, cancels)
+		sess.drain()
+		stopTimer()
+		sess.cancel()
+		_ = ch.Close()
+		switch reason {
+		case endStop:
+			return nil
+		case endLost:
+			log.Warn("rabbitmq: consumer channel lost, resuming after reconnect")
+			continue
+		case endCancelled:
+			exists, err := m.queueExists(runCtx)
+			switch {
+			case err != nil:
+				log.Warn("rabbitmq: consumer cancelled and the queue could not be checked, resuming", "err", err)
+				continue
+			case exists:
+				log.Warn("rabbitmq: consumer cancelled by the broker, queue still exists, resuming")
+				continue
+			}
+			return fmt.Errorf("rabbitmq: subscribe %q/%q: queue %q deleted: %w", m.sub.Topic, m.sub.Group, m.queue, ErrConsumerCancelled)
+		}
+	}
+}
+
+func (m *member) consume(ch *amqp.Channel) (<-chan amqp.Delivery, <-chan string, error) {
+	if err := ch.Qos(m.prefetch, 0, false); err != nil {
+		return nil, nil, err
+	}
+	cancels := ch.NotifyCancel(make(chan string, 1))
+	d, err := ch.Consume(m.queue, m.tag, false, false, false, false, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, cancels, nil
+}
+
+// queueExists checks the queue with a passive declaration. It returns an
+// error only when the check could not be made.
+func (m *member) queueExists(ctx context.Context) (bool, error) {
+	ch, _, err := m.s.conn.channel(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer ch.Close()
+	_, err = ch.QueueDeclarePassive(m.queue, true, false, false, false, nil)
+	switch {
+	case err == nil:
+		return true, nil
+	case amqpCode(err) == amqp.NotFound:
+		return false, nil
+	}
+	return false, err
+}
+
+// session is one consumer on one channel. Deliveries are queued per key in
+// lanes; each lane runs its deliveries one after the other.
+type session struct {
+	m  *member
+	ch *amqp.Channel
+	// hctx is the context of handlers: the values of the subscription's
+	// ctx, cancelled DrainTimeout after it ends or when the session is
+	// over.
+	hctx   context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	lanes    map[string]*lane
+	stopping bool
+	stopCh   chan struct{}
+	wg       sync.WaitGroup
+}
+
+type lane struct {
+	jobs []*job
+}
+
+type job struct {
+	tag  uint64
+	redl bool
+	info delivered
+}
+
+func (s *session) dispatch(ctx context.Context, deliveries <-chan amqp.Delivery, cancels <-chan string) endReason {
+	for {
+		select {
+		case <-ctx.Done():
+			return endStop
+		case d, ok := <-deliveries:
+			if !ok {
+				select {
+				case _, ok := <-cancels:
+					if ok {
+						return endCancelled
+					}
+				default:
+				}
+				return endLost
+			}
+			s.add(&d)
+		}
+	}
+}
+
+func (s *session) add(d *amqp.Delivery) {
+	j := &job{tag: d.DeliveryTag, redl: d.Redelivered, info: fromDelivery(d, s.m.queue)}
+	key := j.info.msg.Key
+	if key == "" {
+		key = "\x00" + strconv.FormatUint(d.DeliveryTag, 10)
+	}
+	s.mu.Lock()
+	l := s.lanes[key]
+	start := l == nil
+	if start {
+		l = &lane{}
+		s.lanes[key] = l
+	}
+	l.jobs = append(l.jobs, j)
+	s.mu.Unlock()
+	if start {
+		s.wg.Add(1)
+		go s.runLane(key, l)
+	}
+}
+
+// drain stops the lanes and waits for the handlers running in them.
+// Deliveries not started stay unacknowledged; closing the channel returns
+// them to the queue.
+func (s *session) drain() {
+	s.mu.Lock()
+	s.stopping = true
+	close(s.stopCh)
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+func (s *session) runLane(key string, l *lane) {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		if s.stopping || len(l.jobs) == 0 {
+			delete(s.lanes, key)
+			s.mu.Unlock()
+			return
+		}
+		j := l.jobs[0]
+		l.jobs[0] = nil
+		l.jobs = l.jobs[1:]
+		s.mu.Unlock()
+		if !s.process(j) {
+			s.mu.Lock()
+			delete(s.lanes, key)
+			s.mu.Unlock()
+			return
+		}
+	}
+}
+
+// process runs the handler for j until it succeeds, is rejected, or the
+// session stops (false: j stays unacknowledged and goes back to the queue).
+func (s *session) process(j *job) bool {
+	cfg := &s.m.s.cfg
+	stride := int64(max(cfg.MaxAttempts, 1))
+	base := 1 + j.info.rejections*stride
+	switch {
+	case j.info.deliveryCount > 0:
+		base += j.info.deliveryCount
+	case j.redl:
+		base++
+	}
+	for local := 0; ; local++ {
+		select {
+		case s.m.sem <- struct{}{}:
+		case <-s.stopCh:
+			return false
+		}
+		attempt := int(base) + local
+		err := s.call(j, attempt)
+		<-s.m.sem
+		tel := s.m.s.tel
+		if err == nil {
+			if aerr := s.ch.Ack(j.tag, false); aerr != nil {
+				s.m.s.log.Debug("rabbitmq: ack failed; the message will be redelivered", "queue", s.m.queue, "id", j.info.msg.ID, "err", aerr)
+				return false
+			}
+			tel.consumed.Add(context.Background(), 1, tel.ack)
+			return true
+		}
+		if cfg.MaxAttempts > 0 && local+1 >= cfg.MaxAttempts {
+			s.m.s.log.Info("rabbitmq: rejecting message to the dead-letter exchange", "queue", s.m.queue, "id", j.info.msg.ID, "attempt", attempt, "err", err)
+			if nerr := s.ch.Nack(j.tag, false, false); nerr != nil {
+				s.m.s.log.Debug("rabbitmq: reject failed; the message will be redelivered", "queue", s.m.queue, "id", j.info.msg.ID, "err", nerr)
+				return false
+			}
+			tel.consumed.Add(context.Background(), 1, tel.reject)
+			return true
+		}
+		tel.consumed.Add(context.Background(), 1, tel.retry)
+		s.m.s.log.Debug("rabbitmq: handler failed, retrying", "queue", s.m.queue, "id", j.info.msg.ID, "attempt", attempt, "err", err)
+		t := time.NewTimer(cfg.RetryBackoff(attempt))
+		select {
+		case <-t.C:
+		case <-s.stopCh:
+			t.Stop()
+			return false
+		}
+	}
+}
+
+// call runs the handler once with a context that outlives the
+// subscription's ctx by DrainTimeout, turning a panic into an error.
+func (s *session) call(j *job, attempt int) (err error) {
+	d := broker.Delivery{
+		Message:     j.info.msg,
+		Attempt:     attempt,
+		Redelivered: attempt > 1 || j.redl,
+		Group:       s.m.sub.Group,
+		Partition:   -1,
+		Offset:      -1,
+		Queue:       s.m.queue,
+		DeliveryTag: j.tag,
+	}
+	tel := s.m.s.tel
+	sctx, span := tel.startProcess(s.hctx, d)
+	start := time.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("rabbitmq: handler panicked: %v", r)
+		}
+		tel.processDur.Record(context.Background(), time.Since(start).Seconds(), tel.sys)
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	return s.m.h(sctx, d)
+}
