@@ -96,6 +96,17 @@ type delivered struct {
 	deliveryCount int64
 }
 
+// MessageFromDelivery maps an AMQP delivery back to the message that was
+// published, exactly as the Subscriber does: reserved headers are removed,
+// full-precision time and escaped header names are restored, AMQP
+// properties (type, content-type, correlation-id, ...) become headers, and
+// broker-added headers such as x-death stay as strings (x-death as JSON, see
+// Deaths). Tools that read queues directly, such as dead-letter inspectors,
+// use it so they decode the wire format the same way.
+func MessageFromDelivery(d *amqp.Delivery) broker.Message {
+	return fromDelivery(d, "").msg
+}
+
 // fromDelivery maps an AMQP delivery consumed from queue back to a message.
 // A message that was dead-lettered from queue and came back (a retry chain)
 // gets its original exchange and routing key from its x-death entry.
