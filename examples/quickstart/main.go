@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/kafka"
 	"github.com/steadfast-go/steadfast/broker/memory"
+	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 )
 
 func main() {
@@ -29,23 +31,78 @@ func main() {
 	}
 }
 
-// backend picks the broker: the memory broker unless the environment names a
-// real one.
-func backend(ctx context.Context, out io.Writer) (broker.Publisher, broker.Subscriber, func(), error) {
+// backend picks the broker: Kafka when STEADFAST_KAFKA_BROKERS is set,
+// RabbitMQ when STEADFAST_RABBITMQ_URL is set, else the in-process memory
+// broker. It prepares topic and groups so the first publish has somewhere to
+// go: a Kafka topic, or a RabbitMQ exchange with one queue per group.
+func backend(ctx context.Context, out io.Writer, topic string, groups ...string) (broker.Publisher, broker.Subscriber, func(), error) {
+	if seeds := os.Getenv("STEADFAST_KAFKA_BROKERS"); seeds != "" {
+		cfg := kafka.Config{Brokers: kafka.ParseBrokers(seeds), ClientID: "quickstart"}
+		admin, err := kafka.NewAdmin(cfg)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		defer admin.Close()
+		if err := admin.CreateTopic(ctx, kafka.TopicSpec{Name: topic, Partitions: 3}); err != nil && !errors.Is(err, kafka.ErrTopicExists) {
+			return nil, nil, nil, err
+		}
+		pub, err := kafka.NewPublisher(kafka.PublisherConfig{Config: cfg})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{Config: cfg})
+		if err != nil {
+			pub.Close()
+			return nil, nil, nil, err
+		}
+		fmt.Fprintf(out, "backend: kafka (%s)\n", seeds)
+		return pub, sub, func() { sub.Close(); pub.Close() }, nil
+	}
+	if url := os.Getenv("STEADFAST_RABBITMQ_URL"); url != "" {
+		conn, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: url, Name: "quickstart"})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		pub, err := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{})
+		if err != nil {
+			conn.Close()
+			return nil, nil, nil, err
+		}
+		sub, err := rabbitmq.NewSubscriber(conn, rabbitmq.SubscriberConfig{})
+		if err == nil {
+			err = sub.Setup(ctx, topic, groups...)
+		}
+		if err != nil {
+			pub.Close()
+			conn.Close()
+			return nil, nil, nil, err
+		}
+		fmt.Fprintln(out, "backend: rabbitmq")
+		return pub, sub, func() {
+			sub.Close()
+			pub.Close()
+			// Remove this run's exchange and queues.
+			if topo, err := sub.Topology(topic, groups...); err == nil {
+				_ = conn.Delete(context.WithoutCancel(ctx), topo)
+			}
+			conn.Close()
+		}, nil
+	}
 	b := memory.New(memory.Config{})
-	fmt.Fprintln(out, "backend: memory (in-process)")
+	fmt.Fprintln(out, "backend: memory (in-process; set STEADFAST_KAFKA_BROKERS or STEADFAST_RABBITMQ_URL for a real broker)")
 	return b, b, func() { b.Close() }, nil
 }
 
 func run(ctx context.Context, out io.Writer) error {
-	pub, sub, closeBackend, err := backend(ctx, out)
+	id := broker.NewID()
+	topic := "quickstart.orders." + id[len(id)-8:]
+	groups := []string{"billing", "shipping"}
+	pub, sub, closeBackend, err := backend(ctx, out, topic, groups...)
 	if err != nil {
 		return err
 	}
 	defer closeBackend()
 
-	id := broker.NewID()
-	topic := "quickstart.orders." + id[len(id)-8:]
 	orders := []struct{ customer, event string }{
 		{"alice", "order-1 created"}, {"bob", "order-2 created"},
 		{"alice", "order-1 paid"}, {"alice", "order-1 shipped"}, {"bob", "order-2 paid"},
@@ -68,7 +125,6 @@ func run(ctx context.Context, out io.Writer) error {
 		failed  bool
 		pending sync.WaitGroup
 	)
-	groups := []string{"billing", "shipping"}
 	pending.Add(len(groups) * len(msgs))
 	subCtx, stop := context.WithCancel(ctx)
 	defer stop()

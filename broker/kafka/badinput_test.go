@@ -1,0 +1,232 @@
+package kafka
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/testenv"
+)
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func TestInvalidConfig(t *testing.T) {
+	t.Parallel()
+	for name, f := range map[string]func() error{
+		"publisher without brokers":  func() error { _, err := NewPublisher(PublisherConfig{}); return err },
+		"subscriber without brokers": func() error { _, err := NewSubscriber(SubscriberConfig{}); return err },
+		"admin with empty broker":    func() error { _, err := NewAdmin(Config{Brokers: []string{" "}}); return err },
+		"pipeline negative batch": func() error {
+			_, err := NewPipeline(PipelineConfig{Config: Config{Brokers: []string{"x:1"}}, MaxBatch: -1})
+			return err
+		},
+		"unknown compression": func() error {
+			_, err := NewPublisher(PublisherConfig{Config: Config{Brokers: []string{"x:1"}}, Compression: "brotli"})
+			return err
+		},
+		"message limit above batch": func() error {
+			_, err := NewPublisher(PublisherConfig{Config: Config{Brokers: []string{"x:1"}}, BatchMaxBytes: 4096, MaxMessageBytes: 4000})
+			return err
+		},
+		"unknown ordering": func() error {
+			_, err := NewSubscriber(SubscriberConfig{Config: Config{Brokers: []string{"x:1"}}, Ordering: 7})
+			return err
+		},
+	} {
+		if err := f(); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: err = %v, want ErrInvalidConfig", name, err)
+		}
+	}
+	if got := ParseBrokers(" a:1, ,b:2,"); len(got) != 2 || got[0] != "a:1" || got[1] != "b:2" {
+		t.Errorf("ParseBrokers = %q", got)
+	}
+}
+
+// TestUnknownTopic: with auto-creation off, publishing to or subscribing to a
+// topic that does not exist fails with ErrUnknownTopic in bounded time, and
+// the topic is not created behind the caller's back.
+func TestUnknownTopic(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.Kafka(t)
+	k := newKit(t, brokers, nil)
+	topic := testenv.Name(t, "missing")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	err := k.pub.Publish(ctx, broker.NewMessage(topic, []byte("x")))
+	var pe *broker.PublishError
+	if !errors.As(err, &pe) || !errors.Is(err, ErrUnknownTopic) || len(pe.Failures) != 1 {
+		t.Errorf("publish to a missing topic: err = %v, want a PublishError wrapping ErrUnknownTopic", err)
+	}
+	err = k.sub.Subscribe(ctx, broker.Subscription{Topic: topic, Group: "g"}, func(context.Context, broker.Delivery) error { return nil })
+	if !errors.Is(err, ErrUnknownTopic) {
+		t.Errorf("subscribe to a missing topic: err = %v, want ErrUnknownTopic", err)
+	}
+	if _, err := k.admin.Partitions(ctx, topic); !errors.Is(err, ErrUnknownTopic) {
+		t.Errorf("Partitions of a missing topic: err = %v, want ErrUnknownTopic (was it auto-created?)", err)
+	}
+
+	// Creating it makes both work; creating it twice says so.
+	k.createTopic(t, topic, 2)
+	if err := k.admin.CreateTopic(ctx, TopicSpec{Name: topic, Partitions: 2}); !errors.Is(err, ErrTopicExists) {
+		t.Errorf("second CreateTopic: err = %v, want ErrTopicExists", err)
+	}
+	if err := k.pub.Publish(ctx, broker.NewMessage(topic, []byte("y"))); err != nil {
+		t.Errorf("publish after creating the topic: %v", err)
+	}
+}
+
+// TestOversizedRecord: a message above MaxMessageBytes is refused before
+// sending; one the cluster refuses (the topic's max.message.bytes is
+// smaller) fails with broker.ErrMessageTooLarge in a PublishError naming
+// it. Neither reaches consumers; messages published after them do.
+func TestOversizedRecord(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.Kafka(t)
+	k := newKit(t, brokers, nil)
+	topic := testenv.Name(t, "small")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := k.admin.CreateTopic(ctx, TopicSpec{Name: topic, Partitions: 1, Configs: map[string]string{"max.message.bytes": "10000"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	tooBig := broker.NewMessage(topic, make([]byte, DefaultMaxMessageBytes+1))
+	if err := k.pub.Publish(ctx, tooBig); !errors.Is(err, broker.ErrMessageTooLarge) {
+		t.Errorf("publish above MaxMessageBytes: err = %v, want ErrMessageTooLarge", err)
+	}
+	noise := make([]byte, 20000) // incompressible, so the batch stays above the limit
+	_, _ = rand.Read(noise)
+	refused := broker.NewMessage(topic, noise)
+	err := k.pub.Publish(ctx, refused)
+	var pe *broker.PublishError
+	if !errors.As(err, &pe) || !errors.Is(err, broker.ErrMessageTooLarge) || len(pe.Failures) != 1 || pe.Failures[0].ID != refused.ID {
+		t.Errorf("publish above the topic's max.message.bytes: err = %v, want a PublishError for %s wrapping ErrMessageTooLarge", err, refused.ID)
+	}
+	ok := broker.NewMessage(topic, []byte("fits"))
+	if err := k.pub.Publish(ctx, ok); err != nil {
+		t.Fatalf("publish after the refused one: %v", err)
+	}
+	got := make(chan broker.Delivery, 4)
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- k.sub.Subscribe(sctx, broker.Subscription{Topic: topic, Group: testenv.Name(t, "g")}, func(_ context.Context, d broker.Delivery) error {
+			got <- d
+			return nil
+		})
+	}()
+	select {
+	case d := <-got:
+		if d.ID != ok.ID {
+			t.Errorf("first delivery is %s, want the message that fits (%s)", d.ID, ok.ID)
+		}
+	case <-ctx.Done():
+		t.Fatal("message after the refused one not delivered")
+	}
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Subscribe: %v", err)
+	}
+	if len(got) != 0 {
+		t.Errorf("%d unexpected deliveries", len(got))
+	}
+}
+
+// TestUnreachableBrokers: every entry point gives up in bounded time with a
+// clear error when no seed broker answers, and Publish reports every message
+// as not acknowledged.
+func TestUnreachableBrokers(t *testing.T) {
+	t.Parallel()
+	addr := []string{closedAddr(t)}
+	cfg := Config{Brokers: addr, StartTimeout: 2 * time.Second, DialTimeout: time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	pub, err := NewPublisher(PublisherConfig{Config: cfg, DeliveryTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	msgs := []broker.Message{broker.NewMessage("t", []byte("a")), broker.NewMessage("t", []byte("b"))}
+	err = pub.Publish(ctx, msgs...)
+	var pe *broker.PublishError
+	if !errors.As(err, &pe) || len(pe.Failures) != 2 || !errors.Is(err, kgo.ErrRecordTimeout) {
+		t.Errorf("publish to unreachable brokers: err = %v, want a PublishError for both messages wrapping kgo.ErrRecordTimeout", err)
+	}
+
+	sub, err := NewSubscriber(SubscriberConfig{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	err = sub.Subscribe(ctx, broker.Subscription{Topic: "t", Group: "g"}, func(context.Context, broker.Delivery) error { return nil })
+	if !errors.Is(err, ErrUnreachable) {
+		t.Errorf("subscribe to unreachable brokers: err = %v, want ErrUnreachable", err)
+	}
+
+	admin, err := NewAdmin(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := admin.CreateTopic(ctx, TopicSpec{Name: "t"}); !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "create topic") {
+		t.Errorf("create topic on unreachable brokers: err = %v, want ErrUnreachable", err)
+	}
+	if ctx.Err() != nil {
+		t.Errorf("bad-input calls did not return within their bounds")
+	}
+}
+
+// TestClosed: Publish and Subscribe after Close fail with broker.ErrClosed;
+// Close stops running subscriptions, which drain and return ErrClosed.
+func TestClosed(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.Kafka(t)
+	k := newKit(t, brokers, nil)
+	topic := testenv.Name(t, "t")
+	k.createTopic(t, topic, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := k.pub.Publish(ctx, broker.NewMessage(topic, []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	handled := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- k.sub.Subscribe(ctx, broker.Subscription{Topic: topic, Group: "g"}, func(context.Context, broker.Delivery) error {
+			handled <- struct{}{}
+			return nil
+		})
+	}()
+	<-handled
+	_ = k.sub.Close()
+	if err := <-done; !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("running Subscribe after Close: err = %v, want ErrClosed", err)
+	}
+	if err := k.sub.Subscribe(ctx, broker.Subscription{Topic: topic, Group: "g"}, func(context.Context, broker.Delivery) error { return nil }); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("Subscribe after Close: err = %v, want ErrClosed", err)
+	}
+	_ = k.pub.Close()
+	if err := k.pub.Publish(ctx, broker.NewMessage(topic, []byte("x"))); !errors.Is(err, broker.ErrClosed) {
+		t.Errorf("Publish after Close: err = %v, want ErrClosed", err)
+	}
+}

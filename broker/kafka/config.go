@@ -1,0 +1,344 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/steadfast-go/steadfast/broker"
+)
+
+// Sentinel errors of the adapter, in addition to the broker package's.
+// Errors returned by this package wrap them, so callers test with errors.Is.
+var (
+	// ErrInvalidConfig: a Config field is missing or out of range.
+	ErrInvalidConfig = errors.New("kafka: invalid config")
+	// ErrUnknownTopic: the topic does not exist and the client does not ask
+	// the cluster to create it (Config.AllowAutoTopicCreation is false).
+	ErrUnknownTopic = errors.New("kafka: unknown topic")
+	// ErrTopicExists: CreateTopic found the topic already there.
+	ErrTopicExists = errors.New("kafka: topic already exists")
+	// ErrUnreachable: no seed broker answered within Config.StartTimeout.
+	ErrUnreachable = errors.New("kafka: brokers unreachable")
+)
+
+// Compression names a record batch compression codec.
+type Compression string
+
+// Compression codecs. The producer compresses each batch; consumers
+// decompress transparently.
+const (
+	CompressionNone   Compression = "none"
+	CompressionSnappy Compression = "snappy"
+	CompressionLZ4    Compression = "lz4"
+	CompressionZstd   Compression = "zstd"
+	CompressionGzip   Compression = "gzip"
+)
+
+func (c Compression) codec() (kgo.CompressionCodec, error) {
+	switch c {
+	case CompressionNone:
+		return kgo.NoCompression(), nil
+	case CompressionSnappy:
+		return kgo.SnappyCompression(), nil
+	case CompressionLZ4:
+		return kgo.Lz4Compression(), nil
+	case CompressionZstd:
+		return kgo.ZstdCompression(), nil
+	case CompressionGzip:
+		return kgo.GzipCompression(), nil
+	}
+	return kgo.NoCompression(), fmt.Errorf("%w: unknown compression %q", ErrInvalidConfig, string(c))
+}
+
+// Config is what every client of the package (Publisher, Subscriber, Admin,
+// Pipeline) needs to reach the cluster.
+type Config struct {
+	// Brokers are the seed brokers as host:port. Required. ParseBrokers turns
+	// a comma-separated list into this form.
+	Brokers []string
+	// ClientID is sent to the brokers with every request. Default "steadfast".
+	ClientID string
+	// Logger receives the adapter's logs and franz-go's warnings and errors.
+	// Default: logs are discarded.
+	Logger *slog.Logger
+	// MeterProvider provides the meter for the consumer-lag gauge. Default
+	// otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
+	// DialTimeout bounds each connection attempt. Default 10s.
+	DialTimeout time.Duration
+	// StartTimeout bounds how long Subscribe, Pipeline.Run and the Admin
+	// helpers wait for the cluster to answer the first metadata request;
+	// after it they fail with ErrUnreachable. Default 15s.
+	StartTimeout time.Duration
+	// AllowAutoTopicCreation asks the cluster to create topics that do not
+	// exist when they are first produced to or consumed (the cluster's
+	// auto.create.topics.enable must also be on). Default false: using an
+	// unknown topic fails with ErrUnknownTopic.
+	AllowAutoTopicCreation bool
+	// Options are extra franz-go client options (TLS, SASL, ...), applied
+	// after the adapter's own. Options that change acks, idempotence,
+	// auto-commit, the balancer or the rebalance callbacks void the
+	// guarantees documented in this package.
+	Options []kgo.Opt
+}
+
+// ParseBrokers splits a comma-separated broker list such as the value of
+// STEADFAST_KAFKA_BROKERS, trimming spaces and dropping empty entries.
+func ParseBrokers(s string) []string {
+	var out []string
+	for _, b := range strings.Split(s, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if len(c.Brokers) == 0 {
+		return c, fmt.Errorf("%w: no seed brokers", ErrInvalidConfig)
+	}
+	for _, b := range c.Brokers {
+		if strings.TrimSpace(b) == "" {
+			return c, fmt.Errorf("%w: empty seed broker address", ErrInvalidConfig)
+		}
+	}
+	if c.DialTimeout < 0 || c.StartTimeout < 0 {
+		return c, fmt.Errorf("%w: negative timeout", ErrInvalidConfig)
+	}
+	if c.ClientID == "" {
+		c.ClientID = "steadfast"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.MeterProvider == nil {
+		c.MeterProvider = otel.GetMeterProvider()
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 10 * time.Second
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = 15 * time.Second
+	}
+	return c, nil
+}
+
+// baseOpts are the client options shared by every client of the package.
+func (c Config) baseOpts() []kgo.Opt {
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(c.Brokers...),
+		kgo.ClientID(c.ClientID),
+		kgo.DialTimeout(c.DialTimeout),
+		kgo.WithLogger(kgoLogger{c.Logger}),
+	}
+	if c.AllowAutoTopicCreation {
+		opts = append(opts, kgo.AllowAutoTopicCreation())
+	}
+	return opts
+}
+
+// kgoLogger forwards franz-go's warnings and errors to slog.
+type kgoLogger struct{ l *slog.Logger }
+
+func (k kgoLogger) Level() kgo.LogLevel {
+	if k.l.Enabled(context.Background(), slog.LevelWarn) {
+		return kgo.LogLevelWarn
+	}
+	return kgo.LogLevelNone
+}
+
+func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	lv := slog.LevelWarn
+	if level == kgo.LogLevelError {
+		lv = slog.LevelError
+	}
+	k.l.Log(context.Background(), lv, "franz-go: "+msg, keyvals...)
+}
+
+// DefaultMaxMessageBytes is the default PublisherConfig.MaxMessageBytes: the
+// broker package's limit (Kafka's 1 MiB default) less room for the record
+// framing and the headers the adapter adds, so a message that passes the
+// check also fits a broker left at its default message.max.bytes.
+const DefaultMaxMessageBytes = broker.DefaultMaxMessageBytes - 1024
+
+// PublisherConfig tunes a Publisher.
+type PublisherConfig struct {
+	Config
+	// Linger is how long a partition's batch may wait for more records.
+	// Publish sends the partitions its own records went to as soon as all of
+	// them are buffered, so the linger only gathers records of concurrent
+	// calls while earlier batches are in flight. Default 5ms; a negative
+	// value disables lingering.
+	Linger time.Duration
+	// BatchMaxBytes bounds one record batch. Default 1 MiB (1,048,576),
+	// which fits Kafka's default message.max.bytes.
+	BatchMaxBytes int32
+	// Compression is the batch codec. Default CompressionSnappy.
+	Compression Compression
+	// MaxMessageBytes is the largest Message.Size that Publish accepts;
+	// larger messages are rejected with broker.ErrMessageTooLarge before
+	// anything is sent. Default DefaultMaxMessageBytes. It must leave room
+	// below BatchMaxBytes for the record framing (1 KiB is enough).
+	MaxMessageBytes int
+	// DeliveryTimeout bounds how long a record may wait for the cluster,
+	// retries included, before it fails (Kafka's delivery.timeout.ms).
+	// Publish also honours its context. Default 30s.
+	DeliveryTimeout time.Duration
+	// MaxBufferedRecords bounds the records waiting to be sent across all
+	// Publish calls; a full buffer makes Publish wait. Default 100,000.
+	MaxBufferedRecords int
+}
+
+func (c PublisherConfig) withDefaults() (PublisherConfig, error) {
+	var err error
+	if c.Config, err = c.Config.withDefaults(); err != nil {
+		return c, err
+	}
+	switch {
+	case c.Linger == 0:
+		c.Linger = 5 * time.Millisecond
+	case c.Linger < 0:
+		c.Linger = 0
+	}
+	if c.BatchMaxBytes == 0 {
+		c.BatchMaxBytes = 1 << 20
+	}
+	if c.Compression == "" {
+		c.Compression = CompressionSnappy
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if c.DeliveryTimeout == 0 {
+		c.DeliveryTimeout = 30 * time.Second
+	}
+	if c.MaxBufferedRecords == 0 {
+		c.MaxBufferedRecords = 100_000
+	}
+	switch {
+	case c.BatchMaxBytes < 1024:
+		return c, fmt.Errorf("%w: BatchMaxBytes %d < 1024", ErrInvalidConfig, c.BatchMaxBytes)
+	case c.MaxMessageBytes < 0 || c.MaxMessageBytes > int(c.BatchMaxBytes)-512:
+		return c, fmt.Errorf("%w: MaxMessageBytes %d must be in [1, BatchMaxBytes-512]", ErrInvalidConfig, c.MaxMessageBytes)
+	case c.DeliveryTimeout < 0:
+		return c, fmt.Errorf("%w: negative DeliveryTimeout", ErrInvalidConfig)
+	case c.MaxBufferedRecords < 0:
+		return c, fmt.Errorf("%w: negative MaxBufferedRecords", ErrInvalidConfig)
+	}
+	if _, err := c.Compression.codec(); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// Ordering says which messages of one partition a subscriber may handle at
+// the same time.
+type Ordering int
+
+const (
+	// OrderPerKey handles messages with different keys of one partition in
+	// parallel and messages with the same key one at a time, in offset
+	// order. Messages without a key have no ordering constraint. This is the
+	// default: the broker package promises order per key only, and a slow
+	// or failing message blocks its key, not its whole partition.
+	OrderPerKey Ordering = iota
+	// OrderPerPartition handles one message of a partition at a time, in
+	// offset order, as a classic Kafka consumer does. Choose it when
+	// consumers rely on order across keys within a partition.
+	OrderPerPartition
+)
+
+// DefaultRetryBackoff is the SubscriberConfig.RetryBackoff used when none is
+// set: 10ms after the first failure, doubling, at most 5s.
+func DefaultRetryBackoff(attempt int) time.Duration {
+	d := 10 * time.Millisecond
+	for i := 1; i < attempt && d < 5*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 5*time.Second)
+}
+
+// SubscriberConfig tunes a Subscriber.
+type SubscriberConfig struct {
+	Config
+	// Ordering is OrderPerKey (default) or OrderPerPartition.
+	Ordering Ordering
+	// RetryBackoff returns how long a message whose handler failed waits
+	// before its next attempt; attempt is the number of attempts so far.
+	// The message's key (its partition, with OrderPerPartition) stays
+	// blocked meanwhile, so order holds; other keys keep flowing. A message
+	// is retried until it succeeds or its partition is released; bound the
+	// attempts with retry or dead-letter middleware. Default
+	// DefaultRetryBackoff.
+	RetryBackoff func(attempt int) time.Duration
+	// ReadCommitted makes subscribers skip records of aborted transactions
+	// and wait for open ones to end (isolation.level=read_committed).
+	// Default false: read_uncommitted, as Kafka consumers default to.
+	ReadCommitted bool
+	// CommitInterval is how often completed offsets are committed while
+	// consuming. Offsets are also committed synchronously when partitions
+	// are released and at shutdown. Default 1s.
+	CommitInterval time.Duration
+	// DrainTimeout bounds how long a released partition or a stopping
+	// subscription waits for running handlers before cancelling their
+	// context; their results are still recorded when they return. Default
+	// 30s. Keep it below RebalanceTimeout.
+	DrainTimeout time.Duration
+	// MaxBufferedRecords bounds the records a member has fetched and not
+	// yet finished handling: the member stops taking fetched records while
+	// it is reached, and takes everything franz-go has buffered (at most its
+	// FetchMaxBytes, 50 MiB by default) when below it. Default 10,000.
+	MaxBufferedRecords int
+	// SessionTimeout is Kafka's session.timeout.ms. Default 45s.
+	SessionTimeout time.Duration
+	// RebalanceTimeout is Kafka's rebalance.timeout.ms: how long a member
+	// may take to drain and commit released partitions. Default 60s.
+	RebalanceTimeout time.Duration
+	// HeartbeatInterval is Kafka's heartbeat.interval.ms. Default 3s.
+	HeartbeatInterval time.Duration
+}
+
+func (c SubscriberConfig) withDefaults() (SubscriberConfig, error) {
+	var err error
+	if c.Config, err = c.Config.withDefaults(); err != nil {
+		return c, err
+	}
+	if c.Ordering != OrderPerKey && c.Ordering != OrderPerPartition {
+		return c, fmt.Errorf("%w: unknown ordering %d", ErrInvalidConfig, c.Ordering)
+	}
+	if c.RetryBackoff == nil {
+		c.RetryBackoff = DefaultRetryBackoff
+	}
+	if c.CommitInterval == 0 {
+		c.CommitInterval = time.Second
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.MaxBufferedRecords == 0 {
+		c.MaxBufferedRecords = 10_000
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = 45 * time.Second
+	}
+	if c.RebalanceTimeout == 0 {
+		c.RebalanceTimeout = 60 * time.Second
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 3 * time.Second
+	}
+	if c.CommitInterval < 0 || c.DrainTimeout < 0 || c.MaxBufferedRecords < 0 ||
+		c.SessionTimeout < 0 || c.RebalanceTimeout < 0 || c.HeartbeatInterval < 0 {
+		return c, fmt.Errorf("%w: negative subscriber setting", ErrInvalidConfig)
+	}
+	return c, nil
+}

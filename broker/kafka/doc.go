@@ -1,0 +1,54 @@
+// Package kafka is the Kafka adapter of the broker ports, built on franz-go.
+//
+// Publisher implements broker.Publisher with an idempotent producer and
+// acks=all; Subscriber implements broker.Subscriber with consumer groups and
+// the cooperative-sticky balancer; Pipeline runs exactly-once
+// consume-transform-produce loops on Kafka transactions; Admin creates topics
+// and reports consumer lag. Every type passes the broker/brokertest
+// conformance suite with ConsumerGroups, Persistent, PerKeyOrder and
+// ExactlyOnce.
+//
+// # Message mapping
+//
+//   - Topic is the Kafka topic, Key the record key (an empty Key is a null
+//     key), Payload the record value, Time the record timestamp (Kafka keeps
+//     milliseconds).
+//   - Message.ID travels in the record header HeaderID. Headers are record
+//     headers; a header whose name starts with ReservedHeaderPrefix is
+//     escaped on the wire and restored on delivery, so the Headers map a
+//     subscriber sees equals the one published.
+//   - A record produced by another client, without HeaderID, is delivered
+//     with the ID "topic/partition/offset".
+//   - A keyed record goes to KeyPartition(key, partitions), the partition
+//     Kafka's Java client picks (murmur2), so producers in several languages
+//     keep one key on one partition.
+//
+// # Delivery
+//
+// Subscribe is at least once and commits an offset only after the handlers
+// of its message and of every earlier message of the partition returned nil.
+// By default messages of one key run one at a time in order and different
+// keys of one partition run in parallel (OrderPerKey), so a slow or failing
+// message holds up its key, not its partition; OrderPerPartition restores
+// the classic one-at-a-time partition consumer. A failing handler is retried
+// in place after a backoff with Delivery.Attempt growing, never spinning;
+// middleware decides when to give up (dead-letter queues build on this).
+// Rebalances and shutdown drain running handlers and commit before a
+// partition is released, so without failures no message reaches a group
+// twice. After a crash, the messages handled since the last periodic commit
+// (CommitInterval) are delivered again, with Attempt 1; consumers deduplicate
+// on Message.ID.
+//
+// Config.Logger receives the adapter's logs (default: discarded);
+// Config.MeterProvider (default: the global one) receives the
+// LagMetric gauge.
+//
+// # Connecting
+//
+//	brokers := kafka.ParseBrokers(os.Getenv("STEADFAST_KAFKA_BROKERS"))
+//	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Config: kafka.Config{Brokers: brokers}})
+//	...
+//	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{Config: kafka.Config{Brokers: brokers}})
+//
+// TLS and SASL are franz-go options passed in Config.Options.
+package kafka

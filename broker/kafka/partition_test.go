@@ -1,0 +1,151 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/testenv"
+)
+
+// Vectors from Kafka's UtilsTest.testMurmur2 (Java's murmur2 as a signed
+// int). The Java client's default partitioner places a keyed record on
+// Utils.toPositive(murmur2(key)) % numPartitions, toPositive being x &
+// 0x7fffffff.
+var javaMurmur2 = []struct {
+	key  string
+	hash int32
+}{
+	{"21", -973932308},
+	{"foobar", -790332482},
+	{"a-little-bit-long-string", -985981536},
+	{"a-little-bit-longer-string", -1486304829},
+	{"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971},
+	{"abc", 479470107},
+}
+
+func TestKeyPartitionMatchesJava(t *testing.T) {
+	t.Parallel()
+	for _, v := range javaMurmur2 {
+		if got := int32(murmur2([]byte(v.key))); got != v.hash {
+			t.Errorf("murmur2(%q) = %d, want %d", v.key, got, v.hash)
+		}
+		for _, n := range []int{1, 3, 7, 10, 64} {
+			want := int32(int64(uint32(v.hash)&0x7fffffff) % int64(n))
+			if got := KeyPartition(v.key, n); got != want {
+				t.Errorf("KeyPartition(%q, %d) = %d, want %d", v.key, n, got, want)
+			}
+		}
+	}
+	if KeyPartition("", 3) != -1 || KeyPartition("k", 0) != -1 {
+		t.Errorf("KeyPartition of an empty key or no partitions must be -1")
+	}
+}
+
+// TestPublisherPlacesKeysLikeJava: every keyed message lands on
+// KeyPartition(key, partitions), the partition the Java client picks, and
+// Key, ID, Headers and Time round-trip, including a header that uses the
+// reserved prefix.
+func TestPublisherPlacesKeysLikeJava(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.Kafka(t)
+	k := newKit(t, brokers, nil)
+	topic := testenv.Name(t, "t")
+	const parts = 7
+	k.createTopic(t, topic, parts)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	var msgs []broker.Message
+	for _, v := range javaMurmur2 {
+		m := broker.NewMessage(topic, []byte(v.key))
+		m.Key = v.key
+		msgs = append(msgs, m)
+	}
+	for i := range 50 {
+		m := broker.NewMessage(topic, nil)
+		m.Key = fmt.Sprintf("order-%d", i)
+		m.Headers = map[string]string{"steadfast-id": "user value", ReservedHeaderPrefix + "u-x": "nested", "plain": ""}
+		m.Time = time.UnixMilli(1700000000123 + int64(i))
+		msgs = append(msgs, m)
+	}
+	if err := k.pub.Publish(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu  sync.Mutex
+		got = map[string]broker.Delivery{}
+	)
+	all := make(chan struct{})
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- k.sub.Subscribe(sctx, broker.Subscription{Topic: topic, Group: testenv.Name(t, "g")}, func(_ context.Context, d broker.Delivery) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got[d.ID] = d
+			if len(got) == len(msgs) {
+				close(all)
+			}
+			return nil
+		})
+	}()
+	select {
+	case <-all:
+	case <-ctx.Done():
+		t.Fatalf("received %d of %d", len(got), len(msgs))
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		d := got[m.ID]
+		if want := KeyPartition(m.Key, parts); d.Partition != want {
+			t.Errorf("key %q on partition %d, want %d", m.Key, d.Partition, want)
+		}
+		if d.Key != m.Key || !maps.Equal(d.Headers, m.Headers) || !d.Time.Equal(m.Time.Truncate(time.Millisecond)) {
+			t.Errorf("message %s: got key %q headers %v time %v; want %q %v %v", m.ID, d.Key, d.Headers, d.Time, m.Key, m.Headers, m.Time)
+		}
+	}
+}
+
+// TestForeignRecord: a record written without the adapter (no ID header)
+// gets the stable ID topic/partition/offset and no headers.
+func TestForeignRecord(t *testing.T) {
+	t.Parallel()
+	m := fromRecord(&kgo.Record{Topic: "t", Partition: 3, Offset: 42, Key: []byte("k"), Value: []byte("v"),
+		Headers: []kgo.RecordHeader{{Key: ReservedHeaderPrefix + "future", Value: []byte("x")}}})
+	if m.ID != "t/3/42" || m.Key != "k" || string(m.Payload) != "v" || m.Headers != nil {
+		t.Errorf("foreign record decoded as %+v", m)
+	}
+}
+
+func TestIDGen(t *testing.T) {
+	t.Parallel()
+	g := newIDGen()
+	seen := map[string]bool{}
+	var last string
+	for range 20 {
+		for _, id := range g.next(1000) {
+			u, err := uuid.Parse(id)
+			if err != nil || u.Version() != 7 || u.Variant() != uuid.RFC4122 || u.String() != id {
+				t.Fatalf("id %q is not a canonical UUIDv7: %v", id, err)
+			}
+			if seen[id] || id <= last {
+				t.Fatalf("id %q repeats or does not increase (previous %q)", id, last)
+			}
+			seen[id], last = true, id
+		}
+	}
+	if d := time.Since(time.Unix(uuid.Must(uuid.Parse(last)).Time().UnixTime())); d > time.Minute || d < -time.Minute {
+		t.Errorf("id time is %v away from now", d)
+	}
+}

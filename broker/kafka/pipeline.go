@@ -1,0 +1,336 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/steadfast-go/steadfast/broker"
+)
+
+// Transform turns one consumed message into the messages to produce for it.
+// It runs inside a Kafka transaction: what it returns is produced in the same
+// transaction that commits its input offset. Returning an error aborts the
+// transaction; the batch is consumed again and the failing message comes
+// back with a larger Delivery.Attempt after PipelineConfig.RetryBackoff.
+// To give up on a message that keeps failing, return a message for a
+// dead-letter topic instead of an error once d.Attempt is high enough: it
+// commits atomically with the input offset like any other output.
+type Transform func(ctx context.Context, d broker.Delivery) ([]broker.Message, error)
+
+// PipelineConfig tunes a Pipeline.
+type PipelineConfig struct {
+	Config
+	// TransactionalID identifies the pipeline's transactional producer. Give
+	// every running instance its own ID and keep it across restarts: a
+	// restarted instance then aborts the transaction its previous
+	// incarnation left open at once, instead of after TransactionTimeout.
+	// Several Run calls of one Pipeline use the ID suffixed with "-1",
+	// "-2", ... Default: a random ID per Run call.
+	TransactionalID string
+	// MaxBatch bounds the input messages handled in one transaction.
+	// Default 500.
+	MaxBatch int
+	// TransactionTimeout is how long the cluster keeps a transaction open
+	// without hearing from its producer before aborting it. Default 30s.
+	TransactionTimeout time.Duration
+	// RetryBackoff returns how long to wait after attempt failed before
+	// consuming the aborted batch again. Default DefaultRetryBackoff.
+	RetryBackoff func(attempt int) time.Duration
+	// MaxMessageBytes is the largest output Message.Size accepted. Default
+	// DefaultMaxMessageBytes.
+	MaxMessageBytes int
+	// SessionTimeout, RebalanceTimeout and HeartbeatInterval are the
+	// consumer group timings, with the defaults of SubscriberConfig.
+	SessionTimeout, RebalanceTimeout, HeartbeatInterval time.Duration
+}
+
+func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
+	var err error
+	if c.Config, err = c.Config.withDefaults(); err != nil {
+		return c, err
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 500
+	}
+	if c.TransactionTimeout == 0 {
+		c.TransactionTimeout = 30 * time.Second
+	}
+	if c.RetryBackoff == nil {
+		c.RetryBackoff = DefaultRetryBackoff
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = 45 * time.Second
+	}
+	if c.RebalanceTimeout == 0 {
+		c.RebalanceTimeout = 60 * time.Second
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 3 * time.Second
+	}
+	if c.MaxBatch < 0 || c.TransactionTimeout < 0 || c.MaxMessageBytes < 0 ||
+		c.SessionTimeout < 0 || c.RebalanceTimeout < 0 || c.HeartbeatInterval < 0 {
+		return c, fmt.Errorf("%w: negative pipeline setting", ErrInvalidConfig)
+	}
+	return c, nil
+}
+
+// Pipeline runs exactly-once consume-transform-produce loops on Kafka
+// transactions.
+//
+// Guarantee: for every input message, the messages its Transform returned
+// and the consumer group's offset past it commit atomically, or not at all.
+// Consumers of the output that read with ReadCommitted see each input
+// reflected exactly once, whatever crashes, aborts or rebalances happen
+// (duplicates of the Transform's own side effects outside Kafka are still
+// possible: it may run more than once per input). Input is read with
+// read_committed isolation.
+//
+// Costs: one transaction per batch of up to MaxBatch inputs (two extra
+// round trips to the transaction coordinator and a commit marker per
+// partition written); output becomes visible to read_committed consumers
+// only when the transaction commits. Inputs are transformed one at a time
+// per member, in partition order.
+type Pipeline struct {
+	cfg PipelineConfig
+
+	mu   sync.Mutex
+	runs int
+
+	// crash, when set by tests, simulates a process crash before the
+	// delivery it returns true for (inTxn is the number of inputs already
+	// transformed in the open transaction): the records produced so far are
+	// flushed, and the client is closed without ending the transaction.
+	crash func(d broker.Delivery, inTxn int) bool
+}
+
+// errCrashed is returned by Run after a simulated crash.
+var errCrashed = errors.New("kafka: pipeline crashed (test hook)")
+
+// NewPipeline validates cfg and returns a Pipeline.
+func NewPipeline(cfg PipelineConfig) (*Pipeline, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Pipeline{cfg: cfg}, nil
+}
+
+// Run joins sub.Group on sub.Topic and applies fn to every input message in
+// transactions until ctx is cancelled: the transaction in progress is then
+// finished and committed, and Run returns nil. Bad arguments fail at once
+// with the broker package's sentinels, an unknown input topic with
+// ErrUnknownTopic, an unreachable cluster with ErrUnreachable. An error
+// the transactional producer cannot recover from (for example, being fenced
+// by another instance with the same TransactionalID) ends Run with that
+// error. sub.Concurrency is ignored: one Run call transforms one message at
+// a time; run several for parallelism.
+func (p *Pipeline) Run(ctx context.Context, sub broker.Subscription, fn Transform) error {
+	if fn == nil {
+		return broker.ErrNilHandler
+	}
+	if err := broker.CheckSubscribe(sub, func(context.Context, broker.Delivery) error { return nil }); err != nil {
+		return err
+	}
+	cfg := p.cfg
+	if !cfg.AllowAutoTopicCreation {
+		if err := p.checkTopic(ctx, sub.Topic); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("kafka: pipeline %q/%q: %w", sub.Topic, sub.Group, err)
+		}
+	}
+	p.mu.Lock()
+	p.runs++
+	txnID := cfg.TransactionalID
+	switch {
+	case txnID == "":
+		txnID = "steadfast-" + sub.Group + "-" + broker.NewID()
+	case p.runs > 1:
+		txnID = fmt.Sprintf("%s-%d", txnID, p.runs)
+	}
+	p.mu.Unlock()
+
+	opts := append(cfg.baseOpts(),
+		kgo.TransactionalID(txnID),
+		kgo.TransactionTimeout(cfg.TransactionTimeout),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.RecordPartitioner(kgo.UniformBytesPartitioner(64<<10, true, true, nil)),
+		kgo.ConsumerGroup(sub.Group),
+		kgo.ConsumeTopics(sub.Topic),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
+		kgo.HeartbeatInterval(cfg.HeartbeatInterval),
+	)
+	opts = append(opts, cfg.Options...)
+	sess, err := kgo.NewGroupTransactSession(opts...)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	r := &pipelineRun{p: p, cfg: &cfg, sub: sub, fn: fn, sess: sess,
+		hctx: context.WithoutCancel(ctx), attempts: make(map[offsetKey]int)}
+	err = r.loop(ctx)
+	if errors.Is(err, errCrashed) {
+		sess.Client().Close()
+		return err
+	}
+	sess.Close()
+	if err != nil {
+		return fmt.Errorf("kafka: pipeline %q/%q: %w", sub.Topic, sub.Group, err)
+	}
+	return nil
+}
+
+func (p *Pipeline) checkTopic(ctx context.Context, topic string) error {
+	a, err := NewAdmin(p.cfg.Config)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	_, err = a.Partitions(ctx, topic)
+	return err
+}
+
+type offsetKey struct {
+	partition int32
+	offset    int64
+}
+
+type pipelineRun struct {
+	p        *Pipeline
+	cfg      *PipelineConfig
+	sub      broker.Subscription
+	fn       Transform
+	sess     *kgo.GroupTransactSession
+	hctx     context.Context
+	attempts map[offsetKey]int
+}
+
+func (r *pipelineRun) loop(ctx context.Context) error {
+	log := r.cfg.Logger.With("topic", r.sub.Topic, "group", r.sub.Group)
+	for ctx.Err() == nil {
+		fs := r.sess.PollRecords(ctx, r.cfg.MaxBatch)
+		if fs.IsClientClosed() {
+			return nil
+		}
+		fs.EachError(func(_ string, part int32, err error) {
+			if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+				log.Warn("kafka: pipeline fetch error", "partition", part, "error", err)
+			}
+		})
+		recs := fs.Records()
+		if len(recs) == 0 {
+			continue
+		}
+		if err := r.sess.Begin(); err != nil {
+			return fmt.Errorf("begin transaction: %w", err)
+		}
+		failed, failedAttempt, err := r.transform(recs)
+		if err != nil {
+			return err
+		}
+		endCtx, cancel := context.WithTimeout(r.hctx, r.cfg.TransactionTimeout)
+		committed, err := r.sess.End(endCtx, kgo.TransactionEndTry(failed == nil))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("end transaction: %w", err)
+		}
+		if committed {
+			for _, rec := range recs {
+				delete(r.attempts, offsetKey{rec.Partition, rec.Offset})
+			}
+			continue
+		}
+		if failed == nil {
+			// Aborted by a rebalance: the inputs may move to another member.
+			clear(r.attempts)
+			continue
+		}
+		{
+			log.Debug("kafka: pipeline transaction aborted", "partition", failed.Partition, "offset", failed.Offset, "attempt", failedAttempt)
+			select {
+			case <-ctx.Done():
+			case <-time.After(r.cfg.RetryBackoff(failedAttempt)):
+			}
+		}
+	}
+	return nil
+}
+
+// transform runs fn over recs inside the open transaction, producing its
+// output. It returns the record whose transform or output failed (nil when
+// all succeeded) and its attempt number.
+func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
+	var (
+		mu      sync.Mutex
+		prodErr error
+	)
+	for i, rec := range recs {
+		k := offsetKey{rec.Partition, rec.Offset}
+		r.attempts[k]++
+		d := broker.Delivery{
+			Message:     fromRecord(rec),
+			Attempt:     r.attempts[k],
+			Redelivered: r.attempts[k] > 1,
+			Group:       r.sub.Group,
+			Partition:   rec.Partition,
+			Offset:      rec.Offset,
+		}
+		if r.p.crash != nil && r.p.crash(d, i) {
+			ctx, cancel := context.WithTimeout(r.hctx, r.cfg.TransactionTimeout)
+			_ = r.sess.Client().Flush(ctx)
+			cancel()
+			return nil, 0, errCrashed
+		}
+		out, err := r.call(d)
+		if err == nil {
+			out, err = broker.Normalize(out, r.cfg.MaxMessageBytes)
+		}
+		if err != nil {
+			r.cfg.Logger.Debug("kafka: transform failed", "partition", rec.Partition, "offset", rec.Offset, "attempt", d.Attempt, "error", err)
+			return rec, d.Attempt, nil
+		}
+		for i := range out {
+			r.sess.Produce(r.hctx, toRecord(&out[i]), func(_ *kgo.Record, err error) {
+				if err != nil {
+					mu.Lock()
+					prodErr = errors.Join(prodErr, err)
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.hctx, r.cfg.TransactionTimeout)
+	defer cancel()
+	if err := r.sess.Client().Flush(ctx); err != nil {
+		return recs[len(recs)-1], r.attempts[offsetKey{recs[len(recs)-1].Partition, recs[len(recs)-1].Offset}], nil
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if prodErr != nil {
+		r.cfg.Logger.Warn("kafka: pipeline produce failed; aborting", "error", prodErr)
+		last := recs[len(recs)-1]
+		return last, r.attempts[offsetKey{last.Partition, last.Offset}], nil
+	}
+	return nil, 0, nil
+}
+
+func (r *pipelineRun) call(d broker.Delivery) (out []broker.Message, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("kafka: transform panicked: %v", v)
+		}
+	}()
+	return r.fn(r.hctx, d)
+}

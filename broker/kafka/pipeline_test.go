@@ -1,0 +1,225 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/testenv"
+)
+
+// outputTally collects the output of a pipeline as one consumer group sees
+// it.
+type outputTally struct {
+	mu      sync.Mutex
+	total   int
+	ids     map[string]int
+	byInput map[string]int
+	want    int
+	full    chan struct{}
+}
+
+func newOutputTally(want int) *outputTally {
+	return &outputTally{ids: map[string]int{}, byInput: map[string]int{}, want: want, full: make(chan struct{})}
+}
+
+func (o *outputTally) add(_ context.Context, d broker.Delivery) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.total++
+	o.ids[d.ID]++
+	o.byInput[d.Headers["input-id"]+"/"+d.Headers["part"]]++
+	if len(o.ids) == o.want {
+		close(o.full)
+	}
+	return nil
+}
+
+// TestPipelineExactlyOnce runs a consume-transform-produce pipeline that
+// emits two messages per input. Its first incarnation has one transform fail
+// half-way through a transaction (the transaction aborts and the batch is
+// retried) and then crashes in the middle of another transaction after
+// flushing part of its output. A second incarnation with the same
+// transactional ID finishes the work. A read_committed consumer of the output
+// must see every input reflected exactly once (both messages, no
+// duplicates, nothing partial), while a read_uncommitted consumer shows the
+// aborted partial output really reached the log.
+func TestPipelineExactlyOnce(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.Kafka(t)
+	k := newKit(t, brokers, nil)
+	in, out := testenv.Name(t, "in"), testenv.Name(t, "out")
+	k.createTopic(t, in, 4)
+	k.createTopic(t, out, 4)
+	group := testenv.Name(t, "g")
+
+	const n = 400
+	var inputs []broker.Message
+	for i := range n {
+		m := broker.NewMessage(in, []byte(fmt.Sprint(i)))
+		m.Key = fmt.Sprintf("k%d", i%16)
+		inputs = append(inputs, m)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := k.pub.Publish(ctx, inputs...); err != nil {
+		t.Fatal(err)
+	}
+	failID := inputs[n/4].ID
+
+	var (
+		mu       sync.Mutex
+		attempts = map[string][]int{}
+		calls    int
+	)
+	transform := func(_ context.Context, d broker.Delivery) ([]broker.Message, error) {
+		mu.Lock()
+		attempts[d.ID] = append(attempts[d.ID], d.Attempt)
+		calls++
+		mu.Unlock()
+		if d.ID == failID && d.Attempt == 1 {
+			return nil, errors.New("injected transform failure")
+		}
+		var res []broker.Message
+		for _, part := range []string{"a", "b"} {
+			m := broker.NewMessage(out, []byte(part+":"+string(d.Payload)))
+			m.Key = d.Key
+			m.Headers = map[string]string{"input-id": d.ID, "part": part}
+			res = append(res, m)
+		}
+		return res, nil
+	}
+	pc := PipelineConfig{
+		Config:            Config{Brokers: brokers},
+		TransactionalID:   testenv.Name(t, "tx"),
+		MaxBatch:          40,
+		RetryBackoff:      testBackoff,
+		HeartbeatInterval: 300 * time.Millisecond,
+		SessionTimeout:    10 * time.Second,
+	}
+	sub := broker.Subscription{Topic: in, Group: group}
+
+	// First incarnation: crashes mid-transaction once it has done a good
+	// part of the work, after the injected failure was retried.
+	p1, err := NewPipeline(pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashed := false
+	p1.crash = func(d broker.Delivery, inTxn int) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if !crashed && calls >= n/2 && inTxn >= 5 && len(attempts[failID]) >= 2 {
+			crashed = true
+		}
+		return crashed
+	}
+	if err := p1.Run(ctx, sub, transform); !errors.Is(err, errCrashed) {
+		t.Fatalf("first incarnation returned %v, want the simulated crash", err)
+	}
+	mu.Lock()
+	failAttempts := slices.Clone(attempts[failID])
+	mu.Unlock()
+	if len(failAttempts) < 2 || failAttempts[0] != 1 || failAttempts[1] != 2 {
+		t.Errorf("failing input seen with attempts %v, want 1 then 2", failAttempts)
+	}
+
+	// Second incarnation, same transactional ID: fences the first and
+	// finishes the work.
+	p2, err := NewPipeline(pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p2.Run(runCtx, sub, transform) }()
+	for {
+		lags, err := k.sub.Lag(ctx, in, group)
+		if err == nil && len(lags) == 4 && sumLag(lags) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("pipeline did not consume every input: lag %v, err %v", lags, err)
+		case err := <-done:
+			t.Fatalf("pipeline ended early: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("pipeline Run: %v", err)
+	}
+
+	// read_committed: every input exactly once, both outputs.
+	committed := newOutputTally(2 * n)
+	rc, err := NewSubscriber(func() SubscriberConfig { c := testSubConfig(brokers); c.ReadCommitted = true; return c }())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	uncommitted := newOutputTally(2 * n)
+	ru, err := NewSubscriber(testSubConfig(brokers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ru.Close()
+	var wg sync.WaitGroup
+	cctx, ccancel := context.WithCancel(ctx)
+	for _, c := range []struct {
+		s *Subscriber
+		o *outputTally
+	}{{rc, committed}, {ru, uncommitted}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.s.Subscribe(cctx, broker.Subscription{Topic: out, Group: testenv.Name(t, "verify")}, c.o.add); err != nil {
+				t.Errorf("verify subscribe: %v", err)
+			}
+		}()
+	}
+	for _, o := range []*outputTally{committed, uncommitted} {
+		select {
+		case <-o.full:
+		case <-ctx.Done():
+			o.mu.Lock()
+			t.Fatalf("read %d of %d outputs", len(o.ids), 2*n)
+		}
+	}
+	time.Sleep(time.Second) // let late duplicates show
+	ccancel()
+	wg.Wait()
+
+	committed.mu.Lock()
+	defer committed.mu.Unlock()
+	if committed.total != 2*n || len(committed.ids) != 2*n {
+		t.Errorf("read_committed consumer got %d records, %d distinct; want %d", committed.total, len(committed.ids), 2*n)
+	}
+	for _, m := range inputs {
+		for _, part := range []string{"a", "b"} {
+			if c := committed.byInput[m.ID+"/"+part]; c != 1 {
+				t.Errorf("input %s output %s visible %d times to read_committed, want 1", m.Payload, part, c)
+			}
+		}
+	}
+	uncommitted.mu.Lock()
+	defer uncommitted.mu.Unlock()
+	aborted := uncommitted.total - 2*n
+	t.Logf("transform calls %d for %d inputs; read_uncommitted saw %d records (%d from aborted transactions)", calls, n, uncommitted.total, aborted)
+	if aborted <= 0 {
+		t.Errorf("read_uncommitted saw no aborted output; the crash left nothing partial to hide")
+	}
+}
+
+func sumLag(ls []PartitionLag) int64 {
+	var s int64
+	for _, l := range ls {
+		s += l.Lag
+	}
+	return s
+}

@@ -1,0 +1,209 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/steadfast-go/steadfast/broker"
+)
+
+// Publisher publishes messages with an idempotent producer and acks=all.
+// It implements broker.Publisher and is safe for concurrent use; share one
+// per process. Create it with NewPublisher and Close it when done.
+//
+// Guarantees: Publish returns nil only after every record was acknowledged
+// by all in-sync replicas. The idempotent producer keeps the records of one
+// partition in order and never writes one twice because of its own retries,
+// so messages of one call that share a key land in argument order, exactly
+// once per successful call. A record whose key is non-empty goes to
+// KeyPartition(key, partitions), the partition Kafka's Java client chooses;
+// keyless records are spread by the uniform sticky partitioner.
+//
+// Costs: each message carries its ID in a record header (about 50 bytes);
+// batches are compressed with Snappy unless configured otherwise.
+type Publisher struct {
+	cfg    PublisherConfig
+	cl     *kgo.Client
+	ids    *idGen
+	closed atomic.Bool
+}
+
+var _ broker.Publisher = (*Publisher)(nil)
+
+// NewPublisher validates cfg and creates the producer. It does not contact
+// the cluster; the first Publish does.
+func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	codec, _ := cfg.Compression.codec()
+	opts := append(cfg.baseOpts(),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(cfg.Linger),
+		kgo.ProducerBatchMaxBytes(cfg.BatchMaxBytes),
+		kgo.ProducerBatchCompression(codec),
+		kgo.MaxBufferedRecords(cfg.MaxBufferedRecords),
+		kgo.RecordPartitioner(kgo.UniformBytesPartitioner(64<<10, true, true, nil)),
+	)
+	opts = append(opts, cfg.Options...)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen()}, nil
+}
+
+// Client returns the underlying franz-go client, for metrics and admin
+// requests. Producing through it bypasses the adapter's mapping.
+func (p *Publisher) Client() *kgo.Client { return p.cl }
+
+// Publish sends msgs and waits until the cluster acknowledged every one.
+//
+// The batch is validated first (broker.Normalize with MaxMessageBytes): an
+// empty topic or an oversized message rejects the whole call with an error
+// wrapping broker.ErrEmptyTopic or broker.ErrMessageTooLarge, and nothing is
+// sent. Otherwise every message is produced at once and the call waits for
+// all acknowledgements; when some fail, the error is a *broker.PublishError
+// naming them (unknown topics wrap ErrUnknownTopic, records the broker finds
+// too large wrap broker.ErrMessageTooLarge, records that outlive
+// DeliveryTimeout wrap kgo.ErrRecordTimeout). When ctx ends (or
+// DeliveryTimeout passes) before every acknowledgement is in, Publish returns
+// at once with a *broker.PublishError wrapping the context's error (or
+// kgo.ErrRecordTimeout) for every message of the call; some of them may
+// still reach the cluster, so treat them as not sent and retry them
+// (consumers deduplicate on Message.ID).
+//
+// Records of one Publish call are sent without waiting for the linger;
+// concurrent calls share batches.
+func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("kafka: publish: %w", err)
+	}
+	if p.closed.Load() {
+		return fmt.Errorf("kafka: publish: %w", broker.ErrClosed)
+	}
+	msgs, err := broker.Normalize(p.fillIDs(msgs), p.cfg.MaxMessageBytes)
+	if err != nil {
+		return fmt.Errorf("kafka: publish: %w", err)
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	// The delivery timeout is a deadline on the call rather than franz-go's
+	// record timeout, which counts from the record timestamp (Message.Time).
+	ctx, cancel := context.WithTimeoutCause(ctx, p.cfg.DeliveryTimeout,
+		fmt.Errorf("%w (DeliveryTimeout %v)", kgo.ErrRecordTimeout, p.cfg.DeliveryTimeout))
+	defer cancel()
+	recs := make([]*kgo.Record, len(msgs))
+	for i := range msgs {
+		recs[i] = toRecord(&msgs[i])
+	}
+	// ProduceSync sends the partitions it touched without waiting for the
+	// linger, while concurrent calls still share batches. It waits for every
+	// record, so it runs aside and the call can give up when ctx ends.
+	results := make(chan kgo.ProduceResults, 1)
+	go func() { results <- p.cl.ProduceSync(ctx, recs...) }()
+	var res kgo.ProduceResults
+	select {
+	case res = <-results:
+	case <-ctx.Done():
+		select {
+		case res = <-results:
+		default:
+			cause := context.Cause(ctx)
+			pe := &broker.PublishError{Failures: make([]broker.PublishFailure, len(msgs))}
+			for i := range msgs {
+				pe.Failures[i] = broker.PublishFailure{Index: i, ID: msgs[i].ID, Err: fmt.Errorf("kafka: not acknowledged: %w", cause)}
+			}
+			return pe
+		}
+	}
+	var pe *broker.PublishError
+	var index map[*kgo.Record]int
+	for _, r := range res {
+		if r.Err == nil {
+			continue
+		}
+		if index == nil {
+			index = make(map[*kgo.Record]int, len(recs))
+			for i, rec := range recs {
+				index[rec] = i
+			}
+			pe = &broker.PublishError{}
+		}
+		i := index[r.Record]
+		err := classifyProduceErr(msgs[i].Topic, r.Err)
+		if ctx.Err() != nil && errors.Is(r.Err, ctx.Err()) {
+			err = fmt.Errorf("kafka: not acknowledged: %w", context.Cause(ctx))
+		}
+		pe.Failures = append(pe.Failures, broker.PublishFailure{Index: i, ID: msgs[i].ID, Err: err})
+	}
+	if pe != nil {
+		sort.Slice(pe.Failures, func(a, b int) bool { return pe.Failures[a].Index < pe.Failures[b].Index })
+		return pe
+	}
+	return nil
+}
+
+// fillIDs returns msgs unchanged when every message has an ID, or a copy
+// with the missing IDs filled by the publisher's UUIDv7 generator, which
+// reads the clock once per call rather than once per message.
+func (p *Publisher) fillIDs(msgs []broker.Message) []broker.Message {
+	missing := 0
+	for i := range msgs {
+		if msgs[i].ID == "" {
+			missing++
+		}
+	}
+	if missing == 0 {
+		return msgs
+	}
+	ids := p.ids.next(missing)
+	out := make([]broker.Message, len(msgs))
+	copy(out, msgs)
+	for i := range out {
+		if out[i].ID == "" {
+			out[i].ID, ids = ids[0], ids[1:]
+		}
+	}
+	return out
+}
+
+// classifyProduceErr wraps franz-go and Kafka errors with the sentinel a
+// caller tests for.
+func classifyProduceErr(topic string, err error) error {
+	switch {
+	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):
+		return fmt.Errorf("%w %q: %w", ErrUnknownTopic, topic, err)
+	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge):
+		return fmt.Errorf("%w: %w", broker.ErrMessageTooLarge, err)
+	case errors.Is(err, kgo.ErrClientClosed):
+		return fmt.Errorf("%w: %w", broker.ErrClosed, err)
+	}
+	return fmt.Errorf("kafka: produce to %q: %w", topic, err)
+}
+
+// Close waits up to 10s for records still buffered by abandoned Publish
+// calls, then closes the connections. Publish returns broker.ErrClosed
+// afterwards. Close is idempotent.
+func (p *Publisher) Close() error {
+	if p.closed.Swap(true) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := p.cl.Flush(ctx)
+	p.cl.Close()
+	if err != nil {
+		return fmt.Errorf("kafka: close publisher: %w", err)
+	}
+	return nil
+}

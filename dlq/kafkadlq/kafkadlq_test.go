@@ -1,0 +1,346 @@
+package kafkadlq_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/kafka"
+	"github.com/steadfast-go/steadfast/dlq"
+	"github.com/steadfast-go/steadfast/dlq/dlqtest"
+	"github.com/steadfast-go/steadfast/dlq/kafkadlq"
+	"github.com/steadfast-go/steadfast/internal/testenv"
+)
+
+// testLogger logs to stderr when STEADFAST_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("STEADFAST_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// subConfig settles consumer groups quickly.
+func subConfig(brokers []string) kafka.SubscriberConfig {
+	return kafka.SubscriberConfig{
+		Config:            kafka.Config{Brokers: brokers, Logger: testLogger()},
+		CommitInterval:    200 * time.Millisecond,
+		HeartbeatInterval: 300 * time.Millisecond,
+		SessionTimeout:    10 * time.Second,
+		RebalanceTimeout:  30 * time.Second,
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// env is a Kafka cluster with a publisher and an admin, closed at cleanup.
+type env struct {
+	brokers []string
+	pub     *kafka.Publisher
+	admin   *kafka.Admin
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	brokers := testenv.Kafka(t)
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Config: kafka.Config{Brokers: brokers}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := kafka.NewAdmin(kafka.Config{Brokers: brokers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = pub.Close()
+		admin.Close()
+	})
+	return &env{brokers: brokers, pub: pub, admin: admin}
+}
+
+func (e *env) createTopic(t *testing.T, name string, partitions int32) {
+	t.Helper()
+	if err := e.admin.CreateTopic(ctxT(t), kafka.TopicSpec{Name: name, Partitions: partitions}); err != nil {
+		t.Fatalf("create topic %s: %v", name, err)
+	}
+}
+
+// consumer creates topic (4 partitions) and a Consumer with its retry and
+// dead-letter topics.
+func (e *env) consumer(t *testing.T, cfg dlq.Config, topic, group string) *kafkadlq.Consumer {
+	t.Helper()
+	e.createTopic(t, topic, 4)
+	c, err := kafkadlq.NewConsumer(kafkadlq.Config{Subscriber: subConfig(e.brokers), DLQ: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	if err := c.CreateTopics(ctxT(t), topic, group, kafka.TopicSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (e *env) inspector(t *testing.T, topic string, replay broker.Publisher) *kafkadlq.Inspector {
+	t.Helper()
+	in, err := kafkadlq.NewInspector(kafkadlq.InspectorConfig{Config: kafka.Config{Brokers: e.brokers, Logger: testLogger()}, Topic: topic, Publisher: replay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = in.Close() })
+	return in
+}
+
+// TestConformance runs the dlq suite on a Kafka-protocol cluster in every
+// retry mode: in process, redelivered in place by the adapter, and
+// through retry topics.
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	dlqtest.Run(t, dlqtest.Features{
+		Retries:     []dlq.Retries{dlq.RetryRedeliver, dlq.RetryInProcess, dlq.RetryTopics},
+		Partitioned: true,
+	}, func(t *testing.T) dlqtest.Backend {
+		e := newEnv(t)
+		return dlqtest.Backend{
+			Publisher: e.pub,
+			Consumer: func(t *testing.T, cfg dlq.Config, topic, group string) dlqtest.Consumer {
+				return e.consumer(t, cfg, topic, group)
+			},
+			Inspector: func(t *testing.T, topic, group string, replay broker.Publisher) dlq.Inspector {
+				return e.inspector(t, dlq.DeadLetterTopic(dlq.Envelope{Topic: topic, Group: group}), replay)
+			},
+		}
+	})
+}
+
+// TestRetryTopicWaitsWithoutStalling: on a retry topic, a message due in
+// an hour waits at the head of its partition while a message due now on
+// another partition is handled at once, and later messages of the waiting
+// message's key on the main topic are handled too. The waiting message is
+// not handled before its due time.
+func TestRetryTopicWaitsWithoutStalling(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic, group := testenv.Name(t, "orders"), "billing"
+	c := e.consumer(t, dlq.Config{Retries: dlq.RetryTopics, Policy: dlq.Policy{MaxAttempts: 3}, MaxWait: 100 * time.Millisecond}, topic, group)
+	retry1 := dlq.RetryTopic(topic, group, 1)
+
+	// Two keys on different partitions of the retry topic.
+	keyA, keyB := "", ""
+	for i := 0; keyB == ""; i++ {
+		k := fmt.Sprint("customer-", i)
+		switch p := kafka.KeyPartition(k, 4); {
+		case keyA == "":
+			keyA = k
+		case p != kafka.KeyPartition(keyA, 4):
+			keyB = k
+		}
+	}
+	retryMsg := func(key string, due time.Time) broker.Message {
+		m := broker.NewMessage(retry1, []byte("retry "+key))
+		m.Key = key
+		m.Headers = map[string]string{}
+		now := time.Now()
+		dlq.Envelope{ID: m.ID, Topic: topic, Key: key, Time: now, Group: group, Partition: 0, Offset: 0,
+			Error: "boom", Attempts: 1, FirstFailure: now, LastFailure: now, Due: due}.SetHeaders(m.Headers)
+		return m
+	}
+	late := retryMsg(keyA, time.Now().Add(time.Hour))
+	soon := retryMsg(keyB, time.Now())
+	if err := e.pub.Publish(ctxT(t), late, soon); err != nil {
+		t.Fatal(err)
+	}
+	next := broker.NewMessage(topic, []byte("next of key A"))
+	next.Key = keyA
+	if err := e.pub.Publish(ctxT(t), next); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	seen := map[string][]int{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Subscribe(ctx, broker.Subscription{Topic: topic, Group: group}, func(_ context.Context, d broker.Delivery) error {
+			mu.Lock()
+			seen[d.ID] = append(seen[d.ID], d.Attempt)
+			mu.Unlock()
+			return nil
+		})
+	}()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		mu.Lock()
+		n := len(seen[soon.ID]) + len(seen[next.ID])
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the due retry and the main-topic message were not handled: the waiting message stalls them")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Let the retry consumer hand the waiting message back a few times.
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := seen[late.ID]; len(got) != 0 {
+		t.Errorf("message due in an hour was handled: attempts %v", got)
+	}
+	if got := seen[soon.ID]; !slices.Equal(got, []int{2}) {
+		t.Errorf("due retry handled with attempts %v, want [2]", got)
+	}
+}
+
+// TestInspectorMarkersAndDeletion: replaying and purging a selection
+// appends markers so the dead letters are no longer listed, and deletes
+// the partition prefix that holds nothing pending; purging all deletes
+// every record.
+func TestInspectorMarkersAndDeletion(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic, dead := testenv.Name(t, "orders"), testenv.Name(t, "dead")
+	e.createTopic(t, topic, 1)
+	e.createTopic(t, dead, 1)
+	var ids []string
+	for i := range 4 {
+		m := broker.NewMessage(dead, []byte(fmt.Sprint(i)))
+		m.Headers = map[string]string{}
+		now := time.Now()
+		dlq.Envelope{ID: m.ID, Topic: topic, Time: m.Time, Group: "g", Partition: 0, Offset: int64(i), Error: "boom",
+			Attempts: 3, FirstFailure: now, LastFailure: now}.SetHeaders(m.Headers)
+		if err := e.pub.Publish(ctxT(t), m); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, m.ID)
+	}
+	in := e.inspector(t, dead, nil)
+	ctx := ctxT(t)
+	if n, err := in.Replay(ctx, dlq.Filter{IDs: ids[:1]}, dlq.ReplayOptions{}); n != 1 || err != nil {
+		t.Fatalf("Replay = %d, %v", n, err)
+	}
+	if n, err := in.Purge(ctx, dlq.Filter{IDs: ids[2:3]}); n != 1 || err != nil {
+		t.Fatalf("Purge = %d, %v", n, err)
+	}
+	dls, err := in.List(ctx, dlq.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dls) != 2 || dls[0].ID() != ids[1] || dls[1].ID() != ids[3] {
+		t.Fatalf("listed %d dead letters after a replay and a purge", len(dls))
+	}
+	if dls[0].Position != "0/1" {
+		t.Errorf("position %q, want 0/1", dls[0].Position)
+	}
+	lag, err := e.admin.Lag(ctx, dead, "nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lag[0].Start != 1 {
+		t.Errorf("log start offset %d, want 1 (the replayed prefix deleted)", lag[0].Start)
+	}
+	if n, err := in.Purge(ctx, dlq.Filter{}); n != 2 || err != nil {
+		t.Fatalf("Purge all = %d, %v", n, err)
+	}
+	if lag, err = e.admin.Lag(ctx, dead, "nobody"); err != nil || lag[0].Start != lag[0].End {
+		t.Errorf("after purging all: %+v, %v", lag, err)
+	}
+	// The replayed message reached the original topic.
+	lag, err = e.admin.Lag(ctx, topic, "nobody")
+	if err != nil || lag[0].End != 1 {
+		t.Errorf("original topic: %+v, %v", lag, err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	if _, err := kafkadlq.NewInspector(kafkadlq.InspectorConfig{Config: kafka.Config{Brokers: []string{"localhost:9092"}}}); !errors.Is(err, dlq.ErrInvalidConfig) {
+		t.Errorf("inspector without topic: %v", err)
+	}
+	if _, err := kafkadlq.NewInspector(kafkadlq.InspectorConfig{Topic: "t"}); !errors.Is(err, dlq.ErrInvalidConfig) {
+		t.Errorf("inspector without brokers: %v", err)
+	}
+	if _, err := kafkadlq.NewConsumer(kafkadlq.Config{}); err == nil {
+		t.Error("consumer without brokers accepted")
+	}
+	if _, err := kafkadlq.NewConsumer(kafkadlq.Config{Subscriber: kafka.SubscriberConfig{Config: kafka.Config{Brokers: []string{"localhost:9092"}}},
+		DLQ: dlq.Config{Policy: dlq.Policy{MaxAttempts: -1}}}); !errors.Is(err, dlq.ErrInvalidConfig) {
+		t.Errorf("bad policy: %v", err)
+	}
+}
+
+// TestInspectorReadsTransactionalTopic: dead letters written in Kafka
+// transactions (a kafka.Pipeline sending failures to the dead-letter
+// topic) are listed when committed and not when aborted, and the
+// transaction markers at the end of the log do not stall the reading.
+func TestInspectorReadsTransactionalTopic(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	dead := testenv.Name(t, "dead")
+	e.createTopic(t, dead, 1)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.TransactionalID(testenv.Name(t, "tx")),
+		kgo.DefaultProduceTopic(dead))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := ctxT(t)
+	write := func(commit bool, ids ...string) {
+		t.Helper()
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			h := map[string]string{}
+			now := time.Now()
+			dlq.Envelope{ID: id, Topic: "orders", Group: "g", Partition: -1, Offset: -1, Error: "boom", Attempts: 1,
+				FirstFailure: now, LastFailure: now}.SetHeaders(h)
+			r := &kgo.Record{Value: []byte(id), Headers: []kgo.RecordHeader{{Key: kafka.HeaderID, Value: []byte(id)}}}
+			for k, v := range h {
+				r.Headers = append(r.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
+			}
+			if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(true, "a", "b")
+	write(false, "x")
+	in, err := kafkadlq.NewInspector(kafkadlq.InspectorConfig{Config: kafka.Config{Brokers: e.brokers}, Topic: dead, IdleTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	dls, err := in.List(ctx, dlq.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, dl := range dls {
+		ids = append(ids, dl.ID())
+	}
+	if !slices.Equal(ids, []string{"a", "b"}) {
+		t.Errorf("listed %v, want [a b]", ids)
+	}
+}

@@ -1,0 +1,4 @@
+package postgres
+
+// ClaimSQL exposes the claim statement to tests.
+func (s *Store) ClaimSQL() string { return s.sql.claim }

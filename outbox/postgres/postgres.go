@@ -1,0 +1,463 @@
+package postgres
+
+import (
+	"context"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/outbox"
+)
+
+//go:embed schema.sql
+var schemaTemplate string
+
+// ErrInvalidConfig is returned by New for a bad table or channel name or a
+// negative setting.
+var ErrInvalidConfig = errors.New("outbox/postgres: invalid config")
+
+// DB is what Enqueue needs to write rows: pgx.Tx, *pgxpool.Pool and
+// *pgx.Conn all satisfy it. Pass the transaction that writes your business
+// rows so that the message commits, or rolls back, with them.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+var (
+	_ DB = pgx.Tx(nil)
+	_ DB = (*pgxpool.Pool)(nil)
+	_ DB = (*pgx.Conn)(nil)
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultTable        = "outbox"
+	DefaultClaimTimeout = 2 * time.Minute
+)
+
+// Config describes an outbox table. The zero value uses a table named
+// "outbox" on the connection's search_path.
+type Config struct {
+	// Table is the outbox table, "name" or "schema.name". Each part must
+	// match [A-Za-z_][A-Za-z0-9_]*; the table name is at most 40 bytes (its
+	// index names add a suffix) and the schema at most 63. Names are quoted
+	// in SQL, so they are case-sensitive. Default "outbox".
+	Table string
+	// Channel is the LISTEN/NOTIFY channel that wakes relays. Default: the
+	// Table string as given (shortened with a hash when longer than 63
+	// bytes). Channels are per database; two outbox tables sharing one only
+	// cause spurious wake-ups.
+	Channel string
+	// DisableNotify stops Enqueue from sending a notification. Relays then
+	// find new rows by polling only.
+	DisableNotify bool
+	// LockKeys makes Enqueue take a transaction-scoped advisory lock on each
+	// message key, held until the enqueueing transaction ends, so that
+	// transactions enqueueing for the same key are serialized and the key's
+	// rows get IDs, and are published, in commit order. Without it, rows of
+	// one key from transactions that are not otherwise serialized (by a lock
+	// on the business row, typically) are published in ID order, which may
+	// differ from commit order. Cost: one lock per distinct key per
+	// transaction (from the server's shared lock table, sized by
+	// max_locks_per_transaction), and writers of one key wait for each
+	// other.
+	LockKeys bool
+	// MaxMessageBytes is the size limit Enqueue enforces (broker.Message
+	// Size). Default broker.DefaultMaxMessageBytes.
+	MaxMessageBytes int
+	// ClaimTimeout bounds how long a relay may hold a claim (the
+	// transaction that locks a batch) idle; PostgreSQL ends the session after
+	// it (idle_in_transaction_session_timeout), releasing the rows to other
+	// relays. It must exceed the relay's PublishTimeout. Default
+	// DefaultClaimTimeout (2m).
+	ClaimTimeout time.Duration
+	// Propagator injects the trace context of Enqueue's ctx into message
+	// headers that do not carry one yet. Default propagation.TraceContext
+	// (W3C traceparent, tracestate).
+	Propagator propagation.TextMapPropagator
+}
+
+// Store is an outbox on a PostgreSQL table. It implements outbox.Store and
+// outbox.Notifier, and writes rows with Enqueue. It is safe for concurrent
+// use.
+type Store struct {
+	pool    *pgxpool.Pool
+	cfg     Config
+	t       table
+	table   string // quoted, possibly schema-qualified
+	schema  string // rendered schema SQL
+	channel string
+	sql     statements
+}
+
+var _ outbox.Store = (*Store)(nil)
+var _ outbox.Notifier = (*Store)(nil)
+
+var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// New returns a store for the table cfg describes. pool serves the relay's
+// claims, housekeeping and LISTEN connection; Enqueue writes through the DB
+// you give it. New does not touch the database: call Migrate (or apply
+// Schema with your migration tool) before use.
+func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("%w: nil pool", ErrInvalidConfig)
+	}
+	if cfg.Table == "" {
+		cfg.Table = DefaultTable
+	}
+	if cfg.MaxMessageBytes < 0 || cfg.ClaimTimeout < 0 {
+		return nil, fmt.Errorf("%w: negative MaxMessageBytes or ClaimTimeout", ErrInvalidConfig)
+	}
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = broker.DefaultMaxMessageBytes
+	}
+	if cfg.ClaimTimeout == 0 {
+		cfg.ClaimTimeout = DefaultClaimTimeout
+	}
+	if cfg.Propagator == nil {
+		cfg.Propagator = propagation.TraceContext{}
+	}
+	t, err := parseTable(cfg.Table)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Channel == "" {
+		cfg.Channel = cfg.Table
+		if len(cfg.Channel) > 63 {
+			h := fnv.New64a()
+			h.Write([]byte(cfg.Table))
+			cfg.Channel = cfg.Table[:46] + "_" + hex.EncodeToString(h.Sum(nil))
+		}
+	}
+	if len(cfg.Channel) > 63 || strings.ContainsRune(cfg.Channel, 0) {
+		return nil, fmt.Errorf("%w: channel %q longer than 63 bytes", ErrInvalidConfig, cfg.Channel)
+	}
+	s := &Store{pool: pool, cfg: cfg, channel: cfg.Channel, t: t}
+	s.table = t.ident
+	s.schema = t.schema
+	s.sql = buildStatements(s.table)
+	return s, nil
+}
+
+// Table returns the quoted table name used in SQL.
+func (s *Store) Table() string { return s.table }
+
+// Channel returns the notification channel.
+func (s *Store) Channel() string { return s.channel }
+
+// Schema returns the DDL of the store's table (see the package-level
+// Schema).
+func (s *Store) Schema() string { return s.schema }
+
+// Migrate creates the store's table and indexes if they do not exist (see
+// the package-level Migrate).
+func (s *Store) Migrate(ctx context.Context) error { return s.t.migrate(ctx, s.pool) }
+
+// table is a validated outbox table name.
+type table struct {
+	name   string // as configured
+	ident  string // quoted, possibly schema-qualified
+	schema string // rendered DDL
+	lock   int32  // advisory lock class that serializes Migrate
+}
+
+// parseTable validates a table name ("" means DefaultTable).
+func parseTable(name string) (table, error) {
+	if name == "" {
+		name = DefaultTable
+	}
+	parts := strings.Split(name, ".")
+	if len(parts) > 2 {
+		return table{}, fmt.Errorf("%w: table %q: want name or schema.name", ErrInvalidConfig, name)
+	}
+	for _, p := range parts {
+		if !identRE.MatchString(p) || len(p) > 63 {
+			return table{}, fmt.Errorf("%w: table %q: %q is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63 bytes)",
+				ErrInvalidConfig, name, p)
+		}
+	}
+	base := parts[len(parts)-1]
+	if len(base) > 40 {
+		return table{}, fmt.Errorf("%w: table name %q is longer than 40 bytes", ErrInvalidConfig, base)
+	}
+	t := table{name: name, ident: pgx.Identifier(parts).Sanitize()}
+	index := func(suffix string) string { return pgx.Identifier{base + suffix}.Sanitize() }
+	t.schema = strings.NewReplacer(
+		"{table}", t.ident,
+		"{status_check}", index("_status_check"),
+		"{pending_index}", index("_pending"),
+		"{blocking_index}", index("_blocking"),
+		"{published_index}", index("_published"),
+	).Replace(schemaTemplate)
+	h := fnv.New32a()
+	h.Write([]byte("steadfast.outbox:" + strings.ToLower(name)))
+	t.lock = int32(h.Sum32())
+	return t, nil
+}
+
+func (t table) migrate(ctx context.Context, db DB) error {
+	// CREATE ... IF NOT EXISTS is not safe against itself: serialize on a
+	// transaction-scoped lock. Without arguments Exec uses the simple
+	// protocol, which runs the statements in one (implicit) transaction.
+	_, err := db.Exec(ctx, fmt.Sprintf("SELECT pg_advisory_xact_lock(%d, 0);\n%s", t.lock, t.schema))
+	if err != nil {
+		return fmt.Errorf("outbox/postgres: migrate %s: %w", t.ident, err)
+	}
+	return nil
+}
+
+// Schema returns the DDL that creates the outbox table named table ("" means
+// DefaultTable) and its indexes, for migration tools. Every statement is
+// idempotent (IF NOT EXISTS). The error wraps ErrInvalidConfig for a bad
+// name.
+func Schema(table string) (string, error) {
+	t, err := parseTable(table)
+	if err != nil {
+		return "", err
+	}
+	return t.schema, nil
+}
+
+// Migrate creates the outbox table named table ("" means DefaultTable) and
+// its indexes if they do not exist. It is idempotent and safe to run from
+// several processes at once (it serializes on an advisory lock). db may be a
+// transaction of your own migration.
+func Migrate(ctx context.Context, db DB, table string) error {
+	t, err := parseTable(table)
+	if err != nil {
+		return err
+	}
+	return t.migrate(ctx, db)
+}
+
+// Enqueue writes msgs as outbox rows through db, in argument order. Pass
+// the pgx.Tx of your business transaction: the rows become visible to
+// relays when it commits and vanish if it rolls back. With a pool or a
+// connection outside a transaction the rows commit at once.
+//
+// Messages are validated and completed first (broker.Normalize: an empty
+// ID gets a UUIDv7, a zero Time the current time); a batch with an invalid
+// message (empty topic, over MaxMessageBytes) writes nothing and returns an
+// error wrapping broker.ErrEmptyTopic or broker.ErrMessageTooLarge. The trace
+// context of ctx is added to messages that carry none. Unless DisableNotify
+// is set, the commit also wakes listening relays. Enqueue with no messages
+// does nothing.
+func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	if db == nil {
+		return fmt.Errorf("outbox/postgres: enqueue: nil DB")
+	}
+	msgs, err := broker.Normalize(msgs, s.cfg.MaxMessageBytes)
+	if err != nil {
+		return fmt.Errorf("outbox/postgres: enqueue: %w", err)
+	}
+	n := len(msgs)
+	ids := make([]string, n)
+	topics := make([]string, n)
+	keys := make([]string, n)
+	payloads := make([][]byte, n)
+	headers := make([]string, n)
+	times := make([]time.Time, n)
+	for i, m := range msgs {
+		ids[i], topics[i], keys[i], payloads[i], times[i] = m.ID, m.Topic, m.Key, m.Payload, m.Time
+		h := s.withTrace(ctx, m.Headers)
+		if len(h) > 0 {
+			b, err := json.Marshal(h)
+			if err != nil {
+				return fmt.Errorf("outbox/postgres: enqueue: headers of message %d: %w", i, err)
+			}
+			headers[i] = string(b)
+		}
+	}
+	sql := s.sql.enqueue
+	args := []any{ids, topics, keys, payloads, headers, times}
+	if s.cfg.LockKeys {
+		sql = s.sql.enqueueLocked
+	}
+	if !s.cfg.DisableNotify {
+		sql = fmt.Sprintf(s.sql.notifyWrap, sql, len(args)+1)
+		args = append(args, s.channel)
+	}
+	if _, err := db.Exec(ctx, sql, args...); err != nil {
+		return fmt.Errorf("outbox/postgres: enqueue %d messages into %s: %w", n, s.table, err)
+	}
+	return nil
+}
+
+// withTrace returns h with the trace context of ctx added when h has none.
+func (s *Store) withTrace(ctx context.Context, h map[string]string) map[string]string {
+	if h[broker.HeaderTraceparent] != "" {
+		return h
+	}
+	carrier := propagation.MapCarrier{}
+	s.cfg.Propagator.Inject(ctx, carrier)
+	if len(carrier) == 0 {
+		return h
+	}
+	out := make(map[string]string, len(h)+len(carrier))
+	for k, v := range h {
+		out[k] = v
+	}
+	for k, v := range carrier {
+		if _, ok := out[k]; !ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// Stats implements outbox.Store.
+func (s *Store) Stats(ctx context.Context) (outbox.Stats, error) {
+	var st outbox.Stats
+	var oldest *time.Time
+	if err := s.pool.QueryRow(ctx, s.sql.stats).Scan(&st.Pending, &oldest, &st.Dead); err != nil {
+		return st, fmt.Errorf("outbox/postgres: stats: %w", err)
+	}
+	if oldest != nil {
+		st.OldestPending = *oldest
+	}
+	return st, nil
+}
+
+// Cleanup implements outbox.Store.
+func (s *Store) Cleanup(ctx context.Context, publishedBefore time.Time, limit int) (int, error) {
+	if limit <= 0 {
+		return 0, nil
+	}
+	tag, err := s.pool.Exec(ctx, s.sql.cleanup, publishedBefore, limit)
+	if err != nil {
+		return 0, fmt.Errorf("outbox/postgres: cleanup: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Parked implements outbox.Store.
+func (s *Store) Parked(ctx context.Context, q outbox.ParkedQuery) ([]outbox.Record, error) {
+	if q.Limit <= 0 {
+		q.Limit = 100
+	}
+	rows, err := s.pool.Query(ctx, s.sql.parked, q.AfterID, q.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("outbox/postgres: list parked: %w", err)
+	}
+	recs, err := scanRecords(rows, true)
+	if err != nil {
+		return nil, fmt.Errorf("outbox/postgres: list parked: %w", err)
+	}
+	return recs, nil
+}
+
+// Redrive implements outbox.Store. It wakes listening relays.
+func (s *Store) Redrive(ctx context.Context, ids ...int64) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	var n, notified int
+	if err := s.pool.QueryRow(ctx, s.sql.redrive, ids, s.channel).Scan(&n, &notified); err != nil {
+		return 0, fmt.Errorf("outbox/postgres: redrive: %w", err)
+	}
+	return n, nil
+}
+
+// Delete implements outbox.Store.
+func (s *Store) Delete(ctx context.Context, ids ...int64) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	tag, err := s.pool.Exec(ctx, s.sql.deleteDead, ids)
+	if err != nil {
+		return 0, fmt.Errorf("outbox/postgres: delete parked: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Listen implements outbox.Notifier with LISTEN on a connection of the
+// pool, held until ctx is done or the connection fails.
+func (s *Store) Listen(ctx context.Context, wake func()) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("outbox/postgres: listen: %w", err)
+	}
+	// The connection carries LISTEN state: never hand it back to the pool.
+	defer func() { _ = conn.Hijack().Close(context.Background()) }()
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{s.channel}.Sanitize()); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("outbox/postgres: listen %s: %w", s.channel, err)
+	}
+	// Rows committed before LISTEN took effect were not announced.
+	wake()
+	for {
+		if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("outbox/postgres: listen %s: %w", s.channel, err)
+		}
+		wake()
+	}
+}
+
+// scanRecords reads rows of the record columns. parked rows carry
+// status and parked_at too.
+func scanRecords(rows pgx.Rows, parked bool) ([]outbox.Record, error) {
+	defer rows.Close()
+	var recs []outbox.Record
+	for rows.Next() {
+		var (
+			r        outbox.Record
+			headers  []byte
+			lastErr  *string
+			status   string
+			parkedAt *time.Time
+		)
+		dest := []any{&r.ID, &r.Message.ID, &r.Message.Topic, &r.Message.Key, &r.Message.Payload,
+			&headers, &r.Message.Time, &r.EnqueuedAt, &r.Attempts, &lastErr}
+		if parked {
+			dest = append(dest, &status, &parkedAt)
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, err
+		}
+		if lastErr != nil {
+			r.LastError = *lastErr
+		}
+		if parked {
+			r.Status = outbox.Status(status)
+			if parkedAt != nil {
+				r.ParkedAt = *parkedAt
+			}
+		} else {
+			r.Status = outbox.StatusPending
+		}
+		if len(headers) > 0 {
+			if err := json.Unmarshal(headers, &r.Message.Headers); err != nil {
+				r.Message.Headers = nil
+				r.Malformed = fmt.Sprintf("headers are not a JSON object of strings: %v", err)
+			}
+		}
+		recs = append(recs, r)
+	}
+	return recs, rows.Err()
+}
