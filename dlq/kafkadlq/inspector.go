@@ -268,7 +268,7 @@ func (s *snapshot) decode(r *kgo.Record) entry {
 			return entry{off: r.Offset, marker: true}
 		}
 	}
-	return entry{off: r.Offset, dl: dlq.NewDeadLetter(recordMessage(r), position(r.Partition, r.Offset))}
+	return entry{off: r.Offset, dl: dlq.NewDeadLetter(kafka.MessageFromRecord(r), position(r.Partition, r.Offset))}
 }
 
 func position(p int32, off int64) string {
@@ -283,40 +283,6 @@ func parsePosition(pos string) (int32, int64, bool) {
 	p, err1 := strconv.ParseInt(ps, 10, 32)
 	off, err2 := strconv.ParseInt(os, 10, 64)
 	return int32(p), off, err1 == nil && err2 == nil
-}
-
-// recordMessage maps a record the kafka adapter produced back to its
-// message, as its subscriber does: the ID from kafka.HeaderID, escaped
-// headers restored, other reserved headers dropped, and the ID
-// "topic/partition/offset" for records of other producers.
-func recordMessage(r *kgo.Record) broker.Message {
-	escaped := kafka.ReservedHeaderPrefix + "u-"
-	m := broker.Message{Topic: r.Topic, Payload: r.Value, Time: r.Timestamp}
-	if len(r.Key) > 0 {
-		m.Key = string(r.Key)
-	}
-	for _, h := range r.Headers {
-		k := h.Key
-		if strings.HasPrefix(k, kafka.ReservedHeaderPrefix) {
-			switch {
-			case k == kafka.HeaderID:
-				m.ID = string(h.Value)
-				continue
-			case strings.HasPrefix(k, escaped):
-				k = k[len(escaped):]
-			default:
-				continue
-			}
-		}
-		if m.Headers == nil {
-			m.Headers = make(map[string]string, len(r.Headers))
-		}
-		m.Headers[k] = string(h.Value)
-	}
-	if m.ID == "" {
-		m.ID = r.Topic + "/" + position(r.Partition, r.Offset)
-	}
-	return m
 }
 
 func (in *Inspector) wrap(ctx context.Context, what string, err error) error {
