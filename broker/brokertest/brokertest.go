@@ -125,9 +125,10 @@ type suite struct {
 	factory Factory
 }
 
-// uniqueName returns a lower-case name unique to this run, safe as a topic,
-// queue or group name on every broker.
-func uniqueName(t *testing.T, prefix string) string {
+// UniqueName returns a lower-case name, unique to this run, made of prefix,
+// the end of the test's name and a random suffix: safe as a topic, queue or
+// group name on every broker. Suites built on this one use it for isolation.
+func UniqueName(t *testing.T, prefix string) string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	base := strings.ToLower(t.Name())
@@ -157,10 +158,10 @@ type env struct {
 
 func (s *suite) newEnv(t *testing.T, groups int) (*env, []string) {
 	t.Helper()
-	e := &env{t: t, f: s.f, b: s.factory(t), topic: uniqueName(t, "t")}
+	e := &env{t: t, f: s.f, b: s.factory(t), topic: UniqueName(t, "t")}
 	gs := make([]string, groups)
 	for i := range gs {
-		gs[i] = uniqueName(t, fmt.Sprintf("g%d", i))
+		gs[i] = UniqueName(t, fmt.Sprintf("g%d", i))
 	}
 	e.setup(e.topic, gs...)
 	return e, gs
@@ -307,7 +308,9 @@ func (e *env) checkDuplicates(c *tally, total int, what string) {
 	}
 }
 
-func seqMessage(topic, key string, seq int) broker.Message {
+// SeqMessage returns a message for topic and key whose payload and "seq"
+// header carry seq, so a consumer can check per-key order.
+func SeqMessage(topic, key string, seq int) broker.Message {
 	m := broker.NewMessage(topic, []byte(fmt.Sprintf("%s/%d", key, seq)))
 	m.Key = key
 	m.Headers = map[string]string{"seq": fmt.Sprint(seq)}

@@ -311,7 +311,7 @@ func (s *suite) perKeyOrder(t *testing.T) {
 			for i := 0; i < perKey; i += step {
 				var batch []broker.Message
 				for j := i; j < min(i+step, perKey); j++ {
-					batch = append(batch, seqMessage(e.topic, key, j))
+					batch = append(batch, SeqMessage(e.topic, key, j))
 				}
 				e.publish(batch...)
 			}
@@ -340,9 +340,9 @@ func (s *suite) perKeyOrder(t *testing.T) {
 func (s *suite) redelivery(t *testing.T) {
 	e, groups := s.newEnv(t, 1)
 	const failures = 3
-	poison := seqMessage(e.topic, "k-fail", 0)
-	after := seqMessage(e.topic, "k-fail", 1)
-	others := []broker.Message{seqMessage(e.topic, "k-a", 0), seqMessage(e.topic, "k-b", 0), seqMessage(e.topic, "k-c", 0)}
+	poison := SeqMessage(e.topic, "k-fail", 0)
+	after := SeqMessage(e.topic, "k-fail", 1)
+	others := []broker.Message{SeqMessage(e.topic, "k-a", 0), SeqMessage(e.topic, "k-b", 0), SeqMessage(e.topic, "k-c", 0)}
 	e.publish(poison, after)
 	e.publish(others...)
 
@@ -417,7 +417,7 @@ func (s *suite) subscriberRestart(t *testing.T) {
 	publishN := func(n int, tag string) {
 		var batch []broker.Message
 		for i := range n {
-			batch = append(batch, seqMessage(e.topic, fmt.Sprintf("%s-%d", tag, i%10), i))
+			batch = append(batch, SeqMessage(e.topic, fmt.Sprintf("%s-%d", tag, i%10), i))
 			if len(batch) == 50 {
 				e.publish(batch...)
 				batch = nil
@@ -466,7 +466,7 @@ func (s *suite) consumerGroups(t *testing.T) {
 	}
 	var batch []broker.Message
 	for i := range n {
-		batch = append(batch, seqMessage(e.topic, fmt.Sprintf("k%d", i%20), i))
+		batch = append(batch, SeqMessage(e.topic, fmt.Sprintf("k%d", i%20), i))
 	}
 	e.publish(batch[:n/2]...)
 	e.publish(batch[n/2:]...)
@@ -482,13 +482,13 @@ func (s *suite) consumerGroups(t *testing.T) {
 // topicIsolation: a subscriber sees only its own topic.
 func (s *suite) topicIsolation(t *testing.T) {
 	e, groups := s.newEnv(t, 1)
-	other := uniqueName(t, "t")
+	other := UniqueName(t, "t")
 	e.setup(other, groups...)
 	const n = 50
 	var mine, theirs []broker.Message
 	for i := range n {
-		mine = append(mine, seqMessage(e.topic, "k", i))
-		theirs = append(theirs, seqMessage(other, "k", i))
+		mine = append(mine, SeqMessage(e.topic, "k", i))
+		theirs = append(theirs, SeqMessage(other, "k", i))
 	}
 	e.publish(theirs...)
 	e.publish(mine...)
@@ -578,11 +578,11 @@ func (s *suite) shutdown(t *testing.T) {
 // brokerRestart: the broker restarts mid-stream; every message whose
 // Publish returned nil is delivered, and the subscription survives.
 func (s *suite) brokerRestart(t *testing.T) {
-	e := &env{t: t, f: s.f, b: s.factory(t), topic: uniqueName(t, "t")}
+	e := &env{t: t, f: s.f, b: s.factory(t), topic: UniqueName(t, "t")}
 	if e.b.Restart == nil {
 		t.Skip("backend gives no restart function")
 	}
-	group := uniqueName(t, "g")
+	group := UniqueName(t, "g")
 	e.setup(e.topic, group)
 	const n = 2000
 	c := newTally(n)
@@ -601,7 +601,7 @@ func (s *suite) brokerRestart(t *testing.T) {
 		for i := 0; i < n; i += 10 {
 			var batch []broker.Message
 			for j := i; j < i+10; j++ {
-				batch = append(batch, seqMessage(e.topic, fmt.Sprintf("k%d", j%16), j))
+				batch = append(batch, SeqMessage(e.topic, fmt.Sprintf("k%d", j%16), j))
 			}
 			// Retry what was not accepted until it is; a message is only
 			// counted as sent once Publish returned nil for it.

@@ -28,8 +28,6 @@ package outboxtest
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,6 +39,7 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/brokertest"
 	"github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/outbox"
 )
@@ -208,35 +207,10 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// uniqueName returns a lower-case name unique to this run, safe as a topic,
-// queue or group name on every broker.
-func uniqueName(t *testing.T, prefix string) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	base := strings.ToLower(t.Name())
-	if i := strings.LastIndexByte(base, '/'); i >= 0 {
-		base = base[i+1:]
-	}
-	var sb strings.Builder
-	for _, r := range base {
-		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
-			sb.WriteRune(r)
-		}
-	}
-	base = sb.String()
-	if len(base) > 20 {
-		base = base[:20]
-	}
-	return fmt.Sprintf("%s_%s_%s", prefix, base, hex.EncodeToString(b[:]))
-}
-
 // SeqMessage returns a message for topic and key whose payload and "seq"
 // header carry seq, which Tally uses to check per-key order.
 func SeqMessage(topic, key string, seq int) broker.Message {
-	m := broker.NewMessage(topic, []byte(key+"/"+strconv.Itoa(seq)))
-	m.Key = key
-	m.Headers = map[string]string{"seq": strconv.Itoa(seq)}
-	return m
+	return brokertest.SeqMessage(topic, key, seq)
 }
 
 // Tally records what a consumer received: distinct messages, duplicates,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/brokertest"
 	"github.com/steadfast-go/steadfast/outbox"
 )
 
@@ -65,7 +66,7 @@ func (s *relaySuite) newEnv(t *testing.T) *relayEnv {
 		t.Fatal("outboxtest: the factory must set Harness.Store and Harness.Enqueue")
 	}
 	e := &relayEnv{t: t, o: s.o, h: h, b: s.brokers(t), ctx: ctxT(t, 10*s.o.Timeout),
-		topic: uniqueName(t, "t"), group: uniqueName(t, "g")}
+		topic: brokertest.UniqueName(t, "t"), group: brokertest.UniqueName(t, "g")}
 	if e.b.Setup != nil {
 		ctx, cancel := context.WithTimeout(e.ctx, s.o.Timeout)
 		defer cancel()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/brokertest"
 	"github.com/steadfast-go/steadfast/outbox"
 )
 
@@ -36,7 +37,7 @@ func (s *storeSuite) newEnv(t *testing.T) *env {
 	if h.Store == nil || h.Enqueue == nil {
 		t.Fatal("outboxtest: the factory must set Harness.Store and Harness.Enqueue")
 	}
-	return &env{t: t, h: h, ctx: ctxT(t, storeTimeout), topic: uniqueName(t, "t")}
+	return &env{t: t, h: h, ctx: ctxT(t, storeTimeout), topic: brokertest.UniqueName(t, "t")}
 }
 
 func (e *env) enqueue(msgs ...broker.Message) {
