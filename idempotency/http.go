@@ -156,7 +156,11 @@ func DefaultFingerprint(r *http.Request, body []byte) []byte {
 // Error responses are RFC 9457 problem details (application/problem+json).
 // A response that is not kept (HTTPConfig.Keep, MaxResponseBytes) or a
 // handler that panics releases the key, so the repeat runs the handler again.
-// The key is held for the whole request. With the Postgres store that is one
+// The key is held for the whole request: the response is stored when the
+// handler returns, before the server ends the response, so a client that
+// read a response to its end and repeats the request gets the replay. A
+// handler that flushes early lets the client see headers sooner, but the
+// request still runs until the body ends. With the Postgres store that is one
 // open transaction and pool connection per request in flight (size the pool
 // for it); a store configured to wait for a held key (postgres Config.Wait)
 // answers a repeat with the stored response if the first request finishes
