@@ -149,6 +149,22 @@ type ReplayOptions struct {
 	Topic string
 }
 
+// ReplayMessages builds the replay message of every dead letter in sel (see
+// ReplayMessage). It returns the messages, the dead letters they replay at
+// the same indices, and the errors of the dead letters that cannot be
+// replayed. Inspectors use it so every backend replays the same way.
+func ReplayMessages(sel []DeadLetter, opts ReplayOptions, now time.Time) (msgs []broker.Message, from []DeadLetter, errs []error) {
+	for _, dl := range sel {
+		m, err := ReplayMessage(dl, opts, now)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		msgs, from = append(msgs, m), append(from, dl)
+	}
+	return msgs, from, errs
+}
+
 // ReplayMessage returns the message that replays dl: the original ID,
 // topic (or opts.Topic), key, payload, time and headers, without the
 // envelope, so the consumer sees it with attempts counted from 1 again,

@@ -321,18 +321,7 @@ func (in *Inspector) Replay(ctx context.Context, f dlq.Filter, opts dlq.ReplayOp
 		return 0, err
 	}
 	sel := f.Select(s.pending())
-	now := time.Now()
-	var errs []error
-	var msgs []broker.Message
-	var from []dlq.DeadLetter
-	for _, dl := range sel {
-		m, err := dlq.ReplayMessage(dl, opts, now)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		msgs, from = append(msgs, m), append(from, dl)
-	}
+	msgs, from, errs := dlq.ReplayMessages(sel, opts, time.Now())
 	var done []dlq.DeadLetter
 	const chunk = 500
 	for i := 0; i < len(msgs); i += chunk {
