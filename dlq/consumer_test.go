@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -451,26 +450,6 @@ func TestPermanentErrorSkipsRetries(t *testing.T) {
 	}
 }
 
-// failingPublisher fails publishes to one topic while fail > 0.
-type failingPublisher struct {
-	broker.Publisher
-	topic string
-	fail  atomic.Int32
-	tries atomic.Int32
-}
-
-func (p *failingPublisher) Publish(ctx context.Context, msgs ...broker.Message) error {
-	for _, m := range msgs {
-		if m.Topic == p.topic {
-			p.tries.Add(1)
-			if p.fail.Add(-1) >= 0 {
-				return errors.New("dead-letter topic unavailable")
-			}
-		}
-	}
-	return p.Publisher.Publish(ctx, msgs...)
-}
-
 // TestDeadLetterPublishFailureKeepsTheMessage: while the dead-letter topic
 // refuses publishes, the poison message is not acknowledged (it comes back);
 // once the topic accepts, it is dead-lettered exactly once and nothing is
@@ -484,8 +463,8 @@ func TestDeadLetterPublishFailureKeepsTheMessage(t *testing.T) {
 	if err := b.Publish(context.Background(), poison); err != nil {
 		t.Fatal(err)
 	}
-	pub := &failingPublisher{Publisher: b, topic: "orders.g.dlq"}
-	pub.fail.Store(3)
+	pub := &dlqtest.FailingPublisher{Publisher: b, Topic: "orders.g.dlq"}
+	pub.Fail.Store(3)
 	mp := dlqtest.NewMeterProvider()
 	c := newConsumer(t, dlq.Config{Publisher: pub, Subscriber: b, Policy: dlq.Policy{MaxAttempts: 2, InitialBackoff: time.Millisecond}, MeterProvider: mp})
 	rec := newCalls()
@@ -512,7 +491,7 @@ func TestDeadLetterPublishFailureKeepsTheMessage(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if n := pub.tries.Load(); n != 4 {
+	if n := pub.Tries.Load(); n != 4 {
 		t.Errorf("%d dead-letter publishes, want 4 (3 refused, 1 accepted)", n)
 	}
 	env, err := dlq.ParseEnvelope(b.Published("orders.g.dlq")[0].Headers)

@@ -439,19 +439,22 @@ func (s *suite) permanent(t *testing.T, retries dlq.Retries) {
 	}
 }
 
-// failingPublisher refuses publishes to one topic while fail > 0.
-type failingPublisher struct {
+// FailingPublisher wraps a Publisher and refuses every publish that
+// carries a message for Topic while Fail is above zero, counting the
+// refused and accepted attempts in Tries. Tests use it to make a
+// dead-letter destination unavailable.
+type FailingPublisher struct {
 	broker.Publisher
-	topic string
-	fail  atomic.Int32
-	tries atomic.Int32
+	Topic string
+	Fail  atomic.Int32
+	Tries atomic.Int32
 }
 
-func (p *failingPublisher) Publish(ctx context.Context, msgs ...broker.Message) error {
+func (p *FailingPublisher) Publish(ctx context.Context, msgs ...broker.Message) error {
 	for _, m := range msgs {
-		if m.Topic == p.topic {
-			p.tries.Add(1)
-			if p.fail.Add(-1) >= 0 {
+		if m.Topic == p.Topic {
+			p.Tries.Add(1)
+			if p.Fail.Add(-1) >= 0 {
 				return errors.New("dead-letter destination unavailable")
 			}
 		}
@@ -465,8 +468,8 @@ func (p *failingPublisher) Publish(ctx context.Context, msgs ...broker.Message) 
 func (s *suite) publishFails(t *testing.T) {
 	b := s.factory(t)
 	topic, group := Name("dlqt"), "g"
-	pub := &failingPublisher{Publisher: b.Publisher, topic: dlq.DeadLetterTopic(dlq.Envelope{Topic: topic, Group: group})}
-	pub.fail.Store(3)
+	pub := &FailingPublisher{Publisher: b.Publisher, Topic: dlq.DeadLetterTopic(dlq.Envelope{Topic: topic, Group: group})}
+	pub.Fail.Store(3)
 	mp := NewMeterProvider()
 	c := b.Consumer(t, dlq.Config{Publisher: pub, Policy: dlq.Policy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond},
 		Retries: s.f.Retries[0], MeterProvider: mp}, topic, group)
@@ -485,7 +488,7 @@ func (s *suite) publishFails(t *testing.T) {
 	s.waitFor(t, "20 good messages", func() bool { return rec.successes() == 20 })
 	dead := s.waitDead(t, in, 1)
 	stop()
-	if n := pub.tries.Load(); n != 4 {
+	if n := pub.Tries.Load(); n != 4 {
 		t.Errorf("%d dead-letter publishes, want 4 (3 refused, 1 accepted)", n)
 	}
 	if got := mp.Sum("steadfast.dlq.dead_letter_failures"); got != 3 {
