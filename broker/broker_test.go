@@ -50,6 +50,14 @@ func TestNormalizeRejectsWholeBatch(t *testing.T) {
 	if _, err := broker.Normalize([]broker.Message{big}, 11); err != nil {
 		t.Fatalf("message at the limit rejected: %v", err)
 	}
+	// ValidateBatch applies the same checks without copying or filling.
+	batch := []broker.Message{{Topic: "a"}, big}
+	if err := broker.ValidateBatch(batch, 10); !errors.Is(err, broker.ErrMessageTooLarge) || !strings.Contains(err.Error(), "message 1") {
+		t.Fatalf("ValidateBatch err = %v, want ErrMessageTooLarge naming message 1", err)
+	}
+	if err := broker.ValidateBatch(batch, 11); err != nil || batch[0].ID != "" || !batch[0].Time.IsZero() {
+		t.Fatalf("ValidateBatch = %v and left %+v; want nil and the batch unchanged", err, batch[0])
+	}
 }
 
 func TestCheckSubscribe(t *testing.T) {

@@ -94,18 +94,32 @@ func (m Message) Validate(maxBytes int) error {
 	return nil
 }
 
+// ValidateBatch validates every message of a batch without copying it. The
+// error names the first bad message's index, ID and topic and wraps the
+// sentinel (ErrEmptyTopic, ErrMessageTooLarge). Adapters that map messages to
+// their wire format in one pass call it instead of Normalize, and then fill
+// empty IDs and times themselves exactly as Normalize does.
+func ValidateBatch(msgs []Message, maxBytes int) error {
+	for i := range msgs {
+		if err := msgs[i].Validate(maxBytes); err != nil {
+			return fmt.Errorf("broker: message %d (id %q, topic %q): %w", i, msgs[i].ID, msgs[i].Topic, err)
+		}
+	}
+	return nil
+}
+
 // Normalize validates every message and returns copies with an empty ID
 // filled by NewID and a zero Time filled with the current time. Adapters call
 // it at the start of Publish, so a batch with one bad message is rejected as a
 // whole before anything is sent. The returned error wraps the sentinel
 // (ErrEmptyTopic, ErrMessageTooLarge) and names the message's index.
 func Normalize(msgs []Message, maxBytes int) ([]Message, error) {
+	if err := ValidateBatch(msgs, maxBytes); err != nil {
+		return nil, err
+	}
 	out := make([]Message, len(msgs))
 	now := time.Now()
 	for i, m := range msgs {
-		if err := m.Validate(maxBytes); err != nil {
-			return nil, fmt.Errorf("broker: message %d (id %q, topic %q): %w", i, m.ID, m.Topic, err)
-		}
 		if m.ID == "" {
 			m.ID = NewID()
 		}

@@ -14,12 +14,14 @@
 //   - Topic is the Kafka topic, Key the record key (an empty Key is a null
 //     key), Payload the record value, Time the record timestamp (Kafka keeps
 //     milliseconds).
-//   - Message.ID travels in the record header HeaderID. Headers are record
+//   - Message.ID travels in a record header: a UUID in canonical lowercase
+//     form (what broker.NewID and the Publisher generate) as its 16 bytes in
+//     HeaderUUID, any other ID as text in HeaderID. Headers are record
 //     headers; a header whose name starts with ReservedHeaderPrefix is
 //     escaped on the wire and restored on delivery, so the Headers map a
 //     subscriber sees equals the one published.
-//   - A record produced by another client, without HeaderID, is delivered
-//     with the ID "topic/partition/offset".
+//   - A record produced by another client, without either ID header, is
+//     delivered with the ID "topic/partition/offset".
 //   - A keyed record goes to KeyPartition(key, partitions), the partition
 //     Kafka's Java client picks (murmur2), so producers in several languages
 //     keep one key on one partition.

@@ -9,11 +9,12 @@ import (
 )
 
 // idGen makes UUIDv7 message IDs (RFC 9562) for a whole Publish call at the
-// cost of one clock read: a 48-bit Unix millisecond timestamp, a 12-bit
-// counter in rand_a that keeps IDs of one millisecond increasing (method 1
-// of RFC 9562 section 6.2; on overflow the timestamp moves on by one
-// millisecond), and 62 bits from a ChaCha8 stream seeded from crypto/rand.
-// IDs sort by creation time like broker.NewID's, and are as unique.
+// cost of one clock read and one lock: a 48-bit Unix millisecond timestamp, a
+// 12-bit counter in rand_a that keeps IDs of one millisecond increasing
+// (method 1 of RFC 9562 section 6.2; on overflow the timestamp moves on by
+// one millisecond), and 62 bits from a ChaCha8 stream seeded from
+// crypto/rand. IDs sort by creation time like broker.NewID's, and are as
+// unique.
 type idGen struct {
 	mu     sync.Mutex
 	rng    *rand.ChaCha8
@@ -27,41 +28,93 @@ func newIDGen() *idGen {
 	return &idGen{rng: rand.NewChaCha8(seed)}
 }
 
-const hexDigits = "0123456789abcdef"
+// uuidLen is the length of a UUID in binary form, uuidTextLen in canonical
+// text form (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, lowercase).
+const (
+	uuidLen     = 16
+	uuidTextLen = 36
+)
 
-// next returns n new IDs, in increasing order.
-func (g *idGen) next(n int) []string {
+// fill writes len(dst)/uuidLen new IDs in binary form into dst, in
+// increasing order.
+func (g *idGen) fill(dst []byte) {
+	n := len(dst) / uuidLen
+	if n == 0 {
+		return
+	}
 	ms := time.Now().UnixMilli()
-	out := make([]string, n)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if ms > g.lastMs {
 		g.lastMs = ms
 		g.seq = uint16(g.rng.Uint64() & 0x1ff) // random start, leaving room to count
 	}
-	for i := range out {
+	for i := range n {
 		if g.seq > 0xfff {
 			g.lastMs++
 			g.seq = 0
 		}
-		var u [16]byte
-		binary.BigEndian.PutUint64(u[8:], g.rng.Uint64())
-		binary.BigEndian.PutUint16(u[6:], 0x7000|g.seq) // version 7, counter
-		binary.BigEndian.PutUint16(u[4:], uint16(g.lastMs))
+		u := dst[i*uuidLen : (i+1)*uuidLen : (i+1)*uuidLen]
 		binary.BigEndian.PutUint32(u[0:], uint32(g.lastMs>>16))
+		binary.BigEndian.PutUint16(u[4:], uint16(g.lastMs))
+		binary.BigEndian.PutUint16(u[6:], 0x7000|g.seq) // version 7, counter
+		binary.BigEndian.PutUint64(u[8:], g.rng.Uint64())
 		u[8] = u[8]&0x3f | 0x80 // variant 10
 		g.seq++
-		var b [36]byte
-		j := 0
-		for k, x := range u {
-			if k == 4 || k == 6 || k == 8 || k == 10 {
-				b[j] = '-'
-				j++
-			}
-			b[j], b[j+1] = hexDigits[x>>4], hexDigits[x&0xf]
-			j += 2
-		}
-		out[i] = string(b[:])
 	}
-	return out
+}
+
+const hexDigits = "0123456789abcdef"
+
+// formatUUID returns the canonical text form of a binary UUID.
+func formatUUID(u []byte) string {
+	var b [uuidTextLen]byte
+	putUUID(b[:], u)
+	return string(b[:])
+}
+
+// uuidTextPos is where each byte of a binary UUID goes in its text form.
+var uuidTextPos = [uuidLen]int{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+// putUUID writes the canonical text form of the binary UUID u into b.
+func putUUID(b, u []byte) {
+	b = b[:uuidTextLen]
+	u = u[:uuidLen]
+	for k, at := range uuidTextPos {
+		b[at], b[at+1] = hexDigits[u[k]>>4], hexDigits[u[k]&0xf]
+	}
+	b[8], b[13], b[18], b[23] = '-', '-', '-', '-'
+}
+
+// parseUUID writes the binary form of s into dst and reports whether s is a
+// UUID in canonical lowercase text form, the only form formatUUID gives back
+// unchanged.
+func parseUUID(dst []byte, s string) bool {
+	if len(s) != uuidTextLen || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return false
+	}
+	j := 0
+	for i := 0; i < uuidTextLen; i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i++
+		}
+		hi, ok1 := unhex(s[i])
+		lo, ok2 := unhex(s[i+1])
+		if !ok1 || !ok2 {
+			return false
+		}
+		dst[j] = hi<<4 | lo
+		j++
+	}
+	return true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
 }

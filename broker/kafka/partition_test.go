@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -122,7 +123,7 @@ func TestPublisherPlacesKeysLikeJava(t *testing.T) {
 func TestForeignRecord(t *testing.T) {
 	t.Parallel()
 	m := fromRecord(&kgo.Record{Topic: "t", Partition: 3, Offset: 42, Key: []byte("k"), Value: []byte("v"),
-		Headers: []kgo.RecordHeader{{Key: ReservedHeaderPrefix + "future", Value: []byte("x")}}})
+		Headers: []kgo.RecordHeader{{Key: ReservedHeaderPrefix + "future", Value: []byte("x")}}}, nil)
 	if m.ID != "t/3/42" || m.Key != "k" || string(m.Payload) != "v" || m.Headers != nil {
 		t.Errorf("foreign record decoded as %+v", m)
 	}
@@ -134,7 +135,10 @@ func TestIDGen(t *testing.T) {
 	seen := map[string]bool{}
 	var last string
 	for range 20 {
-		for _, id := range g.next(1000) {
+		buf := make([]byte, 1000*uuidLen)
+		g.fill(buf)
+		for i := range 1000 {
+			id := formatUUID(buf[i*uuidLen:])
 			u, err := uuid.Parse(id)
 			if err != nil || u.Version() != 7 || u.Variant() != uuid.RFC4122 || u.String() != id {
 				t.Fatalf("id %q is not a canonical UUIDv7: %v", id, err)
@@ -147,5 +151,86 @@ func TestIDGen(t *testing.T) {
 	}
 	if d := time.Since(time.Unix(uuid.Must(uuid.Parse(last)).Time().UnixTime())); d > time.Minute || d < -time.Minute {
 		t.Errorf("id time is %v away from now", d)
+	}
+}
+
+// TestIDEncoding: a canonical lowercase UUID travels as 16 bytes in
+// HeaderUUID, any other ID as text in HeaderID, and both come back
+// unchanged; a user header named like a reserved one stays the user's.
+func TestIDEncoding(t *testing.T) {
+	t.Parallel()
+	ids := newIDGen()
+	cases := []struct {
+		id, header string
+		wireLen    int
+	}{
+		{"", HeaderUUID, 16},
+		{"0190a8f2-4c1b-7d3e-8f00-123456789abc", HeaderUUID, 16},
+		{"0190A8F2-4C1B-7D3E-8F00-123456789ABC", HeaderID, 36}, // upper case would not round-trip as binary
+		{"0190a8f2-4c1b-7d3e-8f00-123456789abg", HeaderID, 36},
+		{"0190a8f2x4c1b-7d3e-8f00-123456789abc", HeaderID, 36},
+		{"order-0000000001", HeaderID, 16},
+		{"t/3/42", HeaderID, 6},
+	}
+	msgs := make([]broker.Message, len(cases))
+	for i, c := range cases {
+		msgs[i] = broker.Message{ID: c.id, Topic: "t", Key: fmt.Sprint("k", i), Payload: []byte{byte(i)},
+			Headers: map[string]string{HeaderUUID: "user"}}
+	}
+	msgs[1].Headers = nil
+	recs, err := toRecords(msgs, 0, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cases {
+		r := recs[i]
+		if h := r.Headers[0]; h.Key != c.header || len(h.Value) != c.wireLen {
+			t.Errorf("id %q: first header %q with %d bytes, want %q with %d", c.id, h.Key, len(h.Value), c.header, c.wireLen)
+		}
+		m := fromRecord(r, &textArena{})
+		want := c.id
+		if want == "" {
+			want = recordID(r)
+			if u, err := uuid.Parse(want); err != nil || u.Version() != 7 {
+				t.Errorf("generated id %q is not a UUIDv7: %v", want, err)
+			}
+		}
+		if m.ID != want || m.ID != recordID(r) {
+			t.Errorf("id %q came back as %q (recordID %q)", want, m.ID, recordID(r))
+		}
+		if m.Key != msgs[i].Key || string(m.Payload) != string(msgs[i].Payload) || !maps.Equal(m.Headers, msgs[i].Headers) {
+			t.Errorf("message %d came back as %+v", i, m)
+		}
+	}
+	// A corrupt binary ID is no ID: the record gets its offset-based one.
+	bad := fromRecord(&kgo.Record{Topic: "t", Partition: 1, Offset: 9, Headers: []kgo.RecordHeader{{Key: HeaderUUID, Value: []byte("short")}}}, nil)
+	if bad.ID != "t/1/9" {
+		t.Errorf("corrupt binary id decoded as %q", bad.ID)
+	}
+}
+
+// TestTextArena: strings cut from shared chunks keep their bytes while later
+// strings fill the chunk and new chunks start; long strings stand alone.
+func TestTextArena(t *testing.T) {
+	t.Parallel()
+	var a textArena
+	var want, got []string
+	for i := range 5000 {
+		s := strings.Repeat(string(rune('a'+i%26)), 1+i%(arenaChunk/8))
+		want = append(want, s)
+		got = append(got, a.string([]byte(s)))
+	}
+	u := []byte{0x01, 0x90, 0xa8, 0xf2, 0x4c, 0x1b, 0x7d, 0x3e, 0x8f, 0x00, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc}
+	id := a.uuid(u)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("string %d changed: %q, want %q", i, got[i], want[i])
+		}
+	}
+	if id != "0190a8f2-4c1b-7d3e-8f00-123456789abc" || id != formatUUID(u) {
+		t.Errorf("uuid text %q", id)
+	}
+	if s := (*textArena)(nil).string([]byte("x")); s != "x" {
+		t.Errorf("nil arena gave %q", s)
 	}
 }

@@ -100,6 +100,7 @@ func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
 // per member, in partition order.
 type Pipeline struct {
 	cfg PipelineConfig
+	ids *idGen
 
 	mu   sync.Mutex
 	runs int
@@ -120,7 +121,7 @@ func NewPipeline(cfg PipelineConfig) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Pipeline{cfg: cfg}, nil
+	return &Pipeline{cfg: cfg, ids: newIDGen()}, nil
 }
 
 // Run joins sub.Group on sub.Topic and applies fn to every input message in
@@ -280,7 +281,7 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 		k := offsetKey{rec.Partition, rec.Offset}
 		r.attempts[k]++
 		d := broker.Delivery{
-			Message:     fromRecord(rec),
+			Message:     fromRecord(rec, nil),
 			Attempt:     r.attempts[k],
 			Redelivered: r.attempts[k] > 1,
 			Group:       r.sub.Group,
@@ -294,15 +295,16 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 			return nil, 0, errCrashed
 		}
 		out, err := r.call(d)
+		var outRecs []*kgo.Record
 		if err == nil {
-			out, err = broker.Normalize(out, r.cfg.MaxMessageBytes)
+			outRecs, err = toRecords(out, r.cfg.MaxMessageBytes, r.p.ids)
 		}
 		if err != nil {
 			r.cfg.Logger.Debug("kafka: transform failed", "partition", rec.Partition, "offset", rec.Offset, "attempt", d.Attempt, "error", err)
 			return rec, d.Attempt, nil
 		}
-		for i := range out {
-			r.sess.Produce(r.hctx, toRecord(&out[i]), func(_ *kgo.Record, err error) {
+		for _, rec := range outRecs {
+			r.sess.Produce(r.hctx, rec, func(_ *kgo.Record, err error) {
 				if err != nil {
 					mu.Lock()
 					prodErr = errors.Join(prodErr, err)

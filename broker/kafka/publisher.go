@@ -26,13 +26,17 @@ import (
 // KeyPartition(key, partitions), the partition Kafka's Java client chooses;
 // keyless records are spread by the uniform sticky partitioner.
 //
-// Costs: each message carries its ID in a record header (about 50 bytes);
-// batches are compressed with Snappy unless configured otherwise.
+// Costs: each message carries its ID in a record header (32 bytes for a
+// UUID); batches are compressed with Snappy unless configured otherwise.
 type Publisher struct {
 	cfg    PublisherConfig
 	cl     *kgo.Client
 	ids    *idGen
 	closed atomic.Bool
+
+	// timeoutCause is the error a Publish call's context ends with when
+	// DeliveryTimeout passes.
+	timeoutCause error
 }
 
 var _ broker.Publisher = (*Publisher)(nil)
@@ -58,7 +62,8 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen()}, nil
+	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen(),
+		timeoutCause: fmt.Errorf("%w (DeliveryTimeout %v)", kgo.ErrRecordTimeout, cfg.DeliveryTimeout)}, nil
 }
 
 // Client returns the underlying franz-go client, for metrics and admin
@@ -90,22 +95,17 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) error {
 	if p.closed.Load() {
 		return fmt.Errorf("kafka: publish: %w", broker.ErrClosed)
 	}
-	msgs, err := broker.Normalize(p.fillIDs(msgs), p.cfg.MaxMessageBytes)
+	recs, err := toRecords(msgs, p.cfg.MaxMessageBytes, p.ids)
 	if err != nil {
 		return fmt.Errorf("kafka: publish: %w", err)
 	}
-	if len(msgs) == 0 {
+	if len(recs) == 0 {
 		return nil
 	}
 	// The delivery timeout is a deadline on the call rather than franz-go's
 	// record timeout, which counts from the record timestamp (Message.Time).
-	ctx, cancel := context.WithTimeoutCause(ctx, p.cfg.DeliveryTimeout,
-		fmt.Errorf("%w (DeliveryTimeout %v)", kgo.ErrRecordTimeout, p.cfg.DeliveryTimeout))
+	ctx, cancel := context.WithTimeoutCause(ctx, p.cfg.DeliveryTimeout, p.timeoutCause)
 	defer cancel()
-	recs := make([]*kgo.Record, len(msgs))
-	for i := range msgs {
-		recs[i] = toRecord(&msgs[i])
-	}
 	// ProduceSync sends the partitions it touched without waiting for the
 	// linger, while concurrent calls still share batches. It waits for every
 	// record, so it runs aside and the call can give up when ctx ends.
@@ -119,9 +119,9 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) error {
 		case res = <-results:
 		default:
 			cause := context.Cause(ctx)
-			pe := &broker.PublishError{Failures: make([]broker.PublishFailure, len(msgs))}
-			for i := range msgs {
-				pe.Failures[i] = broker.PublishFailure{Index: i, ID: msgs[i].ID, Err: fmt.Errorf("kafka: not acknowledged: %w", cause)}
+			pe := &broker.PublishError{Failures: make([]broker.PublishFailure, len(recs))}
+			for i, r := range recs {
+				pe.Failures[i] = broker.PublishFailure{Index: i, ID: recordID(r), Err: fmt.Errorf("kafka: not acknowledged: %w", cause)}
 			}
 			return pe
 		}
@@ -144,37 +144,13 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) error {
 		if ctx.Err() != nil && errors.Is(r.Err, ctx.Err()) {
 			err = fmt.Errorf("kafka: not acknowledged: %w", context.Cause(ctx))
 		}
-		pe.Failures = append(pe.Failures, broker.PublishFailure{Index: i, ID: msgs[i].ID, Err: err})
+		pe.Failures = append(pe.Failures, broker.PublishFailure{Index: i, ID: recordID(r.Record), Err: err})
 	}
 	if pe != nil {
 		sort.Slice(pe.Failures, func(a, b int) bool { return pe.Failures[a].Index < pe.Failures[b].Index })
 		return pe
 	}
 	return nil
-}
-
-// fillIDs returns msgs unchanged when every message has an ID, or a copy
-// with the missing IDs filled by the publisher's UUIDv7 generator, which
-// reads the clock once per call rather than once per message.
-func (p *Publisher) fillIDs(msgs []broker.Message) []broker.Message {
-	missing := 0
-	for i := range msgs {
-		if msgs[i].ID == "" {
-			missing++
-		}
-	}
-	if missing == 0 {
-		return msgs
-	}
-	ids := p.ids.next(missing)
-	out := make([]broker.Message, len(msgs))
-	copy(out, msgs)
-	for i := range out {
-		if out[i].ID == "" {
-			out[i].ID, ids = ids[0], ids[1:]
-		}
-	}
-	return out
 }
 
 // classifyProduceErr wraps franz-go and Kafka errors with the sentinel a

@@ -250,7 +250,7 @@ const (
 
 // item is one fetched record and its progress.
 type item struct {
-	msg     broker.Message // decoded once, outside the member lock
+	rec     *kgo.Record // decoded to a Delivery by the worker that runs it
 	p       *partition
 	part    int32
 	off     int64
@@ -308,6 +308,7 @@ type member struct {
 	ready      []*item
 	readyAt    int
 	freeChains []*chain
+	keys       textArena // chain keys; used under mu
 	parts      map[int32]*partition
 	live       int
 	stopping   bool
@@ -454,9 +455,12 @@ func (m *member) pollLoop(ctx context.Context) {
 	}
 }
 
-// init decodes r into it; it needs no lock.
+// init points it at r; it needs no lock.
 func (it *item) init(r *kgo.Record) {
-	*it = item{msg: fromRecord(r), part: r.Partition, off: r.Offset, epoch: r.LeaderEpoch, attempt: 1}
+	// Field by field: it is zero (fresh from the poll's slab), and copying
+	// a whole item would run the write barrier over every field of it.
+	it.rec = r
+	it.part, it.off, it.epoch, it.attempt = r.Partition, r.Offset, r.LeaderEpoch, 1
 }
 
 // add queues it. Callers hold m.mu.
@@ -469,16 +473,16 @@ func (m *member) add(it *item) bool {
 	p.pending = append(p.pending, it)
 	p.live++
 	m.live++
-	var key string
+	var key []byte
 	switch {
 	case m.cfg.Ordering == OrderPerPartition:
-	case it.msg.Key != "":
-		key = it.msg.Key
+	case len(it.rec.Key) > 0:
+		key = it.rec.Key
 	default:
 		m.pushReady(it) // no key, no ordering constraint
 		return true
 	}
-	c := p.chains[key]
+	c := p.chains[string(key)]
 	if c == nil {
 		if n := len(m.freeChains); n > 0 {
 			c = m.freeChains[n-1]
@@ -486,8 +490,8 @@ func (m *member) add(it *item) bool {
 		} else {
 			c = new(chain)
 		}
-		c.key, c.head, c.tail = key, it, it
-		p.chains[key] = c
+		c.key, c.head, c.tail = m.keys.string(key), it, it
+		p.chains[c.key] = c
 		it.chain = c
 		m.pushReady(it)
 		return true
@@ -544,6 +548,7 @@ func (m *member) worker() {
 	var (
 		batch []*item
 		errs  []error
+		arena textArena // decodes this worker's deliveries
 	)
 	m.mu.Lock()
 	for {
@@ -569,7 +574,7 @@ func (m *member) worker() {
 		m.mu.Unlock()
 		errs = errs[:0]
 		for _, it := range batch {
-			errs = append(errs, m.handle(it))
+			errs = append(errs, m.handle(it, &arena))
 		}
 		m.mu.Lock()
 		for i, it := range batch {
@@ -580,14 +585,14 @@ func (m *member) worker() {
 }
 
 // handle runs the handler for it, turning a panic into an error.
-func (m *member) handle(it *item) (err error) {
+func (m *member) handle(it *item, a *textArena) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("kafka: handler panicked: %v", r)
 		}
 	}()
 	return m.h(it.p.ctx, broker.Delivery{
-		Message:     it.msg,
+		Message:     fromRecord(it.rec, a),
 		Attempt:     it.attempt,
 		Redelivered: it.attempt > 1,
 		Group:       m.sub.Group,
@@ -633,7 +638,7 @@ func (m *member) finish(it *item, st uint8) {
 		it.timer.Stop()
 		it.timer = nil
 	}
-	it.msg = broker.Message{}
+	it.rec = nil
 	p.live--
 	m.live--
 	if st == stDone && p.pending[p.head] == it {

@@ -4,8 +4,9 @@
 // Convention: benchmarks that measure the same work are sub-benchmarks of one
 // parent, and the baseline's last name element is "raw" or starts with "raw-"
 // (e.g. BenchmarkPublish/1KB/raw and BenchmarkPublish/1KB/steadfast). When a
-// group has several baselines, each variant is compared with the first one
-// unless its name says which (".../steadfast-vs-raw-window"). Throughput
+// group has several baselines, a variant is compared with each of them, one
+// row per baseline, unless its name says which one
+// (".../steadfast-vs-raw-window"). Throughput
 // metrics (units ending in "/s") compare as variant/raw, time metrics as
 // raw/variant, so a ratio above 1 always means the variant is faster. With
 // -count > 1 each figure is the median of the runs.
@@ -137,37 +138,44 @@ func run(in io.Reader, out io.Writer) error {
 			fmt.Fprintf(tw, "%s\t\t\t\t\t\t\n", pkg)
 		}
 		g, leaf := split(r.name)
-		var base *result
+		// A variant is compared with the baseline its name picks, or else
+		// with every baseline of its group, one row each.
+		var bases []*result
 		if !isRaw(leaf) {
 			cands := raws[r.pkg+" "+g]
 			for _, c := range cands {
 				if _, cl := split(c.name); strings.HasSuffix(leaf, "-vs-"+cl) {
-					base = c
+					bases = []*result{c}
 				}
 			}
-			if base == nil && len(cands) > 0 {
-				base = cands[0]
+			if bases == nil {
+				bases = cands
 			}
+		}
+		if len(bases) == 0 {
+			bases = []*result{nil}
 		}
 		for _, unit := range r.order {
 			if skipped[unit] {
 				continue
 			}
 			v := median(r.metrics[unit])
-			row := fmt.Sprintf("  %s\t%s\t%s", strings.TrimPrefix(r.name, "Benchmark"), unit, format(v))
-			if base != nil && len(base.metrics[unit]) > 0 {
-				bv := median(base.metrics[unit])
-				_, bl := split(base.name)
-				ratio := v / bv
-				if !strings.HasSuffix(unit, "/s") {
-					ratio = bv / v
+			for _, base := range bases {
+				row := fmt.Sprintf("  %s\t%s\t%s", strings.TrimPrefix(r.name, "Benchmark"), unit, format(v))
+				if base != nil && len(base.metrics[unit]) > 0 {
+					bv := median(base.metrics[unit])
+					_, bl := split(base.name)
+					ratio := v / bv
+					if !strings.HasSuffix(unit, "/s") {
+						ratio = bv / v
+					}
+					row += fmt.Sprintf("\t%s\t%s\t%.2fx", bl, format(bv), ratio)
+				} else {
+					row += "\t\t\t"
 				}
-				row += fmt.Sprintf("\t%s\t%s\t%.2fx", bl, format(bv), ratio)
-			} else {
-				row += "\t\t\t"
+				row += fmt.Sprintf("\t%d", len(r.metrics[unit]))
+				fmt.Fprintln(tw, row)
 			}
-			row += fmt.Sprintf("\t%d", len(r.metrics[unit]))
-			fmt.Fprintln(tw, row)
 		}
 	}
 	return tw.Flush()

@@ -17,6 +17,7 @@ pkg: github.com/steadfast-go/steadfast/broker/rabbitmq
 BenchmarkConfirm/raw-single-2      	     10	 100000000 ns/op	      2000 msgs/s
 BenchmarkConfirm/raw-window-2      	     10	  20000000 ns/op	     10000 msgs/s
 BenchmarkConfirm/steadfast-vs-raw-window-2 	     10	  21000000 ns/op	      9500 msgs/s
+BenchmarkConfirm/steadfast-2       	     10	  25000000 ns/op	      8000 msgs/s
 PASS
 `
 
@@ -52,6 +53,16 @@ func TestTable(t *testing.T) {
 		if got := strings.Join(row(c.name, c.unit)[2:], " "); got != c.want {
 			t.Errorf("%s %s: %q, want %q", c.name, c.unit, got, c.want)
 		}
+	}
+	// a variant without -vs- gets a row for each baseline of its group
+	var both []string
+	for _, l := range strings.Split(s, "\n") {
+		if f := strings.Fields(l); len(f) > 3 && f[0] == "Confirm/steadfast" && f[1] == "msgs/s" {
+			both = append(both, strings.Join(f[2:], " "))
+		}
+	}
+	if want := []string{"8000 raw-single 2000 4.00x 1", "8000 raw-window 10000 0.80x 1"}; strings.Join(both, "|") != strings.Join(want, "|") {
+		t.Errorf("Confirm/steadfast rows %q, want %q", both, want)
 	}
 	if strings.Contains(s, "allocs/op") {
 		t.Errorf("allocation metrics should be left out:\n%s", s)
