@@ -229,78 +229,66 @@ func consumeRate(n int, first time.Time) float64 {
 	return float64(n-1) / time.Since(first).Seconds()
 }
 
+// rawConsumer returns a franz-go group member reading a consumeSource topic
+// of b.N messages of size bytes, with opts added to the defaults.
+func rawConsumer(b *testing.B, size int, opts ...kgo.Opt) *kgo.Client {
+	b.Helper()
+	brokers, topic := consumeSource(b, b.N, size)
+	cl, err := kgo.NewClient(append([]kgo.Opt{
+		kgo.SeedBrokers(brokers...),
+		kgo.ConsumerGroup(testenv.Name(b, "g")),
+		kgo.ConsumeTopics(topic),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
+	}, opts...)...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(cl.Close)
+	return cl
+}
+
+// pollRate starts the timer and polls cl, passing each poll to handle (which
+// returns how many records it handled), until b.N records went through; it
+// reports msgs/s from the first record on.
+func pollRate(b *testing.B, cl *kgo.Client, size int, handle func(kgo.Fetches) int) {
+	b.SetBytes(int64(size))
+	b.StartTimer()
+	var start time.Time
+	for seen := 0; seen < b.N; {
+		fs := cl.PollFetches(context.Background())
+		if err := fs.Err0(); err != nil {
+			b.Fatal(err)
+		}
+		if seen == 0 && !fs.Empty() {
+			start = time.Now()
+		}
+		seen += handle(fs)
+	}
+	b.ReportMetric(consumeRate(b.N, start), "msgs/s")
+}
+
 func BenchmarkConsume(b *testing.B) {
 	for _, sz := range benchSizes {
 		b.Run(sz.name, func(b *testing.B) {
 			b.Run("raw", func(b *testing.B) {
 				b.StopTimer()
-				brokers, topic := consumeSource(b, b.N, sz.size)
-				cl, err := kgo.NewClient(
-					kgo.SeedBrokers(brokers...),
-					kgo.ConsumerGroup(testenv.Name(b, "g")),
-					kgo.ConsumeTopics(topic),
-					kgo.Balancers(kgo.CooperativeStickyBalancer()),
-					kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
-				)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer cl.Close()
-				b.SetBytes(int64(sz.size))
-				b.StartTimer()
-				var (
-					start       time.Time
-					seen, bytes int
-				)
-				for seen < b.N {
-					fs := cl.PollFetches(context.Background())
-					if err := fs.Err0(); err != nil {
-						b.Fatal(err)
-					}
-					if seen == 0 && !fs.Empty() {
-						start = time.Now()
-					}
-					fs.EachRecord(func(r *kgo.Record) {
-						seen++
-						bytes += len(r.Key) + len(r.Value)
-					})
-				}
-				b.ReportMetric(consumeRate(b.N, start), "msgs/s")
-				_ = bytes
+				cl := rawConsumer(b, sz.size)
+				bytes := 0
+				pollRate(b, cl, sz.size, func(fs kgo.Fetches) int {
+					fs.EachRecord(func(r *kgo.Record) { bytes += len(r.Key) + len(r.Value) })
+					return fs.NumRecords()
+				})
 			})
 			b.Run("raw-commit", func(b *testing.B) {
 				b.StopTimer()
-				brokers, topic := consumeSource(b, b.N, sz.size)
-				cl, err := kgo.NewClient(
-					kgo.SeedBrokers(brokers...),
-					kgo.ConsumerGroup(testenv.Name(b, "g")),
-					kgo.ConsumeTopics(topic),
-					kgo.Balancers(kgo.CooperativeStickyBalancer()),
-					kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
-					kgo.AutoCommitMarks(),
-					kgo.BlockRebalanceOnPoll(),
-				)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer cl.Close()
-				var seen, bytes int
+				cl := rawConsumer(b, sz.size, kgo.AutoCommitMarks(), kgo.BlockRebalanceOnPoll())
+				bytes := 0
 				handle := func(key, id string, payload []byte) error {
-					seen++
 					bytes += len(key) + len(id) + len(payload)
 					return nil
 				}
-				b.SetBytes(int64(sz.size))
-				b.StartTimer()
-				var start time.Time
-				for seen < b.N {
-					fs := cl.PollFetches(context.Background())
-					if err := fs.Err0(); err != nil {
-						b.Fatal(err)
-					}
-					if seen == 0 && !fs.Empty() {
-						start = time.Now()
-					}
+				pollRate(b, cl, sz.size, func(fs kgo.Fetches) int {
 					fs.EachRecord(func(r *kgo.Record) {
 						var id string
 						for _, h := range r.Headers {
@@ -314,9 +302,8 @@ func BenchmarkConsume(b *testing.B) {
 					})
 					cl.MarkCommitRecords(fs.Records()...)
 					cl.AllowRebalance()
-				}
-				b.ReportMetric(consumeRate(b.N, start), "msgs/s")
-				_ = bytes
+					return fs.NumRecords()
+				})
 			})
 			b.Run("steadfast", func(b *testing.B) {
 				b.StopTimer()
