@@ -47,16 +47,15 @@ func Kafka(t testing.TB) []string {
 	return c.ListenAddrs()
 }
 
-// KafkaCluster returns the in-process kfake cluster behind Kafka(t), creating
-// it if Kafka(t) was not called yet, so a test can inject failures (Control,
-// ControlKey, Fault), move partition leaders or add and remove brokers. It
-// returns nil when STEADFAST_KAFKA_BROKERS is set: a test that needs the
-// cluster should then t.Skip.
+// KafkaCluster returns an in-process kfake cluster for t, so a test can
+// inject failures (Control, ControlKey, Fault), move partition leaders or add
+// and remove brokers: the one behind Kafka(t) (created if Kafka(t) was not
+// called yet), or, when STEADFAST_KAFKA_BROKERS names an external cluster, a
+// private one, since only kfake takes those controls. Connect to it with its
+// ListenAddrs, not with Kafka(t). It never returns nil, so failure tests run
+// against every configuration.
 func KafkaCluster(t testing.TB) *kfake.Cluster {
 	t.Helper()
-	if len(kafkaSeedsFromEnv()) > 0 {
-		return nil
-	}
 	return kafkaCluster(t)
 }
 

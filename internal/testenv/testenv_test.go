@@ -309,8 +309,10 @@ func TestRestartRabbitMQ(t *testing.T) {
 func TestKafka(t *testing.T) {
 	t.Parallel()
 	seeds := testenv.Kafka(t)
-	if os.Getenv(testenv.EnvKafkaBrokers) == "" && testenv.KafkaCluster(t) == nil {
-		t.Fatal("KafkaCluster is nil with the in-process cluster")
+	if c := testenv.KafkaCluster(t); c == nil {
+		t.Fatal("KafkaCluster is nil")
+	} else if os.Getenv(testenv.EnvKafkaBrokers) == "" && strings.Join(c.ListenAddrs(), ",") != strings.Join(seeds, ",") {
+		t.Fatalf("KafkaCluster listens on %v, Kafka(t) gave %v", c.ListenAddrs(), seeds)
 	}
 	topic := testenv.Name(t, "topic")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
