@@ -45,6 +45,14 @@ func TestInvalidConfig(t *testing.T) {
 			_, err := NewPublisher(PublisherConfig{Config: Config{Brokers: []string{"x:1"}}, BatchMaxBytes: 4096, MaxMessageBytes: 4000})
 			return err
 		},
+		"subscriber negative session timeout": func() error {
+			_, err := NewSubscriber(SubscriberConfig{Config: Config{Brokers: []string{"x:1"}}, SessionTimeout: -1})
+			return err
+		},
+		"pipeline negative heartbeat": func() error {
+			_, err := NewPipeline(PipelineConfig{Config: Config{Brokers: []string{"x:1"}}, HeartbeatInterval: -1})
+			return err
+		},
 		"unknown ordering": func() error {
 			_, err := NewSubscriber(SubscriberConfig{Config: Config{Brokers: []string{"x:1"}}, Ordering: 7})
 			return err

@@ -327,18 +327,27 @@ func (c SubscriberConfig) withDefaults() (SubscriberConfig, error) {
 	if c.MaxBufferedRecords == 0 {
 		c.MaxBufferedRecords = 10_000
 	}
-	if c.SessionTimeout == 0 {
-		c.SessionTimeout = 45 * time.Second
-	}
-	if c.RebalanceTimeout == 0 {
-		c.RebalanceTimeout = 60 * time.Second
-	}
-	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = 3 * time.Second
-	}
-	if c.CommitInterval < 0 || c.DrainTimeout < 0 || c.MaxBufferedRecords < 0 ||
-		c.SessionTimeout < 0 || c.RebalanceTimeout < 0 || c.HeartbeatInterval < 0 {
+	if !fillGroupTimings(&c.SessionTimeout, &c.RebalanceTimeout, &c.HeartbeatInterval) ||
+		c.CommitInterval < 0 || c.DrainTimeout < 0 || c.MaxBufferedRecords < 0 {
 		return c, fmt.Errorf("%w: negative subscriber setting", ErrInvalidConfig)
 	}
 	return c, nil
+}
+
+// fillGroupTimings gives zero consumer-group timings Kafka's defaults
+// (session 45s, rebalance 60s, heartbeat 3s) and reports whether all three
+// are then valid (not negative). Subscriber and Pipeline members share them.
+func fillGroupTimings(session, rebalance, heartbeat *time.Duration) bool {
+	for _, t := range []struct {
+		d   *time.Duration
+		def time.Duration
+	}{{session, 45 * time.Second}, {rebalance, 60 * time.Second}, {heartbeat, 3 * time.Second}} {
+		if *t.d == 0 {
+			*t.d = t.def
+		}
+		if *t.d < 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -66,17 +66,8 @@ func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
 	if c.MaxMessageBytes == 0 {
 		c.MaxMessageBytes = DefaultMaxMessageBytes
 	}
-	if c.SessionTimeout == 0 {
-		c.SessionTimeout = 45 * time.Second
-	}
-	if c.RebalanceTimeout == 0 {
-		c.RebalanceTimeout = 60 * time.Second
-	}
-	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = 3 * time.Second
-	}
-	if c.MaxBatch < 0 || c.TransactionTimeout < 0 || c.MaxMessageBytes < 0 ||
-		c.SessionTimeout < 0 || c.RebalanceTimeout < 0 || c.HeartbeatInterval < 0 {
+	if !fillGroupTimings(&c.SessionTimeout, &c.RebalanceTimeout, &c.HeartbeatInterval) ||
+		c.MaxBatch < 0 || c.TransactionTimeout < 0 || c.MaxMessageBytes < 0 {
 		return c, fmt.Errorf("%w: negative pipeline setting", ErrInvalidConfig)
 	}
 	return c, nil
