@@ -3,6 +3,8 @@ package outbox
 import (
 	"math/rand/v2"
 	"time"
+
+	"github.com/steadfast-go/steadfast/broker"
 )
 
 // ExponentialBackoff returns a backoff function for Config.Backoff: base
@@ -15,18 +17,9 @@ import (
 // iterator because the attempt count lives in the outbox row and survives
 // relay restarts.
 func ExponentialBackoff(base, max time.Duration) func(attempt int) time.Duration {
-	if base <= 0 {
-		base = time.Millisecond
-	}
-	if max < base {
-		max = base
-	}
+	doubling := broker.DoublingBackoff(base, max)
 	return func(attempt int) time.Duration {
-		d := base
-		for i := 1; i < attempt && d < max; i++ {
-			d *= 2
-		}
-		d = min(d, max)
+		d := doubling(attempt)
 		jitter := time.Duration((rand.Float64()*0.4 - 0.2) * float64(d))
 		return d + jitter
 	}

@@ -391,13 +391,7 @@ func (r *Relay) loop(ctx context.Context) {
 
 // outageBackoff is the relay's pause after n consecutive store or broker
 // outages: 50ms doubling to 5s.
-func outageBackoff(n int) time.Duration {
-	d := 50 * time.Millisecond
-	for i := 1; i < n && d < 5*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 5*time.Second)
-}
+var outageBackoff = broker.DoublingBackoff(50*time.Millisecond, 5*time.Second)
 
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

@@ -259,13 +259,9 @@ const (
 
 // DefaultRetryBackoff is the SubscriberConfig.RetryBackoff used when none is
 // set: 10ms after the first failure, doubling, at most 5s.
-func DefaultRetryBackoff(attempt int) time.Duration {
-	d := 10 * time.Millisecond
-	for i := 1; i < attempt && d < 5*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 5*time.Second)
-}
+func DefaultRetryBackoff(attempt int) time.Duration { return retryBackoff(attempt) }
+
+var retryBackoff = broker.DoublingBackoff(10*time.Millisecond, 5*time.Second)
 
 // SubscriberConfig tunes a Subscriber.
 type SubscriberConfig struct {

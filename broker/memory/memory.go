@@ -44,13 +44,10 @@ type Config struct {
 
 // DefaultRedeliveryBackoff is the backoff used when Config.RedeliveryBackoff
 // is nil.
-func DefaultRedeliveryBackoff(attempt int) time.Duration {
-	d := 5 * time.Millisecond
-	for i := 1; i < attempt && d < time.Second; i++ {
-		d *= 2
-	}
-	return min(d, time.Second)
-}
+func DefaultRedeliveryBackoff(attempt int) time.Duration { return redeliveryBackoff(attempt) }
+
+// redeliveryBackoff is 5ms after the first failure, doubling, at most 1s.
+var redeliveryBackoff = broker.DoublingBackoff(5*time.Millisecond, time.Second)
 
 // Broker is an in-process broker. It implements broker.Publisher and
 // broker.Subscriber and is safe for concurrent use. Create it with New.

@@ -44,20 +44,6 @@ func benchTopic(b *testing.B, ch *amqp.Channel, queueArgs amqp.Table) (exchange,
 	}
 }
 
-func rawConn(b *testing.B, url string) (*amqp.Connection, *amqp.Channel) {
-	b.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return conn, ch
-}
-
 func rawPublishing(i int) amqp.Publishing {
 	return amqp.Publishing{
 		DeliveryMode: amqp.Persistent,
@@ -117,7 +103,7 @@ func benchMessages(topic string, n int) []broker.Message {
 func BenchmarkPublish(b *testing.B) {
 	url := testenv.RabbitMQURL(b)
 	b.Run("1KB/raw", func(b *testing.B) {
-		_, ch := rawConn(b, url)
+		ch := raw(b, url)
 		if err := ch.Confirm(false); err != nil {
 			b.Fatal(err)
 		}
@@ -138,7 +124,7 @@ func BenchmarkPublish(b *testing.B) {
 		b.StopTimer()
 	})
 	b.Run("1KB/raw-window", func(b *testing.B) {
-		_, ch := rawConn(b, url)
+		ch := raw(b, url)
 		if err := ch.Confirm(false); err != nil {
 			b.Fatal(err)
 		}
@@ -152,7 +138,7 @@ func BenchmarkPublish(b *testing.B) {
 	})
 
 	adapter := func(b *testing.B, publishers, batch int) {
-		_, ch := rawConn(b, url)
+		ch := raw(b, url)
 		ex, _, cleanup := benchTopic(b, ch, nil)
 		defer cleanup()
 		pub, err := rabbitmq.NewPublisher(dial(b, url), rabbitmq.PublisherConfig{NoDeclare: true})
@@ -206,14 +192,14 @@ func BenchmarkConsume(b *testing.B) {
 	url := testenv.RabbitMQURL(b)
 	const prefetch = 256
 	b.Run("1KB/raw", func(b *testing.B) {
-		_, ch := rawConn(b, url)
+		ch := raw(b, url)
 		if err := ch.Confirm(false); err != nil {
 			b.Fatal(err)
 		}
 		ex, q, cleanup := benchTopic(b, ch, nil)
 		defer cleanup()
 		rawWindowPublish(b, ch, ex, b.N)
-		_, cch := rawConn(b, url)
+		cch := raw(b, url)
 		if err := cch.Qos(prefetch, 0, false); err != nil {
 			b.Fatal(err)
 		}
@@ -234,7 +220,7 @@ func BenchmarkConsume(b *testing.B) {
 		cch.Close()
 	})
 	adapter := func(b *testing.B, cfg rabbitmq.SubscriberConfig, concurrency int) {
-		_, ch := rawConn(b, url)
+		ch := raw(b, url)
 		if err := ch.Confirm(false); err != nil {
 			b.Fatal(err)
 		}

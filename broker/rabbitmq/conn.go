@@ -101,7 +101,6 @@ type Conn struct {
 
 	mu      sync.Mutex
 	cur     *amqp.Connection // nil while down
-	gen     uint64           // incremented on every new connection
 	changed chan struct{}    // closed and replaced on every state change
 	blocked bool             // the broker blocked publishing (resource alarm)
 	closed  bool
@@ -172,7 +171,6 @@ func (c *Conn) setUp(conn *amqp.Connection) {
 		return
 	}
 	c.cur = conn
-	c.gen++
 	c.blocked = false
 	c.signal()
 }
@@ -360,22 +358,21 @@ func (c *Conn) redeclare(ctx context.Context, conn *amqp.Connection) error {
 	return nil
 }
 
-// current waits until the connection is up and returns it with its
-// generation.
-func (c *Conn) current(ctx context.Context) (*amqp.Connection, uint64, error) {
+// current waits until the connection is up and returns it.
+func (c *Conn) current(ctx context.Context) (*amqp.Connection, error) {
 	for {
 		c.mu.Lock()
-		cur, gen, closed, changed := c.cur, c.gen, c.closed, c.changed
+		cur, closed, changed := c.cur, c.closed, c.changed
 		c.mu.Unlock()
 		if closed {
-			return nil, 0, broker.ErrClosed
+			return nil, broker.ErrClosed
 		}
 		if cur != nil && !cur.IsClosed() {
-			return cur, gen, nil
+			return cur, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, 0, fmt.Errorf("rabbitmq: waiting for the connection: %w", context.Cause(ctx))
+			return nil, fmt.Errorf("rabbitmq: waiting for the connection: %w", context.Cause(ctx))
 		case <-changed:
 		case <-time.After(50 * time.Millisecond):
 			// The connection closed but the supervisor has not noticed yet.
@@ -385,18 +382,18 @@ func (c *Conn) current(ctx context.Context) (*amqp.Connection, uint64, error) {
 
 // channel opens a channel on the current connection, waiting for a
 // reconnect when the connection is down.
-func (c *Conn) channel(ctx context.Context) (*amqp.Channel, uint64, error) {
+func (c *Conn) channel(ctx context.Context) (*amqp.Channel, error) {
 	for {
-		conn, gen, err := c.current(ctx)
+		conn, err := c.current(ctx)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		ch, err := conn.Channel()
 		if err == nil {
-			return ch, gen, nil
+			return ch, nil
 		}
 		if !conn.IsClosed() {
-			return nil, 0, fmt.Errorf("rabbitmq: open channel: %w", err)
+			return nil, fmt.Errorf("rabbitmq: open channel: %w", err)
 		}
 	}
 }
@@ -497,7 +494,7 @@ func (c *Conn) Declare(ctx context.Context, t Topology) error {
 // connection drops meanwhile.
 func (c *Conn) withTopology(ctx context.Context, fn func(d *declarer) error) error {
 	for {
-		if _, _, err := c.current(ctx); err != nil {
+		if _, err := c.current(ctx); err != nil {
 			return err
 		}
 		c.topoM.Lock()

@@ -31,13 +31,6 @@ const (
 	HeaderDeliveryCount = "x-delivery-count"
 )
 
-// propHeaders are the broker.Message headers carried in AMQP properties
-// when non-empty, so that other AMQP clients see them where they look.
-var propHeaders = [...]string{
-	broker.HeaderType, broker.HeaderContentType, broker.HeaderCorrelationID,
-	"content-encoding", "reply-to", "app-id",
-}
-
 func prop(p *amqp.Publishing, name string) *string {
 	switch name {
 	case broker.HeaderType:

@@ -213,7 +213,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 
 	start := time.Now()
 	tel := p.conn.tel
-	ctx, span, msgs := tel.startPublish(ctx, msgs)
+	ctx, span := tel.startPublish(ctx, msgs)
 	defer func() {
 		failed := 0
 		var pe *broker.PublishError
@@ -332,7 +332,7 @@ func (p *Publisher) ensureExchange(ctx context.Context, name string) error {
 }
 
 func (p *Publisher) checkExchange(ctx context.Context, name string) error {
-	ch, _, err := p.conn.channel(ctx)
+	ch, err := p.conn.channel(ctx)
 	if err != nil {
 		return err
 	}
@@ -344,7 +344,7 @@ func (p *Publisher) checkExchange(ctx context.Context, name string) error {
 	if p.cfg.NoDeclare {
 		return fmt.Errorf("rabbitmq: publish: exchange %q: %w", name, ErrNotFound)
 	}
-	ch2, _, err := p.conn.channel(ctx)
+	ch2, err := p.conn.channel(ctx)
 	if err != nil {
 		return err
 	}
@@ -541,7 +541,7 @@ func (pc *pubChannel) ensure(ctx context.Context) (*chanState, error) {
 		return pc.cs, nil
 	}
 	for {
-		ch, _, err := pc.p.conn.channel(ctx)
+		ch, err := pc.p.conn.channel(ctx)
 		if err != nil {
 			return nil, err
 		}

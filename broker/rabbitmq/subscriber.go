@@ -43,14 +43,11 @@ type SubscriberConfig struct {
 	Logger *slog.Logger
 }
 
-// DefaultRetryBackoff is the RetryBackoff used when none is configured.
-func DefaultRetryBackoff(attempt int) time.Duration {
-	d := 5 * time.Millisecond
-	for i := 1; i < attempt && d < time.Second; i++ {
-		d *= 2
-	}
-	return min(d, time.Second)
-}
+// DefaultRetryBackoff is the RetryBackoff used when none is configured:
+// 5ms after the first failure, doubling, at most 1s.
+func DefaultRetryBackoff(attempt int) time.Duration { return retryBackoff(attempt) }
+
+var retryBackoff = broker.DoublingBackoff(5*time.Millisecond, time.Second)
 
 func (c SubscriberConfig) withDefaults(conn *Conn) (SubscriberConfig, error) {
 	if c.Prefetch < 0 || c.Prefetch > 65535 || c.MaxAttempts < 0 || c.DrainTimeout < 0 {
@@ -245,7 +242,7 @@ const (
 func (m *member) run(runCtx context.Context) error {
 	log := m.s.log.With("queue", m.queue, "consumer", m.tag)
 	for {
-		ch, _, err := m.s.conn.channel(runCtx)
+		ch, err := m.s.conn.channel(runCtx)
 		if err != nil {
 			if runCtx.Err() != nil {
 				return nil
@@ -319,7 +316,7 @@ func (m *member) consume(ch *amqp.Channel) (<-chan amqp.Delivery, <-chan string,
 // queueExists checks the queue with a passive declaration. It returns an
 // error only when the check could not be made.
 func (m *member) queueExists(ctx context.Context) (bool, error) {
-	ch, _, err := m.s.conn.channel(ctx)
+	ch, err := m.s.conn.channel(ctx)
 	if err != nil {
 		return false, err
 	}

@@ -86,13 +86,15 @@ func newTelemetry(mp metric.MeterProvider, tp trace.TracerProvider) *telemetry {
 }
 
 // startPublish starts the span of a Publish call and, when the span
-// context is valid, returns msgs with W3C traceparent (and tracestate)
-// headers added to the messages that have none. msgs is not modified.
-// Without a TracerProvider no span is started, and the caller's span
-// context, if any, is propagated.
-func (t *telemetry) startPublish(ctx context.Context, msgs []broker.Message) (context.Context, trace.Span, []broker.Message) {
+// context is valid, gives the messages that have no traceparent header W3C
+// traceparent (and tracestate) headers. msgs must be the Publisher's own
+// copy (broker.Normalize's result); each Headers map it changes is replaced
+// by a new one, so the caller's maps are not modified. Without a
+// TracerProvider no span is started, and the caller's span context, if
+// any, is propagated.
+func (t *telemetry) startPublish(ctx context.Context, msgs []broker.Message) (context.Context, trace.Span) {
 	if !t.tracing && !trace.SpanContextFromContext(ctx).IsValid() {
-		return ctx, noopSpan, msgs
+		return ctx, noopSpan
 	}
 	name := "publish"
 	if len(msgs) > 0 {
@@ -101,38 +103,29 @@ func (t *telemetry) startPublish(ctx context.Context, msgs []broker.Message) (co
 	ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(systemAttr, attribute.Int("messaging.batch.message_count", len(msgs))))
 	if !span.SpanContext().IsValid() {
-		return ctx, span, msgs
+		return ctx, span
 	}
-	out := msgs
-	copied := false
-	for i, m := range msgs {
-		if m.Headers[broker.HeaderTraceparent] != "" {
+	for i := range msgs {
+		if msgs[i].Headers[broker.HeaderTraceparent] != "" {
 			continue
 		}
-		if !copied {
-			out = append([]broker.Message(nil), msgs...)
-			copied = true
-		}
-		h := make(map[string]string, len(m.Headers)+2)
-		maps.Copy(h, m.Headers)
+		h := make(map[string]string, len(msgs[i].Headers)+2)
+		maps.Copy(h, msgs[i].Headers)
 		t.prop.Inject(ctx, propagation.MapCarrier(h))
-		out[i].Headers = h
+		msgs[i].Headers = h
 	}
-	return ctx, span, out
+	return ctx, span
 }
 
 // startProcess starts the span of one handler call, parented by the
 // traceparent header of the message when it has one. Without a
 // TracerProvider it only puts the remote span context in ctx.
 func (t *telemetry) startProcess(ctx context.Context, d broker.Delivery) (context.Context, trace.Span) {
-	if !t.tracing {
-		if d.Headers[broker.HeaderTraceparent] != "" {
-			ctx = t.prop.Extract(ctx, propagation.MapCarrier(d.Headers))
-		}
-		return ctx, noopSpan
-	}
 	if d.Headers[broker.HeaderTraceparent] != "" {
 		ctx = t.prop.Extract(ctx, propagation.MapCarrier(d.Headers))
+	}
+	if !t.tracing {
+		return ctx, noopSpan
 	}
 	return t.tracer.Start(ctx, "process "+d.Topic, trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(systemAttr,
