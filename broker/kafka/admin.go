@@ -94,18 +94,14 @@ func (a *Admin) CreateTopic(ctx context.Context, spec TopicSpec) error {
 func (a *Admin) Partitions(ctx context.Context, topic string) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.StartTimeout)
 	defer cancel()
-	return topicPartitions(ctx, a.adm, topic, a.cfg)
-}
-
-func topicPartitions(ctx context.Context, adm *kadm.Client, topic string, cfg Config) (int, error) {
-	tds, err := adm.ListTopics(ctx, topic)
+	tds, err := a.adm.ListTopics(ctx, topic)
 	if err != nil {
 		return 0, wrapReqErr(ctx, "list topic "+topic, err)
 	}
 	td, ok := tds[topic]
 	switch {
 	case !ok || errors.Is(td.Err, kerr.UnknownTopicOrPartition):
-		return 0, fmt.Errorf("%w %q (auto-creation %s)", ErrUnknownTopic, topic, onOff(cfg.AllowAutoTopicCreation))
+		return 0, fmt.Errorf("%w %q (auto-creation %s)", ErrUnknownTopic, topic, onOff(a.cfg.AllowAutoTopicCreation))
 	case td.Err != nil:
 		return 0, fmt.Errorf("kafka: topic %q: %w", topic, td.Err)
 	}

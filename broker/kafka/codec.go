@@ -76,7 +76,7 @@ func toRecords(msgs []broker.Message, maxBytes int, ids *idGen) ([]*kgo.Record, 
 		switch {
 		case m.ID == "":
 			id.Value, gen = gen[:uuidLen:uuidLen], gen[uuidLen:]
-		case len(m.ID) == uuidTextLen && parseUUID(buf, m.ID):
+		case parseUUID(buf, m.ID):
 			id.Value, buf = buf[:uuidLen:uuidLen], buf[len(m.ID):]
 		default:
 			id.Key = HeaderID

@@ -146,6 +146,34 @@ func (c Config) baseOpts() []kgo.Opt {
 	return opts
 }
 
+// producerOpts are the options every producing client of the adapter
+// shares: acks=all, and the partitioner that puts a keyed record on
+// KeyPartition's partition (murmur2, like the Java client) and spreads
+// keyless ones with sticky batches.
+func producerOpts() []kgo.Opt {
+	return []kgo.Opt{
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.RecordPartitioner(kgo.UniformBytesPartitioner(64<<10, true, true, nil)),
+	}
+}
+
+// groupOpts are the options every consumer-group member of the adapter
+// shares: the group and topic, the cooperative-sticky balancer, a new
+// group starting at the earliest offset, the isolation level and the group
+// timings (filled by fillGroupTimings).
+func groupOpts(group, topic string, iso kgo.IsolationLevel, session, rebalance, heartbeat time.Duration) []kgo.Opt {
+	return []kgo.Opt{
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics(topic),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(iso),
+		kgo.SessionTimeout(session),
+		kgo.RebalanceTimeout(rebalance),
+		kgo.HeartbeatInterval(heartbeat),
+	}
+}
+
 // kgoLogger forwards franz-go's warnings and errors to slog.
 type kgoLogger struct{ l *slog.Logger }
 

@@ -67,11 +67,7 @@ func (g *idGen) fill(dst []byte) {
 const hexDigits = "0123456789abcdef"
 
 // formatUUID returns the canonical text form of a binary UUID.
-func formatUUID(u []byte) string {
-	var b [uuidTextLen]byte
-	putUUID(b[:], u)
-	return string(b[:])
-}
+func formatUUID(u []byte) string { return (*textArena)(nil).uuid(u) }
 
 // uuidTextPos is where each byte of a binary UUID goes in its text form.
 var uuidTextPos = [uuidLen]int{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}

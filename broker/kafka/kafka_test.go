@@ -35,10 +35,9 @@ func testSubConfig(brokers []string) SubscriberConfig {
 
 // kit is a publisher, subscriber and admin on one cluster, closed at cleanup.
 type kit struct {
-	brokers []string
-	pub     *Publisher
-	sub     *Subscriber
-	admin   *Admin
+	pub   *Publisher
+	sub   *Subscriber
+	admin *Admin
 }
 
 func newKit(t testing.TB, brokers []string, mod func(*SubscriberConfig)) *kit {
@@ -64,7 +63,7 @@ func newKit(t testing.TB, brokers []string, mod func(*SubscriberConfig)) *kit {
 		_ = pub.Close()
 		admin.Close()
 	})
-	return &kit{brokers: brokers, pub: pub, sub: sub, admin: admin}
+	return &kit{pub: pub, sub: sub, admin: admin}
 }
 
 func (k *kit) createTopic(t testing.TB, name string, partitions int32) {

@@ -154,17 +154,10 @@ func (p *Pipeline) Run(ctx context.Context, sub broker.Subscription, fn Transfor
 	opts := append(cfg.baseOpts(),
 		kgo.TransactionalID(txnID),
 		kgo.TransactionTimeout(cfg.TransactionTimeout),
-		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.RecordPartitioner(kgo.UniformBytesPartitioner(64<<10, true, true, nil)),
-		kgo.ConsumerGroup(sub.Group),
-		kgo.ConsumeTopics(sub.Topic),
-		kgo.Balancers(kgo.CooperativeStickyBalancer()),
-		kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.SessionTimeout(cfg.SessionTimeout),
-		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
-		kgo.HeartbeatInterval(cfg.HeartbeatInterval),
 	)
+	opts = append(opts, producerOpts()...)
+	opts = append(opts, groupOpts(sub.Group, sub.Topic, kgo.ReadCommitted(),
+		cfg.SessionTimeout, cfg.RebalanceTimeout, cfg.HeartbeatInterval)...)
 	opts = append(opts, cfg.Options...)
 	sess, err := kgo.NewGroupTransactSession(opts...)
 	if err != nil {
@@ -249,12 +242,10 @@ func (r *pipelineRun) loop(ctx context.Context) error {
 			clear(r.attempts)
 			continue
 		}
-		{
-			log.Debug("kafka: pipeline transaction aborted", "partition", failed.Partition, "offset", failed.Offset, "attempt", failedAttempt)
-			select {
-			case <-ctx.Done():
-			case <-time.After(r.cfg.RetryBackoff(failedAttempt)):
-			}
+		log.Debug("kafka: pipeline transaction aborted", "partition", failed.Partition, "offset", failed.Offset, "attempt", failedAttempt)
+		select {
+		case <-ctx.Done():
+		case <-time.After(r.cfg.RetryBackoff(failedAttempt)):
 		}
 	}
 	return nil
@@ -268,6 +259,13 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 		mu      sync.Mutex
 		prodErr error
 	)
+	promise := func(_ *kgo.Record, err error) {
+		if err != nil {
+			mu.Lock()
+			prodErr = errors.Join(prodErr, err)
+			mu.Unlock()
+		}
+	}
 	for i, rec := range recs {
 		k := offsetKey{rec.Partition, rec.Offset}
 		r.attempts[k]++
@@ -295,25 +293,19 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 			return rec, d.Attempt, nil
 		}
 		for _, rec := range outRecs {
-			r.sess.Produce(r.hctx, rec, func(_ *kgo.Record, err error) {
-				if err != nil {
-					mu.Lock()
-					prodErr = errors.Join(prodErr, err)
-					mu.Unlock()
-				}
-			})
+			r.sess.Produce(r.hctx, rec, promise)
 		}
 	}
+	last := recs[len(recs)-1]
 	ctx, cancel := context.WithTimeout(r.hctx, r.cfg.TransactionTimeout)
 	defer cancel()
 	if err := r.sess.Client().Flush(ctx); err != nil {
-		return recs[len(recs)-1], r.attempts[offsetKey{recs[len(recs)-1].Partition, recs[len(recs)-1].Offset}], nil
+		return last, r.attempts[offsetKey{last.Partition, last.Offset}], nil
 	}
 	mu.Lock()
 	defer mu.Unlock()
 	if prodErr != nil {
 		r.cfg.Logger.Warn("kafka: pipeline produce failed; aborting", "error", prodErr)
-		last := recs[len(recs)-1]
 		return last, r.attempts[offsetKey{last.Partition, last.Offset}], nil
 	}
 	return nil, 0, nil

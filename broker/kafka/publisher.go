@@ -49,13 +49,12 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		return nil, err
 	}
 	codec, _ := cfg.Compression.codec()
-	opts := append(cfg.baseOpts(),
-		kgo.RequiredAcks(kgo.AllISRAcks()),
+	opts := append(cfg.baseOpts(), producerOpts()...)
+	opts = append(opts,
 		kgo.ProducerLinger(cfg.Linger),
 		kgo.ProducerBatchMaxBytes(cfg.BatchMaxBytes),
 		kgo.ProducerBatchCompression(codec),
 		kgo.MaxBufferedRecords(cfg.MaxBufferedRecords),
-		kgo.RecordPartitioner(kgo.UniformBytesPartitioner(64<<10, true, true, nil)),
 	)
 	opts = append(opts, cfg.Options...)
 	cl, err := kgo.NewClient(opts...)
@@ -72,7 +71,7 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 
 // Publish sends msgs and waits until the cluster acknowledged every one.
 //
-// The batch is validated first (broker.Normalize with MaxMessageBytes): an
+// The batch is validated first (broker.ValidateBatch with MaxMessageBytes): an
 // empty topic or an oversized message rejects the whole call with an error
 // wrapping broker.ErrEmptyTopic or broker.ErrMessageTooLarge, and nothing is
 // sent. Otherwise every message is produced at once and the call waits for

@@ -189,10 +189,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h b
 	defer s.members.Done()
 
 	if !s.cfg.AllowAutoTopicCreation {
-		sctx, cancel := context.WithTimeout(ctx, s.cfg.StartTimeout)
-		_, err := topicPartitions(sctx, s.admin.adm, sub.Topic, s.cfg.Config)
-		cancel()
-		if err != nil {
+		if _, err := s.admin.Partitions(ctx, sub.Topic); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -331,17 +328,11 @@ func newMember(s *Subscriber, sub broker.Subscription, h broker.Handler, parent 
 	if s.cfg.ReadCommitted {
 		iso = kgo.ReadCommitted()
 	}
-	opts := append(s.cfg.baseOpts(),
-		kgo.ConsumerGroup(sub.Group),
-		kgo.ConsumeTopics(sub.Topic),
-		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+	opts := append(s.cfg.baseOpts(), groupOpts(sub.Group, sub.Topic, iso,
+		s.cfg.SessionTimeout, s.cfg.RebalanceTimeout, s.cfg.HeartbeatInterval)...)
+	opts = append(opts,
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
-		kgo.ConsumeStartOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchIsolationLevel(iso),
-		kgo.SessionTimeout(s.cfg.SessionTimeout),
-		kgo.RebalanceTimeout(s.cfg.RebalanceTimeout),
-		kgo.HeartbeatInterval(s.cfg.HeartbeatInterval),
 		kgo.OnPartitionsAssigned(m.onAssigned),
 		kgo.OnPartitionsRevoked(m.onRevoked),
 		kgo.OnPartitionsLost(m.onLost),
