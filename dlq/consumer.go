@@ -361,14 +361,7 @@ func (c *Consumer) retryHandler(next broker.Handler, stop <-chan struct{}) broke
 		env, err := ParseEnvelope(d.Headers)
 		if err == nil && !env.Due.IsZero() {
 			if wait := time.Until(env.Due); wait > 0 {
-				t := time.NewTimer(min(wait, c.cfg.MaxWait))
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-					return ErrNotDue
-				case <-stop:
-					t.Stop()
+				if !sleep(ctx, stop, min(wait, c.cfg.MaxWait)) {
 					return ErrNotDue
 				}
 				if time.Now().Before(env.Due) {

@@ -2,6 +2,7 @@ package dlq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -194,4 +195,33 @@ func ReplayMessage(dl DeadLetter, opts ReplayOptions, now time.Time) (broker.Mes
 	h[HeaderReplays] = strconv.Itoa(max(replays, 0) + 1)
 	h[HeaderReplayedAt] = formatTime(now)
 	return broker.Message{ID: dl.ID(), Topic: topic, Key: key, Payload: dl.Message.Payload, Headers: h, Time: t}, nil
+}
+
+// ReplayChunk is how many replay messages an inspector publishes per
+// Publish call.
+const ReplayChunk = 500
+
+// Published returns the dead letters of one Publish call (from, at the
+// indices of the messages published) that reached the broker: all of them
+// when err is nil, those a *broker.PublishError does not name, and none for
+// any other error. Inspectors settle only these.
+func Published(from []DeadLetter, err error) []DeadLetter {
+	if err == nil {
+		return from
+	}
+	var pe *broker.PublishError
+	if !errors.As(err, &pe) {
+		return nil
+	}
+	failed := make(map[int]bool, len(pe.Failures))
+	for _, fl := range pe.Failures {
+		failed[fl.Index] = true
+	}
+	var ok []DeadLetter
+	for k, dl := range from {
+		if !failed[k] {
+			ok = append(ok, dl)
+		}
+	}
+	return ok
 }

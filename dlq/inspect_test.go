@@ -3,6 +3,7 @@ package dlq_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -147,6 +148,25 @@ func TestReplayAfterFix(t *testing.T) {
 		}
 		if got := len(rec.of(m.ID)); got != want {
 			t.Errorf("message %s handled %d times, want %d", m.ID, got, want)
+		}
+	}
+}
+
+func TestPublished(t *testing.T) {
+	from := []dlq.DeadLetter{{Position: "a"}, {Position: "b"}, {Position: "c"}}
+	pos := func(dls []dlq.DeadLetter) (s string) {
+		for _, dl := range dls {
+			s += dl.Position
+		}
+		return s
+	}
+	pe := &broker.PublishError{Failures: []broker.PublishFailure{{Index: 1, Err: errors.New("nack")}}}
+	for _, c := range []struct {
+		err  error
+		want string
+	}{{nil, "abc"}, {pe, "ac"}, {fmt.Errorf("wrapped: %w", pe), "ac"}, {errors.New("connection lost"), ""}} {
+		if got := pos(dlq.Published(from, c.err)); got != c.want {
+			t.Errorf("Published(%v) = %q, want %q", c.err, got, c.want)
 		}
 	}
 }

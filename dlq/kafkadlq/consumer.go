@@ -57,13 +57,7 @@ type Consumer struct {
 // after it becomes due.
 func RetrySubscriberConfig(cfg kafka.SubscriberConfig) kafka.SubscriberConfig {
 	cfg.Ordering = kafka.OrderPerPartition
-	cfg.RetryBackoff = func(attempt int) time.Duration {
-		d := 50 * time.Millisecond
-		for i := 1; i < attempt && d < time.Second; i++ {
-			d *= 2
-		}
-		return min(d, time.Second)
-	}
+	cfg.RetryBackoff = broker.DoublingBackoff(50*time.Millisecond, time.Second)
 	return cfg
 }
 

@@ -323,26 +323,11 @@ func (in *Inspector) Replay(ctx context.Context, f dlq.Filter, opts dlq.ReplayOp
 	sel := f.Select(s.pending())
 	msgs, from, errs := dlq.ReplayMessages(sel, opts, time.Now())
 	var done []dlq.DeadLetter
-	const chunk = 500
-	for i := 0; i < len(msgs); i += chunk {
-		j := min(i+chunk, len(msgs))
+	for i := 0; i < len(msgs); i += dlq.ReplayChunk {
+		j := min(i+dlq.ReplayChunk, len(msgs))
 		err := in.pub.Publish(ctx, msgs[i:j]...)
-		var pe *broker.PublishError
-		switch {
-		case err == nil:
-			done = append(done, from[i:j]...)
-		case errors.As(err, &pe):
-			failed := map[int]bool{}
-			for _, fl := range pe.Failures {
-				failed[fl.Index] = true
-			}
-			for k := i; k < j; k++ {
-				if !failed[k-i] {
-					done = append(done, from[k])
-				}
-			}
-			errs = append(errs, fmt.Errorf("kafkadlq: replay: %w", err))
-		default:
+		done = append(done, dlq.Published(from[i:j], err)...)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("kafkadlq: replay: %w", err))
 		}
 		if ctx.Err() != nil {

@@ -262,26 +262,12 @@ func (in *Inspector) Replay(ctx context.Context, f dlq.Filter, opts dlq.ReplayOp
 	sel := f.Select(s.dls)
 	msgs, from, errs := dlq.ReplayMessages(sel, opts, time.Now())
 	done := 0
-	const chunk = 500
-	for i := 0; i < len(msgs) && ctx.Err() == nil; i += chunk {
-		j := min(i+chunk, len(msgs))
-		ok := from[i:j]
-		if err := pub.Publish(ctx, msgs[i:j]...); err != nil {
+	for i := 0; i < len(msgs) && ctx.Err() == nil; i += dlq.ReplayChunk {
+		j := min(i+dlq.ReplayChunk, len(msgs))
+		err := pub.Publish(ctx, msgs[i:j]...)
+		ok := dlq.Published(from[i:j], err)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("rabbitdlq: replay from %q: %w", in.cfg.Queue, err))
-			var pe *broker.PublishError
-			if !errors.As(err, &pe) {
-				continue
-			}
-			failed := map[int]bool{}
-			for _, fl := range pe.Failures {
-				failed[fl.Index] = true
-			}
-			ok = nil
-			for k := i; k < j; k++ {
-				if !failed[k-i] {
-					ok = append(ok, from[k])
-				}
-			}
 		}
 		if err := s.ack(ok); err != nil {
 			errs = append(errs, fmt.Errorf("rabbitdlq: acknowledge replayed dead letters in %q (they will be replayed again): %w", in.cfg.Queue, err))

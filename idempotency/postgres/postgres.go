@@ -62,7 +62,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"regexp"
 	"strconv"
@@ -226,7 +225,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 		cfg.Retention = 7 * 24 * time.Hour
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{pool: pool, cfg: cfg, t: t, log: cfg.Logger}
 

@@ -72,7 +72,7 @@ func (s *Store) AcquireBatch(ctx context.Context, scope string, keys []string) (
 // idempotency.ErrLeaseLost. Nil leases are skipped.
 func (s *Store) CompleteBatch(ctx context.Context, leases ...*Lease) error {
 	return s.runBatch(ctx, "complete", s.complete, leases, func(l *Lease) []any {
-		return []any{l.token, encodeDone(l.fp, nil), s.cfg.Retention.Milliseconds()}
+		return []any{l.token, encodeDone(l.fp, nil), s.keepMs}
 	})
 }
 

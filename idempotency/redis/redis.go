@@ -98,6 +98,7 @@ type Store struct {
 	tokenPfx string
 	seq      atomic.Uint64
 	leaseMs  any // Config.Lease in ms, boxed once
+	keepMs   any // Config.Retention in ms, boxed once
 	complete *goredis.Script
 	release  *goredis.Script
 }
@@ -139,11 +140,13 @@ func New(rdb goredis.UniversalClient, cfg Config) (*Store, error) {
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, fmt.Errorf("redis: lease token: %w", err)
 	}
+	cfg = cfg.withDefaults()
 	return &Store{
 		rdb:      rdb,
-		cfg:      cfg.withDefaults(),
+		cfg:      cfg,
 		tokenPfx: string(tagLease) + hex.EncodeToString(id[:]) + "-",
-		leaseMs:  cfg.withDefaults().Lease.Milliseconds(),
+		leaseMs:  cfg.Lease.Milliseconds(),
+		keepMs:   cfg.Retention.Milliseconds(),
 		complete: goredis.NewScript(completeScript),
 		release:  goredis.NewScript(releaseScript),
 	}, nil
@@ -273,7 +276,7 @@ func (l *Lease) Key() string { return l.key }
 // returns an error wrapping idempotency.ErrLeaseLost when the lease had
 // expired or was ended before.
 func (l *Lease) Complete(ctx context.Context, response []byte) error {
-	n, err := l.s.complete.Run(ctx, l.s.rdb, []string{l.rkey}, l.token, encodeDone(l.fp, response), l.s.cfg.Retention.Milliseconds()).Int()
+	n, err := l.s.complete.Run(ctx, l.s.rdb, []string{l.rkey}, l.token, encodeDone(l.fp, response), l.s.keepMs).Int()
 	return l.check("complete", n, err)
 }
 

@@ -6,7 +6,6 @@ package telemetry
 
 import (
 	"context"
-	"io"
 	"log/slog"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -45,7 +44,7 @@ type Recorder struct {
 // metrics.
 func New(kind string, log *slog.Logger, mp metric.MeterProvider) *Recorder {
 	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+		log = slog.New(slog.DiscardHandler)
 	}
 	if mp == nil {
 		mp = noop.NewMeterProvider()
