@@ -50,8 +50,10 @@
 // transaction-scoped advisory lock per key, taken with a try-lock so relays
 // skip keys that are in flight elsewhere instead of waiting) and because a
 // claim always starts at the key's oldest unpublished row. Within a batch a
-// key's rows go to the broker in one Publish call, in order. Rows without a
-// key have no order and are shared out freely.
+// key's rows go to the broker in one Publish call, in order, except after
+// that call failed, when the relay retries its rows one per call (still in
+// order) to find the one the broker refuses. Rows without a key have no
+// order and are shared out freely.
 //
 // Late commits: a transaction that wrote its row first (lower ID) but
 // committed after others is never skipped, because claims look at what is

@@ -40,11 +40,6 @@ const (
 	MetricDead = "steadfast.outbox.dead"
 )
 
-type statsSample struct {
-	Stats
-	at time.Time
-}
-
 type metrics struct {
 	meter       metric.Meter
 	attrs       metric.MeasurementOption
@@ -57,7 +52,7 @@ type metrics struct {
 	pending     metric.Int64ObservableGauge
 	oldest      metric.Float64ObservableGauge
 	dead        metric.Int64ObservableGauge
-	stats       atomic.Pointer[statsSample]
+	stats       atomic.Pointer[Stats]
 	okAttrs     metric.MeasurementOption
 	errAttrs    metric.MeasurementOption
 }

@@ -203,7 +203,8 @@ func (c Config) withDefaults() (Config, error) {
 //     one relay at a time (see Store), and a key's next row is not published
 //     while an earlier one is unsent, in flight or waiting for a retry.
 //     Within a batch a key's rows go to the broker in one Publish call, in
-//     order. A parked row is the one exception, governed by BlockKeyOnPark.
+//     order (after a failed call, one row per call, in order, to isolate the
+//     refused row). A parked row is the one exception, governed by BlockKeyOnPark.
 //   - Failures: a message the broker refuses is retried with Backoff and
 //     parked after MaxAttempts; its key waits meanwhile, other keys flow. A
 //     row that can never be published (empty topic, over MaxMessageBytes,
@@ -464,7 +465,7 @@ func (r *Relay) refreshStats(ctx context.Context) {
 		}
 		return
 	}
-	r.m.stats.Store(&statsSample{Stats: st, at: time.Now()})
+	r.m.stats.Store(&st)
 }
 
 // Cleanup deletes published rows older than Retention, in batches of

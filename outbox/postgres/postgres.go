@@ -98,10 +98,8 @@ type Store struct {
 	pool    *pgxpool.Pool
 	cfg     Config
 	t       table
-	table   string // quoted, possibly schema-qualified
-	schema  string // rendered schema SQL
-	channel string
 	sql     statements
+	enqueue string // sql.enqueue or a variant, per LockKeys and DisableNotify
 }
 
 var _ outbox.Store = (*Store)(nil)
@@ -147,22 +145,20 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	if len(cfg.Channel) > 63 || strings.ContainsRune(cfg.Channel, 0) {
 		return nil, fmt.Errorf("%w: channel %q longer than 63 bytes", ErrInvalidConfig, cfg.Channel)
 	}
-	s := &Store{pool: pool, cfg: cfg, channel: cfg.Channel, t: t}
-	s.table = t.ident
-	s.schema = t.schema
-	s.sql = buildStatements(s.table)
+	s := &Store{pool: pool, cfg: cfg, t: t, sql: buildStatements(t.ident)}
+	s.enqueue = s.sql.enqueueSQL(cfg.LockKeys, !cfg.DisableNotify)
 	return s, nil
 }
 
 // Table returns the quoted table name used in SQL.
-func (s *Store) Table() string { return s.table }
+func (s *Store) Table() string { return s.t.ident }
 
 // Channel returns the notification channel.
-func (s *Store) Channel() string { return s.channel }
+func (s *Store) Channel() string { return s.cfg.Channel }
 
 // Schema returns the DDL of the store's table (see the package-level
 // Schema).
-func (s *Store) Schema() string { return s.schema }
+func (s *Store) Schema() string { return s.t.schema }
 
 // Migrate creates the store's table and indexes if they do not exist (see
 // the package-level Migrate).
@@ -170,7 +166,6 @@ func (s *Store) Migrate(ctx context.Context) error { return s.t.migrate(ctx, s.p
 
 // table is a validated outbox table name.
 type table struct {
-	name   string // as configured
 	ident  string // quoted, possibly schema-qualified
 	schema string // rendered DDL
 	lock   int32  // advisory lock class that serializes Migrate
@@ -195,7 +190,7 @@ func parseTable(name string) (table, error) {
 	if len(base) > 40 {
 		return table{}, fmt.Errorf("%w: table name %q is longer than 40 bytes", ErrInvalidConfig, base)
 	}
-	t := table{name: name, ident: pgx.Identifier(parts).Sanitize()}
+	t := table{ident: pgx.Identifier(parts).Sanitize()}
 	index := func(suffix string) string { return pgx.Identifier{base + suffix}.Sanitize() }
 	t.schema = strings.NewReplacer(
 		"{table}", t.ident,
@@ -275,9 +270,11 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 	payloads := make([][]byte, n)
 	headers := make([]string, n)
 	times := make([]time.Time, n)
+	trace := propagation.MapCarrier{}
+	s.cfg.Propagator.Inject(ctx, trace)
 	for i, m := range msgs {
 		ids[i], topics[i], keys[i], payloads[i], times[i] = m.ID, m.Topic, m.Key, m.Payload, m.Time
-		h := s.withTrace(ctx, m.Headers)
+		h := withTrace(m.Headers, trace)
 		if len(h) > 0 {
 			b, err := json.Marshal(h)
 			if err != nil {
@@ -286,29 +283,20 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 			headers[i] = string(b)
 		}
 	}
-	sql := s.sql.enqueue
 	args := []any{ids, topics, keys, payloads, headers, times}
-	if s.cfg.LockKeys {
-		sql = s.sql.enqueueLocked
-	}
 	if !s.cfg.DisableNotify {
-		sql = fmt.Sprintf(s.sql.notifyWrap, sql, len(args)+1)
-		args = append(args, s.channel)
+		args = append(args, s.cfg.Channel)
 	}
-	if _, err := db.Exec(ctx, sql, args...); err != nil {
-		return fmt.Errorf("outbox/postgres: enqueue %d messages into %s: %w", n, s.table, err)
+	if _, err := db.Exec(ctx, s.enqueue, args...); err != nil {
+		return fmt.Errorf("outbox/postgres: enqueue %d messages into %s: %w", n, s.t.ident, err)
 	}
 	return nil
 }
 
-// withTrace returns h with the trace context of ctx added when h has none.
-func (s *Store) withTrace(ctx context.Context, h map[string]string) map[string]string {
-	if h[broker.HeaderTraceparent] != "" {
-		return h
-	}
-	carrier := propagation.MapCarrier{}
-	s.cfg.Propagator.Inject(ctx, carrier)
-	if len(carrier) == 0 {
+// withTrace returns h with the trace headers in carrier (the enqueuing
+// context's, injected once per call) added when h has no traceparent.
+func withTrace(h map[string]string, carrier propagation.MapCarrier) map[string]string {
+	if h[broker.HeaderTraceparent] != "" || len(carrier) == 0 {
 		return h
 	}
 	out := make(map[string]string, len(h)+len(carrier))
@@ -370,7 +358,7 @@ func (s *Store) Redrive(ctx context.Context, ids ...int64) (int, error) {
 		return 0, nil
 	}
 	var n, notified int
-	if err := s.pool.QueryRow(ctx, s.sql.redrive, ids, s.channel).Scan(&n, &notified); err != nil {
+	if err := s.pool.QueryRow(ctx, s.sql.redrive, ids, s.cfg.Channel).Scan(&n, &notified); err != nil {
 		return 0, fmt.Errorf("outbox/postgres: redrive: %w", err)
 	}
 	return n, nil
@@ -400,11 +388,11 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 	}
 	// The connection carries LISTEN state: never hand it back to the pool.
 	defer func() { _ = conn.Hijack().Close(context.Background()) }()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{s.channel}.Sanitize()); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{s.cfg.Channel}.Sanitize()); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("outbox/postgres: listen %s: %w", s.channel, err)
+		return fmt.Errorf("outbox/postgres: listen %s: %w", s.cfg.Channel, err)
 	}
 	// Rows committed before LISTEN took effect were not announced.
 	wake()
@@ -413,7 +401,7 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("outbox/postgres: listen %s: %w", s.channel, err)
+			return fmt.Errorf("outbox/postgres: listen %s: %w", s.cfg.Channel, err)
 		}
 		wake()
 	}

@@ -6,7 +6,6 @@ import "strings"
 type statements struct {
 	enqueue         string
 	enqueueLocked   string
-	notifyWrap      string // fmt: %s = insert statement, %d = channel parameter number
 	claim           string
 	blockedKeys     string
 	markPublished   string
@@ -17,6 +16,26 @@ type statements struct {
 	parked          string
 	redrive         string
 	deleteDead      string
+}
+
+// enqueueSQL inserts the rows of Enqueue's six parameter arrays.
+const enqueueSQL = `INSERT INTO {t} (message_id, topic, key, payload, headers, message_time)
+SELECT m.id, m.topic, m.key, m.payload, NULLIF(m.headers, '')::jsonb, m.time
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::timestamptz[])
+     WITH ORDINALITY AS m(id, topic, key, payload, headers, time, ord)`
+
+// enqueueSQL returns the insert Enqueue runs: with every key locked first
+// when locked, and sending a notification on the channel in parameter $7
+// when notify.
+func (st statements) enqueueSQL(locked, notify bool) string {
+	q := st.enqueue
+	if locked {
+		q = st.enqueueLocked
+	}
+	if notify {
+		q = `WITH ins AS (` + q + ` RETURNING 1) SELECT pg_notify($7, '') WHERE EXISTS (SELECT 1 FROM ins)`
+	}
+	return q
 }
 
 const recordColumns = `o.id, o.message_id, o.topic, o.key, o.payload, o.headers, o.message_time, o.enqueued_at, o.attempts, o.last_error`
@@ -30,27 +49,19 @@ func buildStatements(table string) statements {
 	s := func(q string) string { return r.Replace(q) }
 	return statements{
 		// Rows get their ids in argument order. headers '' means NULL.
-		enqueue: s(`INSERT INTO {t} (message_id, topic, key, payload, headers, message_time)
-SELECT m.id, m.topic, m.key, m.payload, NULLIF(m.headers, '')::jsonb, m.time
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::timestamptz[])
-     WITH ORDINALITY AS m(id, topic, key, payload, headers, time, ord)
+		enqueue: s(enqueueSQL + `
 ORDER BY m.ord`),
 
 		// The same, after locking every distinct non-empty key in a fixed
 		// order (so two Enqueue calls cannot deadlock on each other). The
 		// uncorrelated subquery is an InitPlan: it runs, and takes every lock,
 		// before the first row is inserted and draws its id.
-		enqueueLocked: s(`INSERT INTO {t} (message_id, topic, key, payload, headers, message_time)
-SELECT m.id, m.topic, m.key, m.payload, NULLIF(m.headers, '')::jsonb, m.time
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::timestamptz[])
-     WITH ORDINALITY AS m(id, topic, key, payload, headers, time, ord)
+		enqueueLocked: s(enqueueSQL + `
 WHERE (SELECT count(*) FROM (
          SELECT pg_advisory_xact_lock(({ns}) # 1600085855, hashtext(k.key))
          FROM (SELECT DISTINCT u.key FROM unnest($3::text[]) AS u(key) WHERE u.key <> '' ORDER BY u.key) k
       ) l) >= 0
 ORDER BY m.ord`),
-
-		notifyWrap: `WITH ins AS (%s RETURNING 1) SELECT pg_notify($%d, '') WHERE EXISTS (SELECT 1 FROM ins)`,
 
 		// The claim, in one statement. The window is the first $2 due
 		// pending rows in id order, skipping blocked keys (a row waiting for

@@ -1,4 +1,0 @@
-package postgres
-
-// ClaimSQL exposes the claim statement to tests.
-func (s *Store) ClaimSQL() string { return s.sql.claim }
