@@ -85,6 +85,13 @@ type Backend struct {
 	Restart func(ctx context.Context) error
 }
 
+// RestartCase reports whether t is the broker-restart case, so a Factory
+// can give that case a broker of its own to restart (a private node or
+// cluster) and every other case the shared one.
+func RestartCase(t *testing.T) bool { return strings.HasSuffix(t.Name(), "/"+restartCase) }
+
+const restartCase = "BrokerRestart"
+
 // Factory returns a fresh backend for one case. It registers its own cleanup
 // with t.Cleanup.
 type Factory func(t *testing.T) Backend
@@ -117,7 +124,7 @@ func Run(t *testing.T, f Features, factory Factory) {
 			})
 		}
 	})
-	t.Run("BrokerRestart", s.brokerRestart)
+	t.Run(restartCase, s.brokerRestart)
 }
 
 type suite struct {

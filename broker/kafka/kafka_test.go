@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
-	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -161,7 +159,7 @@ func TestConformance(t *testing.T) {
 		MaxMessageBytes: DefaultMaxMessageBytes,
 		TimePrecision:   time.Millisecond,
 	}, func(t *testing.T) brokertest.Backend {
-		if strings.HasSuffix(t.Name(), "/BrokerRestart") && os.Getenv(testenv.EnvKafkaBrokers) == "" {
+		if brokertest.RestartCase(t) { // in-process even when STEADFAST_KAFKA_BROKERS is set: it must be restartable
 			rc := newRestartableCluster(t)
 			b := newKit(t, rc.addrs(), nil).backend()
 			b.Restart = func(ctx context.Context) error { return rc.restart(ctx, time.Second) }

@@ -2,7 +2,6 @@ package rabbitmq_test
 
 import (
 	"context"
-	"strings"
 	"testing"
 
 	"github.com/steadfast-go/steadfast/broker/brokertest"
@@ -25,7 +24,7 @@ func TestConformance(t *testing.T) {
 			url     string
 			restart func(context.Context) error
 		)
-		if strings.HasSuffix(t.Name(), "/BrokerRestart") {
+		if brokertest.RestartCase(t) {
 			url, restart = testenv.PrivateRabbitMQ(t)
 		} else {
 			url = testenv.RabbitMQURL(t)
