@@ -27,6 +27,11 @@ var (
 	ErrTopicExists = errors.New("kafka: topic already exists")
 	// ErrUnreachable: no seed broker answered within Config.StartTimeout.
 	ErrUnreachable = errors.New("kafka: brokers unreachable")
+	// ErrFenced ends a Pipeline's Run when a newer producer with the same
+	// transactional ID started (usually the instance's own restart): the
+	// newer one owns the ID, and the transaction the fenced Run had open is
+	// aborted.
+	ErrFenced = errors.New("kafka: fenced by a newer producer with the same transactional ID")
 )
 
 // Compression names a record batch compression codec.

@@ -69,17 +69,36 @@ const hexDigits = "0123456789abcdef"
 // formatUUID returns the canonical text form of a binary UUID.
 func formatUUID(u []byte) string { return (*textArena)(nil).uuid(u) }
 
-// uuidTextPos is where each byte of a binary UUID goes in its text form.
-var uuidTextPos = [uuidLen]int{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+// hexPairs holds the two lowercase hex digits of every byte value, the
+// first in the low byte.
+var hexPairs = func() (t [256]uint16) {
+	for i := range t {
+		t[i] = uint16(hexDigits[i>>4]) | uint16(hexDigits[i&0xf])<<8
+	}
+	return t
+}()
 
 // putUUID writes the canonical text form of the binary UUID u into b.
 func putUUID(b, u []byte) {
-	b = b[:uuidTextLen]
-	u = u[:uuidLen]
-	for k, at := range uuidTextPos {
-		b[at], b[at+1] = hexDigits[u[k]>>4], hexDigits[u[k]&0xf]
+	b = b[:uuidTextLen:uuidTextLen]
+	u = u[:uuidLen:uuidLen]
+	hexInto(b[0:8], u[0:4])
+	b[8] = '-'
+	hexInto(b[9:13], u[4:6])
+	b[13] = '-'
+	hexInto(b[14:18], u[6:8])
+	b[18] = '-'
+	hexInto(b[19:23], u[8:10])
+	b[23] = '-'
+	hexInto(b[24:36], u[10:16])
+}
+
+// hexInto writes the hex digits of src into dst, which is twice as long.
+func hexInto(dst, src []byte) {
+	_ = dst[2*len(src)-1]
+	for i, v := range src {
+		binary.LittleEndian.PutUint16(dst[2*i:], hexPairs[v])
 	}
-	b[8], b[13], b[18], b[23] = '-', '-', '-', '-'
 }
 
 // parseUUID writes the binary form of s into dst and reports whether s is a

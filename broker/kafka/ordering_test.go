@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/testenv"
 )
@@ -93,5 +95,72 @@ func TestOrderPerPartition(t *testing.T) {
 	stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestChainSweep drives a member's queue directly: a key whose messages all
+// finished keeps its (idle) chain, so a message of it that comes back queues
+// behind nothing; a partition that saw many keys drops the idle chains when
+// its map grows, while a chain with unfinished messages survives the sweep
+// and keeps its order.
+func TestChainSweep(t *testing.T) {
+	s, err := NewSubscriber(SubscriberConfig{Config: Config{Brokers: []string{"127.0.0.1:1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m, err := newMember(s, broker.Subscription{Topic: "t", Group: "g"}.WithDefaults(),
+		func(context.Context, broker.Delivery) error { return nil }, context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.cl.Close()
+	m.onAssigned(context.Background(), nil, map[string][]int32{"t": {0}})
+	p := m.parts[0]
+	off := int64(0)
+	add := func(key string) *item {
+		it := new(item)
+		if !m.add(it, &kgo.Record{Topic: "t", Key: []byte(key), Offset: off}) {
+			t.Fatalf("item %d not queued", off)
+		}
+		off++
+		return it
+	}
+	run := func(it *item) {
+		if got := m.popReady(); got != it {
+			t.Fatalf("ready item is offset %v, want %d", got, it.off)
+		}
+		it.state = stRunning
+		m.complete(it, nil)
+	}
+
+	// A blocked key: its head runs only at the end.
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	held := add("held")
+	heldNext := add("held")
+	if m.popReady() != held {
+		t.Fatal("first message of a key is not ready")
+	}
+	held.state = stRunning
+	for i := range 3 * minSweep {
+		run(add(fmt.Sprintf("k%d", i)))
+	}
+	if n := len(p.chains); n > 2*minSweep {
+		t.Fatalf("%d chains kept after %d keys went idle; sweeping keeps at most %d", n, 3*minSweep, 2*minSweep)
+	}
+	c := p.chains["held"]
+	if c == nil || c.head != held || c.tail != heldNext || heldNext.state != stQueued {
+		t.Fatal("the sweep dropped or changed a chain with unfinished messages")
+	}
+	again := add("k1") // idle or swept: runs at once either way
+	run(again)
+	m.complete(held, nil)
+	run(heldNext)
+	if p.live != 0 || p.next.Offset != off {
+		t.Fatalf("live %d, commit point %d; want 0 and %d", p.live, p.next.Offset, off)
+	}
+	if c := p.chains["held"]; c == nil || c.head != nil {
+		t.Fatal("a key whose messages finished should keep an idle chain")
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/steadfast-go/steadfast/broker"
@@ -28,9 +30,16 @@ type PipelineConfig struct {
 	// TransactionalID identifies the pipeline's transactional producer. Give
 	// every running instance its own ID and keep it across restarts: a
 	// restarted instance then aborts the transaction its previous
-	// incarnation left open at once, instead of after TransactionTimeout.
-	// Several Run calls of one Pipeline use the ID suffixed with "-1",
-	// "-2", ... Default: a random ID per Run call.
+	// incarnation left open at once, instead of after TransactionTimeout,
+	// and fences that incarnation if it still runs (its next transaction
+	// fails and its Run ends with ErrFenced).
+	//
+	// One Run call of a Pipeline at a time uses the ID as given. Run calls
+	// that overlap with it use the ID suffixed with "-2", "-3", ...: each
+	// call takes the lowest number no running call holds, so a Run started
+	// after another returned reuses its ID, and an instance that always
+	// starts the same number of Run calls uses the same IDs after a
+	// restart. Default: a random ID per Run call.
 	TransactionalID string
 	// MaxBatch bounds the input messages handled in one transaction.
 	// Default 500.
@@ -93,8 +102,8 @@ type Pipeline struct {
 	cfg PipelineConfig
 	ids *idGen
 
-	mu   sync.Mutex
-	runs int
+	mu    sync.Mutex
+	slots []bool // transactional ID suffixes held by running Run calls
 
 	// crash, when set by tests, simulates a process crash before the
 	// delivery it returns true for (inTxn is the number of inputs already
@@ -120,9 +129,10 @@ func NewPipeline(cfg PipelineConfig) (*Pipeline, error) {
 // finished and committed, and Run returns nil. Bad arguments fail at once
 // with the broker package's sentinels, an unknown input topic with
 // ErrUnknownTopic, an unreachable cluster with ErrUnreachable. An error
-// the transactional producer cannot recover from (for example, being fenced
-// by another instance with the same TransactionalID) ends Run with that
-// error. sub.Concurrency is ignored: one Run call transforms one message at
+// the transactional producer cannot recover from ends Run with that error.
+// A newer producer with the same transactional ID (see
+// PipelineConfig.TransactionalID) fences this one: Run then ends with
+// ErrFenced at its next transaction, whose work is aborted. sub.Concurrency is ignored: one Run call transforms one message at
 // a time; run several for parallelism.
 func (p *Pipeline) Run(ctx context.Context, sub broker.Subscription, fn Transform) error {
 	if fn == nil {
@@ -140,16 +150,12 @@ func (p *Pipeline) Run(ctx context.Context, sub broker.Subscription, fn Transfor
 			return fmt.Errorf("kafka: pipeline %q/%q: %w", sub.Topic, sub.Group, err)
 		}
 	}
-	p.mu.Lock()
-	p.runs++
-	txnID := cfg.TransactionalID
-	switch {
-	case txnID == "":
-		txnID = "steadfast-" + sub.Group + "-" + broker.NewID()
-	case p.runs > 1:
-		txnID = fmt.Sprintf("%s-%d", txnID, p.runs)
+	txnID := "steadfast-" + sub.Group + "-" + broker.NewID()
+	if cfg.TransactionalID != "" {
+		slot := p.takeSlot()
+		defer p.releaseSlot(slot)
+		txnID = slotTxnID(cfg.TransactionalID, slot)
 	}
-	p.mu.Unlock()
 
 	opts := append(cfg.baseOpts(),
 		kgo.TransactionalID(txnID),
@@ -171,10 +177,43 @@ func (p *Pipeline) Run(ctx context.Context, sub broker.Subscription, fn Transfor
 		return err
 	}
 	sess.Close()
+	if errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) {
+		return fmt.Errorf("kafka: pipeline %q/%q as %q: %w: %w", sub.Topic, sub.Group, txnID, ErrFenced, err)
+	}
 	if err != nil {
 		return fmt.Errorf("kafka: pipeline %q/%q: %w", sub.Topic, sub.Group, err)
 	}
 	return nil
+}
+
+// takeSlot reserves the lowest transactional ID suffix no running Run call
+// holds.
+func (p *Pipeline) takeSlot() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, held := range p.slots {
+		if !held {
+			p.slots[i] = true
+			return i
+		}
+	}
+	p.slots = append(p.slots, true)
+	return len(p.slots) - 1
+}
+
+func (p *Pipeline) releaseSlot(slot int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.slots[slot] = false
+}
+
+// slotTxnID is the transactional ID of the Run call holding slot: id itself
+// for slot 0, then id-2, id-3, ...
+func slotTxnID(id string, slot int) string {
+	if slot == 0 {
+		return id
+	}
+	return id + "-" + strconv.Itoa(slot+1)
 }
 
 func (p *Pipeline) checkTopic(ctx context.Context, topic string) error {

@@ -223,3 +223,213 @@ func sumLag(ls []PartitionLag) int64 {
 	}
 	return s
 }
+
+// pipelineKit publishes n inputs to a new topic of parts partitions and
+// returns it with a new output topic. The transform it returns copies each
+// input to the output (keeping its ID in header input-id), after an
+// optional delay.
+func pipelineKit(t *testing.T, k *kit, ctx context.Context, n int, parts int32, delay time.Duration) (in, out string, inputs []broker.Message, fn Transform) {
+	t.Helper()
+	in, out = testenv.Name(t, "in"), testenv.Name(t, "out")
+	k.createTopic(t, in, parts)
+	k.createTopic(t, out, parts)
+	for i := range n {
+		m := broker.NewMessage(in, []byte(fmt.Sprint(i)))
+		m.Key = fmt.Sprintf("k%d", i%8)
+		inputs = append(inputs, m)
+	}
+	if err := k.pub.Publish(ctx, inputs...); err != nil {
+		t.Fatal(err)
+	}
+	fn = func(_ context.Context, d broker.Delivery) ([]broker.Message, error) {
+		time.Sleep(delay)
+		m := broker.NewMessage(out, d.Payload)
+		m.Key = d.Key
+		m.Headers = map[string]string{"input-id": d.ID, "part": "a"}
+		return []broker.Message{m}, nil
+	}
+	return in, out, inputs, fn
+}
+
+// readCommitted consumes topic with read_committed isolation until want
+// distinct messages arrived or ctx ends, and returns the tally.
+func readCommitted(t *testing.T, ctx context.Context, brokers []string, topic string, want int) *outputTally {
+	t.Helper()
+	cfg := testSubConfig(brokers)
+	cfg.ReadCommitted = true
+	s, err := NewSubscriber(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	o := newOutputTally(want)
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Subscribe(cctx, broker.Subscription{Topic: topic, Group: testenv.Name(t, "verify")}, o.add)
+	}()
+	select {
+	case <-o.full:
+	case <-ctx.Done():
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("verify subscribe: %v", err)
+	}
+	return o
+}
+
+// TestPipelineRestartReusesTransactionalID crashes a Run call in the middle
+// of a transaction (output already flushed) and calls Run again on the same
+// Pipeline. The second call must use the same transactional ID, so it
+// aborts the abandoned transaction at once: read_committed consumers of the
+// output then see every input exactly once long before the
+// TransactionTimeout (two minutes) would have ended it.
+func TestPipelineRestartReusesTransactionalID(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.Kafka(t)
+	k := newKit(t, brokers, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	const n = 120
+	in, out, inputs, fn := pipelineKit(t, k, ctx, n, 2, 0)
+	p, err := NewPipeline(PipelineConfig{
+		Config:             Config{Brokers: brokers},
+		TransactionalID:    testenv.Name(t, "tx"),
+		MaxBatch:           10,
+		TransactionTimeout: 2 * time.Minute,
+		RetryBackoff:       testBackoff,
+		HeartbeatInterval:  300 * time.Millisecond,
+		SessionTimeout:     10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := broker.Subscription{Topic: in, Group: testenv.Name(t, "g")}
+	seen := 0
+	p.crash = func(_ broker.Delivery, inTxn int) bool {
+		seen++
+		return seen > n/2 && inTxn >= 3
+	}
+	if err := p.Run(ctx, sub, fn); !errors.Is(err, errCrashed) {
+		t.Fatalf("first Run returned %v, want the simulated crash", err)
+	}
+	p.crash = nil
+
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(runCtx, sub, fn) }()
+	o := readCommitted(t, ctx, brokers, out, n)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("second Run: %v", err)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.ids) != n || o.total != n {
+		t.Fatalf("read_committed consumer got %d records, %d distinct, want %d: the abandoned transaction was not aborted", o.total, len(o.ids), n)
+	}
+	for _, m := range inputs {
+		if c := o.byInput[m.ID+"/a"]; c != 1 {
+			t.Errorf("input %s visible %d times, want 1", m.Payload, c)
+		}
+	}
+}
+
+// TestPipelineFenced starts a second Pipeline with the TransactionalID of
+// a running one, as a restarted instance would while its predecessor still
+// runs. The predecessor must stop with ErrFenced, and the newcomer must
+// finish the work with every input reflected exactly once.
+func TestPipelineFenced(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.Kafka(t)
+	k := newKit(t, brokers, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const n = 300
+	in, out, inputs, fn := pipelineKit(t, k, ctx, n, 2, 2*time.Millisecond)
+	cfg := PipelineConfig{
+		Config:            Config{Brokers: brokers},
+		TransactionalID:   testenv.Name(t, "tx"),
+		MaxBatch:          10,
+		RetryBackoff:      testBackoff,
+		HeartbeatInterval: 300 * time.Millisecond,
+		SessionTimeout:    10 * time.Second,
+	}
+	sub := broker.Subscription{Topic: in, Group: testenv.Name(t, "g")}
+	older, err := NewPipeline(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var started sync.Once
+	begun := make(chan struct{})
+	oldFn := func(ctx context.Context, d broker.Delivery) ([]broker.Message, error) {
+		started.Do(func() { close(begun) })
+		return fn(ctx, d)
+	}
+	oldDone := make(chan error, 1)
+	go func() { oldDone <- older.Run(ctx, sub, oldFn) }()
+	select {
+	case <-begun:
+	case <-ctx.Done():
+		t.Fatal("first pipeline never transformed anything")
+	}
+
+	newer, err := NewPipeline(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	newDone := make(chan error, 1)
+	go func() { newDone <- newer.Run(runCtx, sub, fn) }()
+	select {
+	case err := <-oldDone:
+		if !errors.Is(err, ErrFenced) {
+			t.Fatalf("fenced pipeline returned %v, want ErrFenced", err)
+		}
+		t.Logf("older pipeline: %v", err)
+	case <-ctx.Done():
+		t.Fatal("older pipeline was not fenced")
+	}
+	o := readCommitted(t, ctx, brokers, out, n)
+	stop()
+	if err := <-newDone; err != nil {
+		t.Fatalf("newer Run: %v", err)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.ids) != n || o.total != n {
+		t.Fatalf("read_committed consumer got %d records, %d distinct, want %d", o.total, len(o.ids), n)
+	}
+	for _, m := range inputs {
+		if c := o.byInput[m.ID+"/a"]; c != 1 {
+			t.Errorf("input %s visible %d times, want 1", m.Payload, c)
+		}
+	}
+}
+
+func TestPipelineSlots(t *testing.T) {
+	p, err := NewPipeline(PipelineConfig{Config: Config{Brokers: []string{"127.0.0.1:1"}}, TransactionalID: "tx"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := func(slots ...int) []string {
+		var s []string
+		for _, x := range slots {
+			s = append(s, slotTxnID("tx", x))
+		}
+		return s
+	}
+	a, b, c := p.takeSlot(), p.takeSlot(), p.takeSlot()
+	if got, want := ids(a, b, c), []string{"tx", "tx-2", "tx-3"}; !slices.Equal(got, want) {
+		t.Fatalf("overlapping runs got %v, want %v", got, want)
+	}
+	p.releaseSlot(a)
+	p.releaseSlot(c)
+	if got := ids(p.takeSlot()); got[0] != "tx" {
+		t.Fatalf("a run after the first returned got %s, want tx", got[0])
+	}
+	if got := ids(p.takeSlot()); got[0] != "tx-3" {
+		t.Fatalf("next overlapping run got %s, want tx-3", got[0])
+	}
+}

@@ -260,7 +260,9 @@ type item struct {
 }
 
 // chain is the queue of one key's unfinished items in a partition; only its
-// head may run.
+// head may run. A chain whose items all finished stays in its partition's
+// map, idle (head nil), so a key that comes back costs one map lookup;
+// idle chains are swept out when the map grows (see member.add).
 type chain struct {
 	key  string
 	head *item
@@ -272,9 +274,10 @@ type partition struct {
 	id      int32
 	ctx     context.Context // handler context
 	cancel  context.CancelFunc
-	pending []*item // unfinished or not yet committable items, offset order
-	head    int     // pending[head] is the oldest item above the commit point
-	chains  map[string]*chain
+	pending []*item           // unfinished or not yet committable items, offset order
+	head    int               // pending[head] is the oldest item above the commit point
+	chains  map[string]*chain // live and idle chains by key
+	sweepAt int               // sweep idle chains when chains grows to this
 
 	next       kgo.EpochOffset // commit point: offset after the contiguous done prefix
 	committed  int64           // last committed offset, -1 if none by this member
@@ -389,7 +392,6 @@ func (m *member) run(ctx context.Context) {
 // what franz-go has buffered (at most FetchMaxBytes).
 func (m *member) pollLoop(ctx context.Context) {
 	backoff := 0
-	var items []*item
 	for {
 		m.mu.Lock()
 		for m.live >= m.cfg.MaxBufferedRecords && ctx.Err() == nil {
@@ -413,21 +415,14 @@ func (m *member) pollLoop(ctx context.Context) {
 				m.log.Warn("kafka: fetch error", "partition", p, "error", err)
 			}
 		})
-		items = items[:0]
 		// One allocation holds the items of a poll.
 		slab := make([]item, fs.NumRecords())
-		fs.EachRecord(func(r *kgo.Record) {
-			it := &slab[len(items)]
-			it.init(r)
-			items = append(items, it)
-		})
 		n := 0
 		m.mu.Lock()
-		for i, it := range items {
-			if m.add(it) {
+		for i, recs := 0, fs.RecordIter(); !recs.Done(); i++ {
+			if m.add(&slab[i], recs.Next()) {
 				n++
 			}
-			items[i] = nil
 		}
 		if n > 0 {
 			m.work.Broadcast()
@@ -446,21 +441,16 @@ func (m *member) pollLoop(ctx context.Context) {
 	}
 }
 
-// init points it at r; it needs no lock.
-func (it *item) init(r *kgo.Record) {
-	// Field by field: it is zero (fresh from the poll's slab), and copying
-	// a whole item would run the write barrier over every field of it.
-	it.rec = r
-	it.part, it.off, it.epoch, it.attempt = r.Partition, r.Offset, r.LeaderEpoch, 1
-}
-
-// add queues it. Callers hold m.mu.
-func (m *member) add(it *item) bool {
-	p := m.parts[it.part]
+// add queues r as it, a zero item. Callers hold m.mu.
+func (m *member) add(it *item, r *kgo.Record) bool {
+	p := m.parts[r.Partition]
 	if p == nil || p.revoking {
 		return false
 	}
-	it.p = p
+	// Field by field: copying a whole item would run the write barrier over
+	// every field of it.
+	it.rec, it.p = r, p
+	it.part, it.off, it.epoch, it.attempt = r.Partition, r.Offset, r.LeaderEpoch, 1
 	p.pending = append(p.pending, it)
 	p.live++
 	m.live++
@@ -475,33 +465,49 @@ func (m *member) add(it *item) bool {
 	}
 	c := p.chains[string(key)]
 	if c == nil {
+		if len(p.chains) >= p.sweepAt {
+			m.sweepChains(p)
+		}
 		if n := len(m.freeChains); n > 0 {
 			c = m.freeChains[n-1]
 			m.freeChains = m.freeChains[:n-1]
 		} else {
 			c = new(chain)
 		}
-		c.key, c.head, c.tail = m.keys.string(key), it, it
+		c.key = m.keys.string(key)
 		p.chains[c.key] = c
-		it.chain = c
+	}
+	it.chain = c
+	if c.head == nil {
+		c.head, c.tail = it, it
 		m.pushReady(it)
 		return true
 	}
-	it.chain = c
 	it.state = stQueued
 	c.tail.next = it
 	c.tail = it
 	return true
 }
 
-// freeChain deletes c from its partition and keeps it for reuse. Callers
-// hold m.mu.
-func (m *member) freeChain(p *partition, c *chain) {
-	delete(p.chains, c.key)
-	*c = chain{}
-	if len(m.freeChains) < 4096 {
-		m.freeChains = append(m.freeChains, c)
+// minSweep is the size below which a partition's chain map is never swept.
+const minSweep = 4096
+
+// sweepChains deletes p's idle chains, keeping some for reuse, and sets
+// the size at which the next sweep runs to twice what is left, so the cost
+// of a sweep is spread over as many new keys as it removed. Callers hold
+// m.mu.
+func (m *member) sweepChains(p *partition) {
+	for k, c := range p.chains {
+		if c.head != nil {
+			continue
+		}
+		delete(p.chains, k)
+		if len(m.freeChains) < minSweep {
+			c.key = ""
+			m.freeChains = append(m.freeChains, c)
+		}
 	}
+	p.sweepAt = max(minSweep, 2*len(p.chains))
 }
 
 func (m *member) pushReady(it *item) {
@@ -672,7 +678,7 @@ func (m *member) advance(it *item) {
 	nx := it.next
 	it.next = nil
 	if nx == nil {
-		m.freeChain(it.p, c)
+		c.head, c.tail = nil, nil
 		return
 	}
 	c.head = nx
@@ -690,7 +696,7 @@ func (m *member) advance(it *item) {
 func (m *member) dropFrom(prev, x *item) {
 	if c := x.chain; c != nil {
 		if prev == nil {
-			m.freeChain(x.p, c)
+			c.head, c.tail = nil, nil
 		} else {
 			prev.next = nil
 			c.tail = prev
@@ -717,6 +723,7 @@ func (m *member) onAssigned(_ context.Context, _ *kgo.Client, assigned map[strin
 		m.parts[id] = &partition{
 			id: id, ctx: ctx, cancel: cancel,
 			chains:     make(map[string]*chain),
+			sweepAt:    minSweep,
 			next:       kgo.EpochOffset{Epoch: -1, Offset: -1},
 			committed:  -1,
 			maxStarted: -1,
