@@ -4,10 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/testenv"
@@ -20,12 +25,13 @@ type outputTally struct {
 	total   int
 	ids     map[string]int
 	byInput map[string]int
+	by      map[string][]string // input ID -> who produced its outputs
 	want    int
 	full    chan struct{}
 }
 
 func newOutputTally(want int) *outputTally {
-	return &outputTally{ids: map[string]int{}, byInput: map[string]int{}, want: want, full: make(chan struct{})}
+	return &outputTally{ids: map[string]int{}, byInput: map[string]int{}, by: map[string][]string{}, want: want, full: make(chan struct{})}
 }
 
 func (o *outputTally) add(_ context.Context, d broker.Delivery) error {
@@ -34,6 +40,9 @@ func (o *outputTally) add(_ context.Context, d broker.Delivery) error {
 	o.total++
 	o.ids[d.ID]++
 	o.byInput[d.Headers["input-id"]+"/"+d.Headers["part"]]++
+	if by := d.Headers["by"]; by != "" {
+		o.by[d.Headers["input-id"]] = append(o.by[d.Headers["input-id"]], fmt.Sprintf("%s (output p%d o%d)", by, d.Partition, d.Offset))
+	}
 	if len(o.ids) == o.want {
 		close(o.full)
 	}
@@ -340,6 +349,11 @@ func TestPipelineRestartReusesTransactionalID(t *testing.T) {
 // a running one, as a restarted instance would while its predecessor still
 // runs. The predecessor must stop with ErrFenced, and the newcomer must
 // finish the work with every input reflected exactly once.
+//
+// On the in-process cluster the test runs with transaction.version 1 (see
+// kfakeTxnV1): kfake's KIP-890 EndTxn retry check answers a fenced
+// producer's late abort as if it were its own retry and hands it the new
+// epoch, so the two producers share it, which Kafka does not do.
 func TestPipelineFenced(t *testing.T) {
 	t.Parallel()
 	brokers := testenv.Kafka(t)
@@ -347,6 +361,7 @@ func TestPipelineFenced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	const n = 300
+	kfakeTxnV1(t, brokers)
 	in, out, inputs, fn := pipelineKit(t, k, ctx, n, 2, 2*time.Millisecond)
 	cfg := PipelineConfig{
 		Config:            Config{Brokers: brokers},
@@ -363,10 +378,17 @@ func TestPipelineFenced(t *testing.T) {
 	}
 	var started sync.Once
 	begun := make(chan struct{})
-	oldFn := func(ctx context.Context, d broker.Delivery) ([]broker.Message, error) {
-		started.Do(func() { close(begun) })
-		return fn(ctx, d)
+	tagged := func(by string) Transform {
+		return func(ctx context.Context, d broker.Delivery) ([]broker.Message, error) {
+			started.Do(func() { close(begun) })
+			out, err := fn(ctx, d)
+			for _, m := range out {
+				m.Headers["by"] = fmt.Sprintf("%s p%d o%d a%d", by, d.Partition, d.Offset, d.Attempt)
+			}
+			return out, err
+		}
 	}
+	oldFn := tagged("older")
 	oldDone := make(chan error, 1)
 	go func() { oldDone <- older.Run(ctx, sub, oldFn) }()
 	select {
@@ -381,7 +403,7 @@ func TestPipelineFenced(t *testing.T) {
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	newDone := make(chan error, 1)
-	go func() { newDone <- newer.Run(runCtx, sub, fn) }()
+	go func() { newDone <- newer.Run(runCtx, sub, tagged("newer")) }()
 	select {
 	case err := <-oldDone:
 		if !errors.Is(err, ErrFenced) {
@@ -398,13 +420,13 @@ func TestPipelineFenced(t *testing.T) {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if len(o.ids) != n || o.total != n {
-		t.Fatalf("read_committed consumer got %d records, %d distinct, want %d", o.total, len(o.ids), n)
-	}
 	for _, m := range inputs {
 		if c := o.byInput[m.ID+"/a"]; c != 1 {
-			t.Errorf("input %s visible %d times, want 1", m.Payload, c)
+			t.Errorf("input %s visible %d times, want 1: %v", m.Payload, c, o.by[m.ID])
 		}
+	}
+	if len(o.ids) != n || o.total != n {
+		t.Fatalf("read_committed consumer got %d records, %d distinct, want %d", o.total, len(o.ids), n)
 	}
 }
 
@@ -431,5 +453,38 @@ func TestPipelineSlots(t *testing.T) {
 	}
 	if got := ids(p.takeSlot()); got[0] != "tx-3" {
 		t.Fatalf("next overlapping run got %s, want tx-3", got[0])
+	}
+}
+
+// kfakeTxnV1 sets transaction.version to 0 (transactions as before KIP-890
+// part 2) on the in-process cluster behind brokers; a cluster named by
+// STEADFAST_KAFKA_BROKERS is left alone.
+func kfakeTxnV1(t *testing.T, brokers []string) {
+	t.Helper()
+	if os.Getenv(testenv.EnvKafkaBrokers) != "" {
+		return
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrUpdateFeaturesRequest()
+	fu := kmsg.NewUpdateFeaturesRequestFeatureUpdate()
+	fu.Feature = "transaction.version"
+	fu.MaxVersionLevel = 0
+	fu.UpgradeType = 2 // safe downgrade
+	req.FeatureUpdates = append(req.FeatureUpdates, fu)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := req.RequestWith(ctx, cl)
+	if err == nil {
+		err = kerr.ErrorForCode(resp.ErrorCode)
+		for _, r := range resp.Results {
+			err = errors.Join(err, kerr.ErrorForCode(r.ErrorCode))
+		}
+	}
+	if err != nil {
+		t.Fatalf("setting transaction.version 0: %v", err)
 	}
 }
