@@ -36,6 +36,7 @@ func RunRelay(t *testing.T, factory Factory, brokers BrokerFactory, opts Options
 		{"WakeUp", s.wakeUp},
 		{"Transactions", s.transactions},
 		{"Crash", s.crash},
+		{"Shutdown", s.shutdown},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
@@ -262,6 +263,72 @@ func (s *relaySuite) drain(t *testing.T) {
 	tally.CheckNoDuplicates(t)
 	tally.CheckOrder(t, perKey)
 	e.waitEmpty(e.h.Store)
+}
+
+// shutdown: Run cancelled while its batch is being published lets the batch
+// finish: the Publish call keeps a live context, Run does not return before
+// it ends, the rows are marked published, and Run returns nil. Nothing is
+// left pending to be published again.
+func (s *relaySuite) shutdown(t *testing.T) {
+	e := s.newEnv(t)
+	const n = 20
+	entered, release := make(chan struct{}), make(chan struct{})
+	var (
+		once      sync.Once
+		ctxErr    error
+		batchSize int
+	)
+	pub := &FaultyPublisher{Next: e.b.Publisher, Before: func(ctx context.Context, msgs []broker.Message) error {
+		once.Do(func() {
+			batchSize = len(msgs)
+			close(entered)
+			<-release
+			ctxErr = ctx.Err()
+		})
+		return nil
+	}}
+	tally := NewTally(n)
+	e.consume(tally.Handler())
+	e.mustWrite(1, map[string]int{"k": n})
+	r := e.startRelay(e.store(), pub, outbox.Config{BatchSize: n})
+	select {
+	case <-entered:
+	case <-time.After(e.o.Timeout):
+		t.Fatal("the relay never published")
+	}
+	r.cancel()
+	select {
+	case err := <-r.done:
+		t.Fatalf("Run returned %v while its batch was still being published", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Errorf("Run returned %v after cancellation, want nil", err)
+		}
+		r.done <- nil // the cleanup's stop returns at once
+	case <-time.After(e.o.Timeout):
+		t.Fatal("Run did not return after its batch finished")
+	}
+	if ctxErr != nil {
+		t.Errorf("the in-flight Publish saw its context end (%v); it must outlive Run's", ctxErr)
+	}
+	st, err := e.h.Store.Stats(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(n - batchSize); st.Pending != want || st.Dead != 0 {
+		t.Fatalf("after shutdown stats = %+v; want %d pending (the %d rows of the finished batch published), none parked", st, want, batchSize)
+	}
+	if batchSize < n {
+		e.startRelay(e.store(), e.b.Publisher, outbox.Config{})
+	}
+	tally.Wait(t, e.o.Timeout, "delivery of every row")
+	time.Sleep(300 * time.Millisecond) // let late duplicates show
+	tally.CheckNoDuplicates(t)
+	tally.CheckOrder(t, map[string]int{"k": n})
 }
 
 // poison: a message the broker refuses is retried, then parked after exactly

@@ -384,7 +384,7 @@ func (s *storeSuite) retryBlocksKey(t *testing.T) {
 
 // parkRedriveDelete: a parked row is listed with its reason; its key flows
 // on (DeadBlocksKey false); redrive makes it pending with attempts reset;
-// delete removes parked rows only.
+// delete removes parked rows only, never pending or published ones.
 func (s *storeSuite) parkRedriveDelete(t *testing.T) {
 	e := s.newEnv(t)
 	e.seq(3, "a")
@@ -425,8 +425,8 @@ func (s *storeSuite) parkRedriveDelete(t *testing.T) {
 	pending := e.claim(10, false)
 	c0 := pending.Records()
 	e.release(pending)
-	if n, err := e.h.Store.Delete(e.ctx, a0.ID, c0[0].ID); err != nil || n != 1 {
-		t.Fatalf("delete(parked, pending) = %d, %v; want 1, nil", n, err)
+	if n, err := e.h.Store.Delete(e.ctx, a0.ID, c0[0].ID, k["a"][1].ID, k["b"][0].ID); err != nil || n != 1 {
+		t.Fatalf("delete(parked, pending, published, published) = %d, %v; want 1, nil", n, err)
 	}
 	if parked, err := e.h.Store.Parked(e.ctx, outbox.ParkedQuery{}); err != nil || len(parked) != 0 {
 		t.Errorf("after delete, parked = %v, %v; want none", payloads(parked), err)
