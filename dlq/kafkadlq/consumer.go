@@ -22,13 +22,14 @@ type Config struct {
 	// subscriber retries failed messages in place after DLQ.Policy's
 	// backoff: per-key order is kept without a worker sleeping.
 	Subscriber kafka.SubscriberConfig
-	// Publisher publishes dead letters and retries. Default: a
-	// kafka.Publisher on Subscriber.Config, closed by Close.
+	// Publisher publishes dead letters and retries. Default:
+	// DLQ.Publisher, else a kafka.Publisher on Subscriber.Config, closed by
+	// Close. (rabbitdlq.Config.Publisher has the same precedence.)
 	Publisher broker.Publisher
 	// DLQ configures the retry policy, classification and where retries
-	// wait (DLQ.Retries). Its Publisher, Subscriber and RetrySubscriber are
-	// set by NewConsumer when nil; its Logger and MeterProvider default to
-	// Subscriber's.
+	// wait (DLQ.Retries). Its Publisher is replaced by Publisher when that
+	// is set; its Subscriber and RetrySubscriber are set by NewConsumer
+	// when nil; its Logger and MeterProvider default to Subscriber's.
 	DLQ dlq.Config
 }
 
@@ -96,7 +97,7 @@ func NewConsumer(cfg Config) (*Consumer, error) {
 		}
 		cfg.DLQ.RetrySubscriber = c.retry
 	}
-	if cfg.DLQ.Publisher == nil {
+	if cfg.Publisher != nil {
 		cfg.DLQ.Publisher = cfg.Publisher
 	}
 	if cfg.DLQ.Publisher == nil {

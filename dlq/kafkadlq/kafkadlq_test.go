@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -342,5 +343,77 @@ func TestInspectorReadsTransactionalTopic(t *testing.T) {
 	}
 	if !slices.Equal(ids, []string{"a", "b"}) {
 		t.Errorf("listed %v, want [a b]", ids)
+	}
+}
+
+// countingPublisher counts the messages it forwards to Next (or drops, when
+// Next is nil).
+type countingPublisher struct {
+	Next broker.Publisher
+	n    atomic.Int64
+}
+
+func (p *countingPublisher) Publish(ctx context.Context, msgs ...broker.Message) error {
+	p.n.Add(int64(len(msgs)))
+	if p.Next == nil {
+		return nil
+	}
+	return p.Next.Publish(ctx, msgs...)
+}
+
+// TestPublisherPrecedence: Config.Publisher, when set, publishes the dead
+// letters even when DLQ.Publisher is set too (the rule rabbitdlq follows);
+// DLQ.Publisher is used when Config.Publisher is nil.
+func TestPublisherPrecedence(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	for _, c := range []struct {
+		name             string
+		top, dlq         bool
+		wantTop, wantDLQ int64
+	}{
+		{"both", true, true, 1, 0},
+		{"dlq only", false, true, 0, 1},
+	} {
+		topic, group := testenv.Name(t, "t"), testenv.Name(t, "g")
+		top, inner := &countingPublisher{Next: e.pub}, &countingPublisher{Next: e.pub}
+		cfg := kafkadlq.Config{Subscriber: subConfig(e.brokers), DLQ: dlq.Config{Retries: dlq.RetryInProcess}}
+		if c.top {
+			cfg.Publisher = top
+		}
+		if c.dlq {
+			cfg.DLQ.Publisher = inner
+		}
+		e.createTopic(t, topic, 1)
+		cons, err := kafkadlq.NewConsumer(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cons.CreateTopics(ctxT(t), topic, group, kafka.TopicSpec{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.pub.Publish(ctxT(t), broker.NewMessage(topic, []byte("poison"))); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(ctxT(t))
+		done := make(chan error, 1)
+		go func() {
+			done <- cons.Subscribe(ctx, broker.Subscription{Topic: topic, Group: group}, func(context.Context, broker.Delivery) error {
+				return dlq.Permanentf("never valid")
+			})
+		}()
+		deadline := time.Now().Add(time.Minute)
+		for top.n.Load()+inner.n.Load() == 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("%s: subscribe: %v", c.name, err)
+		}
+		_ = cons.Close()
+		if top.n.Load() != c.wantTop || inner.n.Load() != c.wantDLQ {
+			t.Errorf("%s: Config.Publisher published %d, DLQ.Publisher %d; want %d and %d",
+				c.name, top.n.Load(), inner.n.Load(), c.wantTop, c.wantDLQ)
+		}
 	}
 }
