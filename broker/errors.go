@@ -20,6 +20,14 @@ var (
 	ErrInvalidSubscription = errors.New("broker: invalid subscription")
 	// ErrClosed: the publisher or subscriber was closed.
 	ErrClosed = errors.New("broker: closed")
+	// ErrUnavailable: the broker could not be reached, or the connection
+	// failed or timed out before the broker answered. Nothing was refused,
+	// so the same call may succeed later. A message of a failed Publish
+	// whose error wraps it may or may not have been stored: publish it
+	// again (consumers deduplicate on Message.ID). Adapters wrap it around
+	// their own outage errors, so callers such as the outbox relay need not
+	// know each adapter's.
+	ErrUnavailable = errors.New("broker: unavailable")
 )
 
 // PublishFailure names one message of a Publish call that the broker did not

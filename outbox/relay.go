@@ -84,12 +84,13 @@ type Config struct {
 	Permanent func(error) bool
 	// Transient reports whether a publish error means the broker, not the
 	// message, is the problem, so no attempt is charged and the relay backs
-	// off. Timeouts and cancellations (context.DeadlineExceeded), closed
-	// publishers (broker.ErrClosed), network errors (net.Error, connection
-	// refused or reset, EOF) and errors with a Timeout() or Temporary()
-	// method returning true always are; this function is consulted in
-	// addition, for adapter errors that mean an outage (for example
-	// franz-go's kgo.ErrRecordTimeout).
+	// off. Errors wrapping broker.ErrUnavailable (what the steadfast
+	// adapters report for outages), timeouts and cancellations
+	// (context.DeadlineExceeded), closed publishers (broker.ErrClosed),
+	// network errors (net.Error, connection refused or reset, EOF) and
+	// errors with a Timeout() or Temporary() method returning true always
+	// are; this function is consulted in addition, for other adapters'
+	// outage errors.
 	Transient func(error) bool
 	// MaxMessageBytes is the size limit the relay checks before publishing;
 	// larger rows are parked. Default broker.DefaultMaxMessageBytes. Set it
@@ -587,7 +588,7 @@ func (r *Relay) permanent(err error) bool {
 // errors that report themselves as temporary or timeouts.
 func (r *Relay) transient(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
-		errors.Is(err, broker.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.Is(err, broker.ErrUnavailable) || errors.Is(err, broker.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
 		return true

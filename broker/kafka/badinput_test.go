@@ -177,8 +177,8 @@ func TestUnreachableBrokers(t *testing.T) {
 	msgs := []broker.Message{broker.NewMessage("t", []byte("a")), broker.NewMessage("t", []byte("b"))}
 	err = pub.Publish(ctx, msgs...)
 	var pe *broker.PublishError
-	if !errors.As(err, &pe) || len(pe.Failures) != 2 || !errors.Is(err, kgo.ErrRecordTimeout) {
-		t.Errorf("publish to unreachable brokers: err = %v, want a PublishError for both messages wrapping kgo.ErrRecordTimeout", err)
+	if !errors.As(err, &pe) || len(pe.Failures) != 2 || !errors.Is(err, kgo.ErrRecordTimeout) || !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("publish to unreachable brokers: err = %v, want a PublishError for both messages wrapping kgo.ErrRecordTimeout and broker.ErrUnavailable", err)
 	}
 
 	sub, err := NewSubscriber(SubscriberConfig{Config: cfg})
@@ -187,8 +187,8 @@ func TestUnreachableBrokers(t *testing.T) {
 	}
 	defer sub.Close()
 	err = sub.Subscribe(ctx, broker.Subscription{Topic: "t", Group: "g"}, func(context.Context, broker.Delivery) error { return nil })
-	if !errors.Is(err, ErrUnreachable) {
-		t.Errorf("subscribe to unreachable brokers: err = %v, want ErrUnreachable", err)
+	if !errors.Is(err, ErrUnreachable) || !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("subscribe to unreachable brokers: err = %v, want ErrUnreachable wrapping broker.ErrUnavailable", err)
 	}
 
 	admin, err := NewAdmin(cfg)

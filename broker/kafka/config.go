@@ -26,7 +26,8 @@ var (
 	// ErrTopicExists: CreateTopic found the topic already there.
 	ErrTopicExists = errors.New("kafka: topic already exists")
 	// ErrUnreachable: no seed broker answered within Config.StartTimeout.
-	ErrUnreachable = errors.New("kafka: brokers unreachable")
+	// It wraps broker.ErrUnavailable.
+	ErrUnreachable = fmt.Errorf("kafka: brokers unreachable: %w", broker.ErrUnavailable)
 	// ErrFenced ends a Pipeline's Run when a newer producer with the same
 	// transactional ID started (usually the instance's own restart): the
 	// newer one owns the ID, and the transaction the fenced Run had open is

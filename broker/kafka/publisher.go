@@ -62,7 +62,7 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen(),
-		timeoutCause: fmt.Errorf("%w (DeliveryTimeout %v)", kgo.ErrRecordTimeout, cfg.DeliveryTimeout)}, nil
+		timeoutCause: fmt.Errorf("%w: %w (DeliveryTimeout %v)", broker.ErrUnavailable, kgo.ErrRecordTimeout, cfg.DeliveryTimeout)}, nil
 }
 
 // Client returns the underlying franz-go client, for metrics and admin
@@ -78,10 +78,12 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 // all acknowledgements; when some fail, the error is a *broker.PublishError
 // naming them (unknown topics wrap ErrUnknownTopic, records the broker finds
 // too large wrap broker.ErrMessageTooLarge, records that outlive
-// DeliveryTimeout wrap kgo.ErrRecordTimeout). When ctx ends (or
+// DeliveryTimeout or exhaust their retries wrap broker.ErrUnavailable and
+// kgo.ErrRecordTimeout or kgo.ErrRecordRetries). When ctx ends (or
 // DeliveryTimeout passes) before every acknowledgement is in, Publish returns
 // at once with a *broker.PublishError wrapping the context's error (or
-// kgo.ErrRecordTimeout) for every message of the call; some of them may
+// broker.ErrUnavailable and kgo.ErrRecordTimeout) for every message of the
+// call; some of them may
 // still reach the cluster, so treat them as not sent and retry them
 // (consumers deduplicate on Message.ID).
 //
@@ -162,6 +164,8 @@ func classifyProduceErr(topic string, err error) error {
 		return fmt.Errorf("%w: %w", broker.ErrMessageTooLarge, err)
 	case errors.Is(err, kgo.ErrClientClosed):
 		return fmt.Errorf("%w: %w", broker.ErrClosed, err)
+	case errors.Is(err, kgo.ErrRecordTimeout), errors.Is(err, kgo.ErrRecordRetries):
+		return fmt.Errorf("kafka: produce to %q: %w: %w", topic, broker.ErrUnavailable, err)
 	}
 	return fmt.Errorf("kafka: produce to %q: %w", topic, err)
 }

@@ -3,6 +3,7 @@ package rabbitmq_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"testing"
@@ -84,5 +85,13 @@ func TestClosedConn(t *testing.T) {
 	}
 	if _, err := rabbitmq.NewPublisher(nil, rabbitmq.PublisherConfig{}); !errors.Is(err, rabbitmq.ErrInvalidConfig) {
 		t.Errorf("NewPublisher(nil) = %v", err)
+	}
+}
+
+// TestConnectionLostIsUnavailable: callers that only know the broker
+// package (such as the outbox relay) see a lost connection as an outage.
+func TestConnectionLostIsUnavailable(t *testing.T) {
+	if !errors.Is(fmt.Errorf("publish: %w", rabbitmq.ErrConnectionLost), broker.ErrUnavailable) {
+		t.Fatal("ErrConnectionLost does not wrap broker.ErrUnavailable")
 	}
 }

@@ -43,10 +43,13 @@
 //     throughput across processes. Messages that go through a retry chain
 //     leave their key's order.
 //   - Without handler errors or connection failures no message is handed to
-//     a group twice: acks are sent before a stopping member closes its
-//     channel, and deliveries it had not started go back to the queue in
-//     order. After a connection failure, deliveries whose acks were lost are
-//     redelivered with Redelivered set.
+//     a classic group queue twice: acks are sent before a stopping member
+//     closes its channel, and deliveries it had not started go back to the
+//     queue in order. After a connection failure, deliveries whose acks were
+//     lost are redelivered with Redelivered set. A quorum queue may also
+//     drop acks that arrive just before the channel closes (RabbitMQ issue
+//     10327): the last messages a stopping member handled can then be
+//     handed to the next member again, with Redelivered set.
 //   - Conn re-dials with exponential backoff after a connection loss,
 //     declares every topology declared through it again (conflicts are
 //     logged and skipped), and only then hands out channels; subscribers

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/steadfast-go/steadfast/broker"
 )
 
 // Sentinel errors. Errors returned by this package wrap them (and the
@@ -19,8 +21,8 @@ var (
 	ErrNacked = errors.New("rabbitmq: message nacked by the broker")
 	// ErrConnectionLost: the connection or channel carrying a message failed
 	// before the broker confirmed it; the message may or may not have been
-	// enqueued.
-	ErrConnectionLost = errors.New("rabbitmq: connection lost")
+	// enqueued. It wraps broker.ErrUnavailable.
+	ErrConnectionLost = fmt.Errorf("rabbitmq: connection lost: %w", broker.ErrUnavailable)
 	// ErrTopologyConflict: a declaration conflicts with an existing exchange
 	// or queue of the same name declared with other properties (the broker's
 	// PRECONDITION_FAILED, reply code 406).

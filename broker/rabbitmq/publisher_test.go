@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -262,4 +263,160 @@ func TestPublishAfterExchangeDeleted(t *testing.T) {
 	} else {
 		t.Logf("other queue holds %d messages for 6 published (resent after the channel closed)", n)
 	}
+}
+
+// TestPublisherCloseWaitsForConfirms: Close called while Publish calls are
+// streaming batches (each channel's confirm window full, so messages are
+// sent and unconfirmed) waits for their confirms. Per message, with the
+// connection up throughout, the only possible outcomes are: confirmed (the
+// call returns nil for it) and in the queue, or not sent because the
+// publisher closed (an error matching broker.ErrClosed) and not in the
+// queue. A message in flight when Close ran is never abandoned (an error
+// such as ErrConnectionLost for a message the broker may hold), and when
+// Close returns every message that will ever be reported confirmed is
+// already in the queue.
+func TestPublisherCloseWaitsForConfirms(t *testing.T) {
+	t.Parallel()
+	url := testenv.RabbitMQURL(t)
+	conn := dial(t, url)
+	ch := raw(t, url)
+	// A round covers the guarantee when Close cut a Publish call in the
+	// middle: part of its batch confirmed, the rest refused with ErrClosed.
+	// That is all but certain in the first round; a few more are allowed
+	// so the test never depends on scheduling.
+	for round := 1; ; round++ {
+		if closeDuringPublish(t, url, conn, ch) || t.Failed() {
+			return
+		}
+		if round == 5 {
+			t.Fatal("in 5 rounds Close never ended a Publish call in the middle of its batch")
+		}
+	}
+}
+
+// closeDuringPublish runs one round of TestPublisherCloseWaitsForConfirms
+// and reports whether Close cut a Publish call in the middle.
+func closeDuringPublish(t *testing.T, url string, conn *rabbitmq.Conn, ch *amqp.Channel) (cut bool) {
+	t.Helper()
+	const (
+		publishers = 8
+		batchSize  = 40
+		warmup     = 3 // successful calls before Close
+	)
+	ctx := ctxT(t)
+	ex, q := boundQueue(t, url, conn, "k")
+	pub, err := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{Channels: 2, Window: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		mu       sync.Mutex
+		outcome  = map[string]error{} // message ID -> what Publish said
+		cutCalls int                  // calls with both confirmed and refused messages
+		okCalls  int
+	)
+	warm := make(chan struct{})
+	var warmOnce sync.Once
+	var wg sync.WaitGroup
+	for range publishers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				batch := make([]broker.Message, batchSize)
+				for i := range batch {
+					batch[i] = broker.NewMessage(ex, nil)
+					batch[i].Key = "k"
+				}
+				err := pub.Publish(ctx, batch...)
+				failed := map[int]error{}
+				var pe *broker.PublishError
+				switch {
+				case err == nil:
+				case errors.As(err, &pe):
+					for _, f := range pe.Failures {
+						failed[f.Index] = f.Err
+					}
+				default: // the whole call was refused
+					for i := range batch {
+						failed[i] = err
+					}
+				}
+				mu.Lock()
+				for i, m := range batch {
+					outcome[m.ID] = failed[i]
+				}
+				if len(failed) > 0 && len(failed) < len(batch) {
+					cutCalls++
+				}
+				if err == nil {
+					okCalls++
+					if okCalls == warmup {
+						warmOnce.Do(func() { close(warm) })
+					}
+				}
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	select {
+	case <-warm:
+	case <-ctx.Done():
+		t.Fatal("publishers made no progress")
+	}
+	if err := pub.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	// Close has returned: everything it waited for is in the queue now.
+	atClose := queueDepth(t, ch, q)
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	confirmed := map[string]bool{}
+	refused := 0
+	for id, err := range outcome {
+		switch {
+		case err == nil:
+			confirmed[id] = true
+		case errors.Is(err, broker.ErrClosed):
+			refused++
+		default:
+			t.Errorf("message %s: Publish error %v; with the connection up, Close may only refuse unsent messages (broker.ErrClosed)", id, err)
+		}
+	}
+	if atClose != len(confirmed) {
+		t.Errorf("queue held %d messages when Close returned; %d were reported confirmed", atClose, len(confirmed))
+	}
+	n := queueDepth(t, ch, q)
+	if n != atClose {
+		t.Errorf("queue depth went from %d when Close returned to %d after the publishers stopped", atClose, n)
+	}
+	seen := map[string]int{}
+	for range n {
+		d, ok, err := ch.Get(q, true)
+		if err != nil || !ok {
+			t.Fatalf("get: %v %v", ok, err)
+		}
+		seen[d.MessageId]++
+	}
+	for id, c := range seen {
+		switch {
+		case c > 1:
+			t.Errorf("message %s is in the queue %d times", id, c)
+		case !confirmed[id]:
+			t.Errorf("message %s is in the queue but Publish reported it failed: %v", id, outcome[id])
+		}
+	}
+	for id := range confirmed {
+		if seen[id] == 0 {
+			t.Errorf("message %s was reported confirmed but is not in the queue", id)
+		}
+	}
+	t.Logf("%d messages confirmed (%d calls fully), %d refused with ErrClosed, %d calls cut by Close", len(confirmed), okCalls, refused, cutCalls)
+	return cutCalls > 0
 }

@@ -96,7 +96,9 @@ func (c SubscriberConfig) withDefaults(conn *Conn) (SubscriberConfig, error) {
 // Shutdown: cancelling Subscribe's ctx stops taking deliveries, waits for
 // the running handlers (their context stays alive for DrainTimeout), acks
 // their successes, then closes the channel, which returns the deliveries
-// not yet started to the queue, in order.
+// not yet started to the queue, in order. On a quorum queue the broker may
+// drop the last acks sent before the channel closes (RabbitMQ issue 10327)
+// and redeliver those messages too, with Redelivered set.
 type Subscriber struct {
 	conn *Conn
 	cfg  SubscriberConfig

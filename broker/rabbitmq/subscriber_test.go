@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -445,4 +446,261 @@ func TestQuorumGroup(t *testing.T) {
 	if second.ID != m.ID || second.Attempt != 2 || !second.Redelivered || second.Headers[rabbitmq.HeaderDeliveryCount] != "1" {
 		t.Errorf("second delivery: attempt %d redelivered %v headers %v; want 2, true, x-delivery-count 1", second.Attempt, second.Redelivered, second.Headers)
 	}
+}
+
+// TestSingleActiveConsumerTakeover: two members subscribe to the same group
+// queue (single active consumer, the default) while a sequence is
+// published on several keys. The active member stops (its Subscribe ctx is
+// cancelled) in the middle of the stream, with handlers running and its
+// prefetch window full of deliveries it has not started, and the standby
+// takes over. As Subscriber and the package documentation promise:
+//
+//   - only one member handles at a time: every handling by the stopped
+//     member comes before every handling by the standby;
+//   - per-key order holds across the takeover and nothing is lost: each
+//     key's handled sequence is 0, 1, ..., n-1, and the queue ends empty;
+//   - on a classic queue no message is handed to the group twice (the
+//     stopped member acked its successes before closing its channel, and
+//     the deliveries it had not started went back to the queue in order).
+//     A quorum queue may drop acks sent just before the channel closes
+//     (RabbitMQ issue 10327), so there a message handled by the stopped
+//     member may be handled again, but only as a redelivery (Redelivered
+//     set): the sequence goes back only for those.
+func TestSingleActiveConsumerTakeover(t *testing.T) {
+	t.Parallel()
+	t.Run("classic", func(t *testing.T) {
+		t.Parallel()
+		testTakeover(t, rabbitmq.Groups{Queue: rabbitmq.Queue{Type: rabbitmq.QueueClassic}}, true)
+	})
+	t.Run("quorum", func(t *testing.T) {
+		t.Parallel()
+		testTakeover(t, rabbitmq.Groups{Queue: rabbitmq.Queue{Type: rabbitmq.QueueQuorum}}, false)
+	})
+}
+
+// testTakeover runs TestSingleActiveConsumerTakeover on a group queue made
+// from g. With exactlyOnce every message must be handled once; otherwise a
+// message may be handled again as a redelivery of one already handled.
+func testTakeover(t *testing.T, g rabbitmq.Groups, exactlyOnce bool) {
+	const (
+		keys      = 4
+		perKey    = 150
+		total     = keys * perKey
+		upfront   = total / 2     // published once both members consume
+		streamed  = 3 * total / 4 // published from then on, during the takeover
+		stopAfter = total / 4     // handlings by the active member before it is stopped
+	)
+	url := testenv.RabbitMQURL(t)
+	sub, err := rabbitmq.NewSubscriber(dial(t, url), rabbitmq.SubscriberConfig{Groups: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic, queue, pub := group(t, url, sub, g)
+	// Message i has key k<i%keys> and sequence number i/keys in its key.
+	// Successive Publish calls from one goroutine keep their order.
+	publish := func(from, to int) error {
+		for ; from < to; from += 25 {
+			var batch []broker.Message
+			for i := from; i < min(from+25, to); i++ {
+				m := broker.NewMessage(topic, []byte(strconv.Itoa(i/keys)))
+				m.Key = "k" + strconv.Itoa(i%keys)
+				batch = append(batch, m)
+			}
+			if err := pub.Publish(ctxT(t), batch...); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	type handling struct {
+		member      int
+		key         string
+		seq         int
+		redelivered bool
+	}
+	var (
+		mu      sync.Mutex
+		log     []handling // in the order handlers started
+		count   [2]int
+		ended   [2]int // per member: len(log) when its latest handler returned
+		stopped = -1   // the member whose ctx was cancelled
+	)
+	var ctxs [2]context.Context
+	var cancels [2]context.CancelFunc
+	for i := range ctxs {
+		ctxs[i], cancels[i] = context.WithCancel(context.Background())
+		t.Cleanup(cancels[i])
+	}
+	stopSignal := make(chan int, 1)
+	// Handlers wait until the first part is in the queue, so the active
+	// member works through a backlog: when it stops, its prefetch window
+	// is full of deliveries it has not started.
+	backlog := make(chan struct{})
+	h := func(member int) broker.Handler {
+		return func(ctx context.Context, d broker.Delivery) error {
+			select {
+			case <-backlog:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			seq, err := strconv.Atoi(string(d.Payload))
+			if err != nil {
+				t.Errorf("payload %q: %v", d.Payload, err)
+				return nil
+			}
+			defer func() {
+				mu.Lock()
+				ended[member] = len(log)
+				mu.Unlock()
+			}()
+			mu.Lock()
+			log = append(log, handling{member, d.Key, seq, d.Redelivered})
+			count[member]++
+			stop := count[member] == stopAfter && stopped < 0
+			if stop {
+				stopped = member
+			}
+			mu.Unlock()
+			if stop {
+				// Stop this member in the middle of the stream, with more
+				// deliveries in hand, and keep this handler running for a
+				// while after the stop: the member must wait for it and
+				// ack it before the standby may take over. (No assertion
+				// depends on how long.)
+				cancels[member]()
+				stopSignal <- member
+				time.Sleep(50 * time.Millisecond)
+			}
+			return nil
+		}
+	}
+	var done [2]chan error
+	s := broker.Subscription{Topic: topic, Group: "g", Concurrency: keys}
+	for i := range done {
+		done[i] = make(chan error, 1)
+		go func() { done[i] <- sub.Subscribe(ctxs[i], s, h(i)) }()
+	}
+	wait := func(member int) error {
+		select {
+		case err := <-done[member]:
+			return err
+		case <-time.After(time.Minute):
+			t.Fatalf("member %d: Subscribe did not return", member)
+			return nil
+		}
+	}
+	ch := raw(t, url)
+	// Both members are consumers before the active one stops. A classic
+	// queue counts the waiting consumer; a quorum queue counts only the
+	// active one, so there the standby is merely started, not seen waiting.
+	registered := 2
+	if g.Queue.Type == rabbitmq.QueueQuorum {
+		registered = 1
+	}
+	waitFor(t, "the members' consumers on the group queue", func() bool {
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		return err == nil && q.Consumers == registered
+	})
+	// Only now is there anything to handle, so the active member cannot
+	// stop before both were seen.
+	if err := publish(0, upfront); err != nil {
+		t.Fatal(err)
+	}
+	close(backlog)
+	pubDone := make(chan error, 1)
+	go func() { pubDone <- publish(upfront, streamed) }()
+
+	var active int
+	select {
+	case active = <-stopSignal:
+	case <-time.After(time.Minute):
+		t.Fatal("no member handled enough messages")
+	}
+	standby := 1 - active
+	if err := wait(active); err != nil {
+		t.Fatalf("stopped member: Subscribe = %v, want nil", err)
+	}
+	if err := <-pubDone; err != nil {
+		t.Fatal(err)
+	}
+	// The rest is published after the active member stopped: the standby
+	// has work whatever the active one got through.
+	if err := publish(streamed, total); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every message handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		seen := map[handling]bool{}
+		for _, h := range log {
+			seen[handling{key: h.key, seq: h.seq}] = true
+		}
+		return len(seen) == total
+	})
+	cancels[standby]()
+	if err := wait(standby); err != nil {
+		t.Fatalf("standby: Subscribe = %v, want nil", err)
+	}
+	if n := queueDepth(t, ch, queue); n != 0 {
+		t.Errorf("queue holds %d messages after both members stopped; every handled message should have been acked", n)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	firstStandby := slices.IndexFunc(log, func(h handling) bool { return h.member == standby })
+	if firstStandby < 0 {
+		t.Fatalf("the standby handled nothing (the stopped member handled %d)", count[active])
+	}
+	if i := slices.IndexFunc(log[firstStandby:], func(h handling) bool { return h.member == active }); i >= 0 {
+		t.Errorf("handling %d by the stopped member started after the standby's first handling (%d): two members were active at once", firstStandby+i, firstStandby)
+	}
+	if ended[active] > firstStandby {
+		t.Errorf("the stopped member's last handler returned after %d handlings started, the standby's first was handling %d: the standby took over while the stopped member was still handling", ended[active], firstStandby)
+	}
+	perKeyLog := map[string][]handling{}
+	for _, h := range log {
+		perKeyLog[h.key] = append(perKeyLog[h.key], h)
+	}
+	again := 0 // handlings of a message already handled
+	for k := range keys {
+		key := "k" + strconv.Itoa(k)
+		next := 0 // the lowest sequence number not handled yet
+		bad := false
+		var seqs []int
+		for _, h := range perKeyLog[key] {
+			seqs = append(seqs, h.seq)
+			switch {
+			case h.seq == next:
+				next++
+			case h.seq < next && h.redelivered && !exactlyOnce:
+				again++
+			case bad: // report the first violation of each key only
+			case h.seq < next:
+				bad = true
+				t.Errorf("key %s: message %d handled again (redelivered %v) after %d", key, h.seq, h.redelivered, next-1)
+			default:
+				bad = true
+				t.Errorf("key %s: message %d handled before %d", key, h.seq, next)
+			}
+		}
+		if next != perKey {
+			bad = true
+			t.Errorf("key %s: messages %d..%d never handled", key, next, perKey-1)
+		}
+		if bad {
+			t.Logf("key %s handled in this order: %v", key, seqs)
+		}
+	}
+	if len(log) != total+again {
+		t.Errorf("%d handlings for %d messages (%d handled again)", len(log), total, again)
+	}
+	redelivered := 0
+	for _, h := range log[firstStandby:] {
+		if h.redelivered {
+			redelivered++
+		}
+	}
+	t.Logf("stopped member handled %d, standby %d; %d redeliveries (what the stopped member left unacked), %d of them already handled",
+		count[active], count[standby], redelivered, again)
 }

@@ -430,16 +430,24 @@ func (s *relaySuite) poison(t *testing.T, blockKey bool) {
 
 // outage: while the broker is unreachable nothing is charged, so an outage
 // lasting many more retries than MaxAttempts parks nothing; when the broker
-// returns the backlog drains, exactly once and in order.
+// returns the backlog drains, exactly once and in order. The outage shows
+// both as a network error and as an adapter error wrapping
+// broker.ErrUnavailable.
 func (s *relaySuite) outage(t *testing.T) {
 	e := s.newEnv(t)
-	var down atomic.Bool
+	var (
+		down  atomic.Bool
+		calls atomic.Int32
+	)
 	down.Store(true)
 	pub := &FaultyPublisher{Next: e.b.Publisher, Before: func(context.Context, []broker.Message) error {
-		if down.Load() {
+		if !down.Load() {
+			return nil
+		}
+		if calls.Add(1) <= 2 {
 			return &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 		}
-		return nil
+		return fmt.Errorf("outboxtest: connection lost: %w", broker.ErrUnavailable)
 	}}
 	perKey := spread("k", 10, 300)
 	tally := NewTally(sum(perKey))
@@ -450,11 +458,11 @@ func (s *relaySuite) outage(t *testing.T) {
 	})
 	e.mustWrite(2, perKey)
 	Eventually(t, e.o.Timeout, "relay retrying against the down broker", func() (bool, string) {
-		return pub.Calls() >= 5, fmt.Sprint(pub.Calls(), " calls")
+		return pub.Calls() >= 7, fmt.Sprint(pub.Calls(), " calls")
 	})
 	st, err := e.h.Store.Stats(e.ctx)
 	if err != nil || st.Dead != 0 || st.Pending != int64(sum(perKey)) {
-		t.Errorf("during the outage stats = %+v, %v; want everything pending, nothing parked", st, err)
+		t.Fatalf("during the outage stats = %+v, %v; want everything pending, nothing parked", st, err)
 	}
 	if n := tally.Distinct(); n != 0 {
 		t.Errorf("%d messages delivered through a down broker", n)
