@@ -45,6 +45,10 @@ type Features struct {
 	// ExactlyOnce: without handler errors or broker failures no message is
 	// handed to a group twice.
 	ExactlyOnce bool
+	// Restartable: the broker runs apart from the process and can be
+	// restarted; the factory must then set Backend.Restart for the
+	// BrokerRestart case (see RestartCase). Without it the case is skipped.
+	Restartable bool
 	// MaxMessageBytes is the adapter's size limit; zero means
 	// broker.DefaultMaxMessageBytes.
 	MaxMessageBytes int

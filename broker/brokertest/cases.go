@@ -578,9 +578,12 @@ func (s *suite) shutdown(t *testing.T) {
 // brokerRestart: the broker restarts mid-stream; every message whose
 // Publish returned nil is delivered, and the subscription survives.
 func (s *suite) brokerRestart(t *testing.T) {
+	if !s.f.Restartable {
+		t.Skip("the broker lives in the process: nothing to restart (Features.Restartable false)")
+	}
 	e := &env{t: t, f: s.f, b: s.factory(t), topic: UniqueName(t, "t")}
 	if e.b.Restart == nil {
-		t.Skip("backend gives no restart function")
+		t.Fatal("Features.Restartable is set but the factory gave the BrokerRestart case no Backend.Restart")
 	}
 	group := UniqueName(t, "g")
 	e.setup(e.topic, group)

@@ -156,6 +156,7 @@ func TestConformance(t *testing.T) {
 		Persistent:      true,
 		PerKeyOrder:     true,
 		ExactlyOnce:     true,
+		Restartable:     true,
 		MaxMessageBytes: DefaultMaxMessageBytes,
 		TimePrecision:   time.Millisecond,
 	}, func(t *testing.T) brokertest.Backend {

@@ -19,6 +19,7 @@ func TestConformance(t *testing.T) {
 		Persistent:     true,
 		PerKeyOrder:    true,
 		ExactlyOnce:    true,
+		Restartable:    true,
 	}, func(t *testing.T) brokertest.Backend {
 		var (
 			url     string
