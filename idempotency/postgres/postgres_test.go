@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -630,5 +634,178 @@ func TestCleanup(t *testing.T) {
 	}
 	if err := s.RunCleanup(ctx, 0); err == nil {
 		t.Fatal("RunCleanup with a zero interval accepted")
+	}
+}
+
+// collidingKeys returns two keys of scope whose advisory lock keys collide:
+// 32-bit FNV-1a over scope, a NUL and the key, as the store computes them.
+func collidingKeys(t *testing.T, scope string) (string, string) {
+	t.Helper()
+	hash := func(key string) uint32 {
+		h := uint32(2166136261)
+		for _, s := range []string{scope, "\x00", key} {
+			for i := 0; i < len(s); i++ {
+				h = (h ^ uint32(s[i])) * 16777619
+			}
+		}
+		return h
+	}
+	seen := make(map[uint32]string)
+	for i := range 1 << 22 {
+		k := "order-" + strconv.Itoa(i)
+		h := hash(k)
+		if prev, ok := seen[h]; ok {
+			return prev, k
+		}
+		seen[h] = k
+	}
+	t.Fatal("no colliding keys found")
+	return "", ""
+}
+
+// TestLockHashCollision: two different keys whose lock hashes collide
+// share an advisory lock, and nothing more. While one is being claimed, a
+// claim of the other reports ErrInProgress at once (Wait zero) or waits
+// for the holder to end (Wait positive); it never reports a duplicate. Once
+// the holder ended, the other key is claimed as new.
+func TestLockHashCollision(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool, _ := testDB(t)
+	a, b := collidingKeys(t, "orders")
+	t.Logf("colliding keys %q and %q", a, b)
+
+	noWait := newStore(t, pool, postgres.Config{})
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := noWait.Claim(ctx, tx, "orders", a); err != nil || !ok {
+		t.Fatalf("claim %s = %v, %v; want claimed", a, ok, err)
+	}
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		_, err := noWait.Claim(ctx, tx, "orders", b)
+		return err
+	})
+	if !errors.Is(err, idempotency.ErrInProgress) {
+		t.Fatalf("claim of %s while %s is held = %v; want ErrInProgress (if it was claimed, the keys no longer share a lock and the test's hash is stale)", b, a, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := noWait.Claim(ctx, pool, "orders", b); err != nil || !ok {
+		t.Fatalf("claim of %s after %s committed = %v, %v; want claimed (a collision is no duplicate)", b, a, ok, err)
+	}
+	if ok, err := noWait.Claim(ctx, pool, "orders", a); err != nil || ok {
+		t.Fatalf("claim of %s again = %v, %v; want a duplicate", a, ok, err)
+	}
+
+	// Waiting: the claim of the other key proceeds when the holder ends.
+	c, d := collidingKeys(t, "payments")
+	wait := newStore(t, pool, postgres.Config{Wait: 30 * time.Second})
+	tx, err = pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := wait.Claim(ctx, tx, "payments", c); err != nil || !ok {
+		t.Fatalf("claim %s = %v, %v; want claimed", c, ok, err)
+	}
+	type result struct {
+		ok  bool
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		var ok bool
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			var err error
+			ok, err = wait.Claim(ctx, tx, "payments", d)
+			return err
+		})
+		got <- result{ok, err}
+	}()
+	select {
+	case r := <-got:
+		t.Fatalf("claim of %s returned %+v while %s was held; it should wait", d, r, c)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; r.err != nil || !r.ok {
+		t.Fatalf("claim of %s after the holder rolled back = %+v; want claimed", d, r)
+	}
+}
+
+// TestHTTPWait: behind the HTTP middleware, a Postgres store with a
+// positive Wait makes a repeat that arrives while the first request runs
+// wait for it and get its stored response, instead of 409; a repeat that
+// waits longer than Wait gets 409 and leaves the first request unharmed.
+func TestHTTPWait(t *testing.T) {
+	t.Parallel()
+	pool, _ := testDB(t)
+	for _, c := range []struct {
+		name       string
+		wait, hold time.Duration
+		wantStatus int
+	}{
+		{"holder ends within Wait", 10 * time.Second, 300 * time.Millisecond, http.StatusAccepted},
+		{"holder outlives Wait", 200 * time.Millisecond, 2 * time.Second, http.StatusConflict},
+	} {
+		s := newStore(t, pool, postgres.Config{Wait: c.wait})
+		mw, err := idempotency.HTTP(s, idempotency.HTTPConfig{Scope: "wait-" + strconv.Itoa(int(c.wait.Milliseconds()))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var calls atomic.Int64
+		entered := make(chan struct{}, 1)
+		srv := httptest.NewServer(mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			entered <- struct{}{}
+			time.Sleep(c.hold)
+			w.WriteHeader(http.StatusAccepted)
+			io.WriteString(w, "accepted")
+		})))
+		post := func() (*http.Response, string) {
+			req, err := http.NewRequest("POST", srv.URL+"/pay", strings.NewReader("10"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set(idempotency.HeaderIdempotencyKey, "k")
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp, string(b)
+		}
+		first := make(chan int, 1)
+		go func() {
+			resp, body := post()
+			if body != "accepted" {
+				t.Errorf("%s: first request body %q", c.name, body)
+			}
+			first <- resp.StatusCode
+		}()
+		<-entered
+		resp, body := post()
+		if resp.StatusCode != c.wantStatus {
+			t.Errorf("%s: repeat while the first runs: %d %q, want %d", c.name, resp.StatusCode, body, c.wantStatus)
+		}
+		if c.wantStatus == http.StatusAccepted && (body != "accepted" || resp.Header.Get(idempotency.HeaderReplayed) != "true") {
+			t.Errorf("%s: repeat got %q replayed=%q, want the stored response", c.name, body, resp.Header.Get(idempotency.HeaderReplayed))
+		}
+		if st := <-first; st != http.StatusAccepted {
+			t.Errorf("%s: first request: %d, want 202", c.name, st)
+		}
+		if resp, _ := post(); resp.StatusCode != http.StatusAccepted || resp.Header.Get(idempotency.HeaderReplayed) != "true" {
+			t.Errorf("%s: repeat after the first finished: %d replayed=%q, want 202 replayed", c.name, resp.StatusCode, resp.Header.Get(idempotency.HeaderReplayed))
+		}
+		if n := calls.Load(); n != 1 {
+			t.Errorf("%s: handler ran %d times, want 1", c.name, n)
+		}
+		srv.Close()
 	}
 }
