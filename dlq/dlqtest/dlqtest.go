@@ -99,6 +99,9 @@ func Run(t *testing.T, f Features, factory Factory) {
 		t.Run("Permanent/"+r.String(), func(t *testing.T) { t.Parallel(); s.permanent(t, r) })
 	}
 	t.Run("DeadLetterPublishFails", func(t *testing.T) { t.Parallel(); s.publishFails(t) })
+	if slices.Contains(f.Retries, dlq.RetryTopics) {
+		t.Run("RetryPublishFails", func(t *testing.T) { t.Parallel(); s.retryPublishFails(t) })
+	}
 	t.Run("ReplayAndPurge", func(t *testing.T) { t.Parallel(); s.replayAndPurge(t) })
 	t.Run("ReplayPartialFailure", func(t *testing.T) { t.Parallel(); s.replayPartialFailure(t) })
 	t.Run("ShutdownDuringRetry", func(t *testing.T) { t.Parallel(); s.shutdownDuringRetry(t) })
@@ -440,19 +443,22 @@ func (s *suite) permanent(t *testing.T, retries dlq.Retries) {
 }
 
 // FailingPublisher wraps a Publisher and refuses every publish that
-// carries a message for Topic while Fail is above zero, counting the
-// refused and accepted attempts in Tries. Tests use it to make a
-// dead-letter destination unavailable.
+// carries a message for Topic (with Prefix, for any topic starting with
+// it) while Fail is above zero, counting the refused and accepted attempts
+// in Tries. Tests use it to make a dead-letter or retry destination
+// unavailable.
 type FailingPublisher struct {
 	broker.Publisher
 	Topic string
-	Fail  atomic.Int32
-	Tries atomic.Int32
+	// Prefix makes Topic match every topic that starts with it.
+	Prefix bool
+	Fail   atomic.Int32
+	Tries  atomic.Int32
 }
 
 func (p *FailingPublisher) Publish(ctx context.Context, msgs ...broker.Message) error {
 	for _, m := range msgs {
-		if m.Topic == p.Topic {
+		if m.Topic == p.Topic || p.Prefix && strings.HasPrefix(m.Topic, p.Topic) {
 			p.Tries.Add(1)
 			if p.Fail.Add(-1) >= 0 {
 				return errors.New("dead-letter destination unavailable")
@@ -499,6 +505,48 @@ func (s *suite) publishFails(t *testing.T) {
 	}
 	if n := len(rec.of(poison.ID)); n < 2+3 {
 		t.Errorf("poison message handled %d times, want at least 5 (2 attempts, then one per refused publish)", n)
+	}
+}
+
+// retryPublishFails (RetryTopics): while the retry topic refuses publishes,
+// a failed message stays unacknowledged and comes back; once the retry topic
+// accepts it, it is acknowledged, handled again from the retry topic, and
+// not dead-lettered. Nothing is lost and other keys flow meanwhile.
+func (s *suite) retryPublishFails(t *testing.T) {
+	b := s.factory(t)
+	topic, group := Name("dlqt"), "g"
+	// Every retry level: a redelivered message goes to the next level.
+	pub := &FailingPublisher{Publisher: b.Publisher, Topic: strings.TrimSuffix(dlq.RetryTopic(topic, group, 1), "1"), Prefix: true}
+	pub.Fail.Store(3)
+	mp := NewMeterProvider()
+	c := b.Consumer(t, dlq.Config{Publisher: pub, Policy: dlq.Policy{MaxAttempts: 10, InitialBackoff: 5 * time.Millisecond},
+		Retries: dlq.RetryTopics, MeterProvider: mp}, topic, group)
+	in := b.Inspector(t, topic, group, nil)
+	msgs, _ := stream(topic, 21, 0)
+	flaky := msgs[0]
+	publish(t, b.Publisher, msgs...)
+	rec := newRecorder()
+	stop := s.run(t, c, broker.Subscription{Topic: topic, Group: group}, func(_ context.Context, d broker.Delivery) error {
+		rec.begin(d)
+		// It fails until the retry topic took it, then succeeds there.
+		if d.ID == flaky.ID && pub.Tries.Load() < 4 {
+			return rec.end(d, errors.New("flaky"))
+		}
+		return rec.end(d, nil)
+	})
+	s.waitFor(t, "every message handled", func() bool { return rec.successes() == 21 })
+	stop()
+	if n := pub.Tries.Load(); n != 4 {
+		t.Errorf("%d retry-topic publishes, want 4 (3 refused, 1 accepted)", n)
+	}
+	if got := mp.Sum("steadfast.dlq.dead_letter_failures"); got != 3 {
+		t.Errorf("steadfast.dlq.dead_letter_failures = %d, want 3", got)
+	}
+	if n := len(rec.of(flaky.ID)); n != 5 {
+		t.Errorf("flaky message handled %d times, want 5 (one per refused publish, the accepted one, then from the retry topic)", n)
+	}
+	if dls := list(t, in, dlq.Filter{}); len(dls) != 0 {
+		t.Errorf("%d dead letters, want none", len(dls))
 	}
 }
 
