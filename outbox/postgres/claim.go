@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -69,7 +70,7 @@ func (s *Store) claimRows(ctx context.Context, conn *pgxpool.Conn, req outbox.Cl
 	// milliseconds) for a statement that runs in a few: JIT is off.
 	b.Queue(`SELECT set_config('idle_in_transaction_session_timeout', $1, true),
 	set_config('enable_sort', 'off', true), set_config('jit', 'off', true)`,
-		strconv.FormatInt(s.cfg.ClaimTimeout.Milliseconds(), 10))
+		idleTimeout(s.cfg.ClaimTimeout))
 	b.Queue(s.sql.claim, req.Limit, claimWindow(req.Limit), req.DeadBlocksKey)
 	b.Queue(s.sql.blockedKeys, req.DeadBlocksKey)
 	br := conn.SendBatch(ctx, b)
@@ -107,6 +108,19 @@ func (s *Store) claimRows(ctx context.Context, conn *pgxpool.Conn, req outbox.Cl
 	}
 	slices.SortFunc(recs, func(a, b outbox.Record) int { return cmp.Compare(a.ID, b.ID) })
 	return recs, nil
+}
+
+// idleTimeout renders d as a value of idle_in_transaction_session_timeout,
+// an int32 of milliseconds where 0 means no timeout: rounded up, so that a
+// positive d under a millisecond still ends an idle claim, and capped at the
+// maximum (about 24.8 days), which the server would otherwise reject, failing
+// every claim.
+func idleTimeout(d time.Duration) string {
+	ms := d.Milliseconds()
+	if d%time.Millisecond > 0 {
+		ms++
+	}
+	return strconv.FormatInt(min(ms, math.MaxInt32), 10)
 }
 
 // claimWindow is how many of the oldest pending rows a claim looks at to

@@ -82,8 +82,11 @@ type Config struct {
 	// ClaimTimeout bounds how long a relay may hold a claim (the
 	// transaction that locks a batch) idle; PostgreSQL ends the session after
 	// it (idle_in_transaction_session_timeout), releasing the rows to other
-	// relays. It must exceed the relay's PublishTimeout. Default
-	// DefaultClaimTimeout (2m).
+	// relays; the claim's Complete then fails, so rows it published are
+	// published again. It must exceed the relay's PublishTimeout (nothing
+	// checks this: the store does not know the relay's settings). The server
+	// counts whole milliseconds: it is rounded up, and capped at about 24.8
+	// days. Default DefaultClaimTimeout (2m).
 	ClaimTimeout time.Duration
 	// Propagator injects the trace context of Enqueue's ctx into message
 	// headers that do not carry one yet. Default propagation.TraceContext

@@ -364,3 +364,276 @@ func TestRelayConfig(t *testing.T) {
 		t.Errorf("Run after cancel: %v", err)
 	}
 }
+
+// An idle claim ends after Config.ClaimTimeout: PostgreSQL ends its session,
+// which releases its rows and keys. Until then a second relay claims neither
+// the claimed rows nor later rows of their keys (other keys flow); afterwards
+// it claims the same rows, in the same order, and completes them, while the
+// stale claim's Complete fails and changes nothing.
+//
+// Whether the second relay really ran while the first claim was held is
+// checked, not assumed: the first claim's session must still be open after
+// the second claim returned. If it already timed out (a very slow machine),
+// that round proves nothing and the test starts over with a longer timeout.
+func TestClaimTimeoutReleasesIdleClaim(t *testing.T) {
+	t.Parallel()
+	for _, timeout := range []time.Duration{500 * time.Millisecond, 5 * time.Second, 30 * time.Second} {
+		if claimTimeoutRound(t, timeout) {
+			return
+		}
+		t.Logf("ClaimTimeout %v elapsed before the contention check ended; retrying with a longer one", timeout)
+	}
+	t.Fatal("the first claim's session always ended before a second claim could run")
+}
+
+// claimTimeoutRound runs TestClaimTimeoutReleasesIdleClaim on a fresh
+// table with the given ClaimTimeout. It reports false when the contention
+// check was inconclusive.
+func claimTimeoutRound(t *testing.T, timeout time.Duration) bool {
+	h := newHarness(t, postgres.Config{ClaimTimeout: timeout})
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+2*time.Minute)
+	defer cancel()
+	var msgs []broker.Message
+	for i := range 3 {
+		msgs = append(msgs, outboxtest.SeqMessage("t", "a", i), outboxtest.SeqMessage("t", "b", i))
+	}
+	if err := h.store.Enqueue(ctx, h.pool, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	stale, other := h.open(t), h.open(t)
+	// Every claim is ended on the way out, also when the test fails: a pool
+	// does not close while a claim holds one of its connections.
+	var claims []outbox.Claim
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, c := range claims {
+			_ = c.Release(ctx)
+		}
+	}()
+	claim := func(s *postgres.Store) outbox.Claim {
+		t.Helper()
+		c, err := s.Claim(ctx, outbox.ClaimRequest{Limit: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		claims = append(claims, c)
+		return c
+	}
+
+	first := claim(stale)
+	held := first.Records()
+	if got := seqs(held); got != "a/0 b/0 a/1 b/1 a/2 b/2" {
+		t.Fatalf("first claim: %s, want every row", got)
+	}
+	session, err := h.claimSession(ctx, stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// While the claim is held: a later row of a held key waits behind it (the
+	// key lock), a row of another key is claimed.
+	later, free := outboxtest.SeqMessage("t", "a", 3), outboxtest.SeqMessage("t", "c", 0)
+	if err := h.store.Enqueue(ctx, h.pool, later, free); err != nil {
+		t.Fatal(err)
+	}
+	during := claim(other)
+	if alive, err := h.sessionAlive(ctx, session); err != nil {
+		t.Fatal(err)
+	} else if !alive {
+		return false
+	}
+	if got := seqs(during.Records()); got != "c/0" {
+		t.Fatalf("second relay claimed %q while the first claim was held; want only c/0", got)
+	}
+	if err := during.Complete(ctx, outbox.Outcome{Published: ids(during.Records())}); err != nil {
+		t.Fatal(err)
+	}
+
+	// After ClaimTimeout the server ends the first claim's session and a
+	// second relay gets its rows: the same rows in the same order, then a/3.
+	var again outbox.Claim
+	deadline := time.Now().Add(timeout + time.Minute)
+	for {
+		c := claim(other)
+		if len(c.Records()) > 0 {
+			again = c
+			break
+		}
+		_ = c.Release(ctx)
+		if time.Now().After(deadline) {
+			t.Fatalf("no relay could claim the rows of a claim idle for %v (ClaimTimeout %v)", timeout+time.Minute, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	want := append(ids(held), 0)
+	want[len(want)-1] = findID(t, h, later.ID)
+	if got := ids(again.Records()); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after the timeout the second relay claimed ids %v (%s), want %v", got, seqs(again.Records()), want)
+	}
+	if got := seqs(again.Records()); got != "a/0 b/0 a/1 b/1 a/2 b/2 a/3" {
+		t.Errorf("reclaimed rows in order %s", got)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		alive, err := h.sessionAlive(ctx, session)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the rows were released but the idle claim's session is still open")
+		}
+	}
+	if err := again.Complete(ctx, outbox.Outcome{Published: ids(again.Records())}); err != nil {
+		t.Fatalf("completing the reclaimed rows: %v", err)
+	}
+	before, err := rowStates(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The stale claim cannot complete: its transaction is gone.
+	err = first.Complete(ctx, outbox.Outcome{Published: ids(held)})
+	if err == nil {
+		t.Fatal("Complete of a claim whose session the server ended succeeded")
+	}
+	t.Logf("stale Complete: %v", err)
+	after, err := rowStates(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before != after {
+		t.Errorf("the failed Complete changed rows:\nbefore %s\nafter  %s", before, after)
+	}
+	var published int
+	if err := h.pool.QueryRow(ctx, "SELECT count(*) FROM "+h.store.Table()+" WHERE status = 'published' AND attempts = 0").
+		Scan(&published); err != nil {
+		t.Fatal(err)
+	}
+	if published != len(msgs)+2 {
+		t.Errorf("%d rows published, want all %d", published, len(msgs)+2)
+	}
+	if st, err := h.store.Stats(ctx); err != nil || st.Pending != 0 || st.Dead != 0 {
+		t.Errorf("stats: %+v, %v; want nothing pending or parked", st, err)
+	}
+	for _, s := range []*postgres.Store{stale, other} {
+		if c := claim(s); len(c.Records()) != 0 {
+			t.Errorf("claimed %s after everything was published", seqs(c.Records()))
+		}
+	}
+	return true
+}
+
+// ClaimTimeout is converted to PostgreSQL's milliseconds within its range:
+// a timeout under a millisecond still ends an idle claim (it is not 0, which
+// would mean none), and one beyond the server's maximum (about 24 days) does
+// not make every claim fail.
+func TestClaimTimeoutBounds(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var claims []outbox.Claim
+	defer func() {
+		for _, c := range claims {
+			_ = c.Release(context.Background())
+		}
+	}()
+	claim := func(s *postgres.Store) outbox.Claim {
+		t.Helper()
+		c, err := s.Claim(ctx, outbox.ClaimRequest{Limit: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		claims = append(claims, c)
+		return c
+	}
+
+	long := newHarness(t, postgres.Config{ClaimTimeout: 1000 * time.Hour})
+	if err := long.store.Enqueue(ctx, long.pool, outboxtest.SeqMessage("t", "k", 0)); err != nil {
+		t.Fatal(err)
+	}
+	if c := claim(long.store); len(c.Records()) != 1 {
+		t.Errorf("ClaimTimeout 1000h: claimed %d rows, want 1", len(c.Records()))
+	}
+
+	short := newHarness(t, postgres.Config{ClaimTimeout: time.Microsecond})
+	if err := short.store.Enqueue(ctx, short.pool, outboxtest.SeqMessage("t", "k", 0)); err != nil {
+		t.Fatal(err)
+	}
+	if c := claim(short.open(t)); len(c.Records()) != 1 {
+		t.Fatalf("claimed %d rows, want 1", len(c.Records()))
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if len(claim(short.store).Records()) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("ClaimTimeout 1µs: a claim idle for a minute still holds its row")
+		}
+	}
+}
+
+// pgSession identifies one transaction of one server session.
+type pgSession struct {
+	pid   int
+	start time.Time
+}
+
+// claimSession returns the transaction that holds s's only claim.
+func (h *harness) claimSession(ctx context.Context, s *postgres.Store) (pgSession, error) {
+	h.mu.Lock()
+	app := h.apps[s]
+	h.mu.Unlock()
+	var x pgSession
+	err := h.pool.QueryRow(ctx, `SELECT pid, xact_start FROM pg_stat_activity
+		WHERE application_name = $1 AND state = 'idle in transaction'`, app).Scan(&x.pid, &x.start)
+	if err != nil {
+		return x, fmt.Errorf("the claim's session: %w", err)
+	}
+	return x, nil
+}
+
+// sessionAlive reports whether x's transaction is still open.
+func (h *harness) sessionAlive(ctx context.Context, x pgSession) (bool, error) {
+	var alive bool
+	err := h.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+		WHERE pid = $1 AND xact_start = $2)`, x.pid, x.start).Scan(&alive)
+	return alive, err
+}
+
+// rowStates renders every row's id, status, attempts and published_at.
+func rowStates(ctx context.Context, h *harness) (string, error) {
+	var s string
+	err := h.pool.QueryRow(ctx, `SELECT coalesce(string_agg(format('%s:%s:%s:%s', id, status, attempts, published_at), ' ' ORDER BY id), '')
+		FROM `+h.store.Table()).Scan(&s)
+	return s, err
+}
+
+// findID returns the row id of the message with the given message ID.
+func findID(t *testing.T, h *harness, messageID string) int64 {
+	t.Helper()
+	var id int64
+	if err := h.pool.QueryRow(context.Background(), "SELECT id FROM "+h.store.Table()+" WHERE message_id = $1", messageID).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func ids(recs []outbox.Record) []int64 {
+	out := make([]int64, len(recs))
+	for i, r := range recs {
+		out[i] = r.ID
+	}
+	return out
+}
+
+// seqs renders the payloads (key/seq) of recs.
+func seqs(recs []outbox.Record) string {
+	out := make([]string, len(recs))
+	for i, r := range recs {
+		out[i] = string(r.Message.Payload)
+	}
+	return strings.Join(out, " ")
+}
