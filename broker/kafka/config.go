@@ -96,6 +96,20 @@ type Config struct {
 	Options []kgo.Opt
 }
 
+// ClientOpts returns the franz-go options every client of this package
+// starts from: the seed brokers, ClientID, DialTimeout, Logger (which gets
+// franz-go's warnings and errors), AllowAutoTopicCreation, then Options.
+// Tools that build a client of their own, such as kafkadlq's Inspector, use
+// it to reach the cluster exactly as the adapter does. It fails with
+// ErrInvalidConfig where NewPublisher would.
+func (c Config) ClientOpts() ([]kgo.Opt, error) {
+	c, err := c.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return append(c.baseOpts(), c.Options...), nil
+}
+
 // ParseBrokers splits a comma-separated broker list such as the value of
 // STEADFAST_KAFKA_BROKERS, trimming spaces and dropping empty entries.
 func ParseBrokers(s string) []string {

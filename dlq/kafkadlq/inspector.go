@@ -33,7 +33,9 @@ const (
 
 // InspectorConfig configures an Inspector.
 type InspectorConfig struct {
-	// Config reaches the cluster. Brokers is required.
+	// Config reaches the cluster. Brokers is required. The Inspector's
+	// franz-go clients start from Config.ClientOpts, as the adapter's do:
+	// Logger gets franz-go's warnings and errors, and Options apply.
 	kafka.Config
 	// Topic is the dead-letter topic. Required.
 	Topic string
@@ -102,11 +104,9 @@ func NewInspector(cfg InspectorConfig) (*Inspector, error) {
 	if in.tel, err = telemetry.New(cfg.MeterProvider); err != nil {
 		return nil, fmt.Errorf("kafkadlq: metrics: %w", err)
 	}
-	in.opts = []kgo.Opt{kgo.SeedBrokers(cfg.Brokers...), kgo.ClientID(cfg.ClientID)}
-	if cfg.DialTimeout > 0 {
-		in.opts = append(in.opts, kgo.DialTimeout(cfg.DialTimeout))
+	if in.opts, err = cfg.Config.ClientOpts(); err != nil {
+		return nil, fmt.Errorf("%w: %w", dlq.ErrInvalidConfig, err)
 	}
-	in.opts = append(in.opts, cfg.Options...)
 	in.cl, err = kgo.NewClient(append(slices.Clone(in.opts),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.RequiredAcks(kgo.AllISRAcks()))...)
 	if err != nil {
@@ -289,7 +289,10 @@ func (in *Inspector) wrap(ctx context.Context, what string, err error) error {
 	if errors.Is(err, kerr.UnknownTopicOrPartition) {
 		return fmt.Errorf("kafkadlq: %s of %q: %w: %w", what, in.cfg.Topic, dlq.ErrNotFound, err)
 	}
-	if ctx.Err() != nil {
+	// A request that failed without a Kafka error code never got an
+	// answer: the cluster is out of reach (or ctx ended first).
+	var ke *kerr.Error
+	if ctx.Err() != nil || !errors.As(err, &ke) {
 		return fmt.Errorf("kafkadlq: %s of %q: %w: %w", what, in.cfg.Topic, kafka.ErrUnreachable, err)
 	}
 	return fmt.Errorf("kafkadlq: %s of %q: %w", what, in.cfg.Topic, err)

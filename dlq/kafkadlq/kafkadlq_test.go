@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -416,4 +418,53 @@ func TestPublisherPrecedence(t *testing.T) {
 				c.name, top.n.Load(), inner.n.Load(), c.wantTop, c.wantDLQ)
 		}
 	}
+}
+
+// captureHandler keeps the messages of the records logged through it.
+type captureHandler struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (h *captureHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *captureHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.msgs = append(h.msgs, r.Message)
+	return nil
+}
+func (h *captureHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *captureHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestInspectorClientOptions: the Inspector reaches the cluster the way the
+// adapter's clients do, so franz-go's warnings about an unreachable broker
+// reach Config.Logger and reading fails with kafka.ErrUnreachable.
+func TestInspectorClientOptions(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	h := &captureHandler{}
+	in, err := kafkadlq.NewInspector(kafkadlq.InspectorConfig{
+		Config: kafka.Config{Brokers: []string{addr}, Logger: slog.New(h), StartTimeout: time.Second, DialTimeout: 200 * time.Millisecond},
+		Topic:  "t.g.dlq",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if _, err := in.List(ctxT(t), dlq.Filter{}); !errors.Is(err, kafka.ErrUnreachable) {
+		t.Fatalf("list on an unreachable cluster: %v, want kafka.ErrUnreachable", err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, m := range h.msgs {
+		if strings.HasPrefix(m, "franz-go: ") {
+			return
+		}
+	}
+	t.Fatalf("no franz-go warning reached Config.Logger; got %q", h.msgs)
 }
