@@ -49,6 +49,22 @@ func (o *outputTally) add(_ context.Context, d broker.Delivery) error {
 	return nil
 }
 
+// checkEachOnce fails t unless o saw output "a" of every input exactly
+// once and nothing else; why is appended to the count failure.
+func (o *outputTally) checkEachOnce(t *testing.T, inputs []broker.Message, why string) {
+	t.Helper()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, m := range inputs {
+		if c := o.byInput[m.ID+"/a"]; c != 1 {
+			t.Errorf("input %s visible %d times, want 1: %v", m.Payload, c, o.by[m.ID])
+		}
+	}
+	if len(o.ids) != len(inputs) || o.total != len(inputs) {
+		t.Fatalf("read_committed consumer got %d records, %d distinct, want %d%s", o.total, len(o.ids), len(inputs), why)
+	}
+}
+
 // TestPipelineExactlyOnce runs a consume-transform-produce pipeline that
 // emits two messages per input. Its first incarnation has one transform fail
 // half-way through a transaction (the transaction aborts and the batch is
@@ -333,16 +349,7 @@ func TestPipelineRestartReusesTransactionalID(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("second Run: %v", err)
 	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if len(o.ids) != n || o.total != n {
-		t.Fatalf("read_committed consumer got %d records, %d distinct, want %d: the abandoned transaction was not aborted", o.total, len(o.ids), n)
-	}
-	for _, m := range inputs {
-		if c := o.byInput[m.ID+"/a"]; c != 1 {
-			t.Errorf("input %s visible %d times, want 1", m.Payload, c)
-		}
-	}
+	o.checkEachOnce(t, inputs, ": the abandoned transaction was not aborted")
 }
 
 // TestPipelineFenced starts a second Pipeline with the TransactionalID of
@@ -418,16 +425,7 @@ func TestPipelineFenced(t *testing.T) {
 	if err := <-newDone; err != nil {
 		t.Fatalf("newer Run: %v", err)
 	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	for _, m := range inputs {
-		if c := o.byInput[m.ID+"/a"]; c != 1 {
-			t.Errorf("input %s visible %d times, want 1: %v", m.Payload, c, o.by[m.ID])
-		}
-	}
-	if len(o.ids) != n || o.total != n {
-		t.Fatalf("read_committed consumer got %d records, %d distinct, want %d", o.total, len(o.ids), n)
-	}
+	o.checkEachOnce(t, inputs, "")
 }
 
 func TestPipelineSlots(t *testing.T) {
