@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -14,18 +13,6 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/testenv"
 )
-
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
 
 func TestInvalidConfig(t *testing.T) {
 	t.Parallel()
@@ -164,7 +151,7 @@ func TestOversizedRecord(t *testing.T) {
 // as not acknowledged.
 func TestUnreachableBrokers(t *testing.T) {
 	t.Parallel()
-	addr := []string{closedAddr(t)}
+	addr := []string{testenv.ClosedAddr(t)}
 	cfg := Config{Brokers: addr, StartTimeout: 2 * time.Second, DialTimeout: time.Second}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

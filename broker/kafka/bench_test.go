@@ -315,29 +315,17 @@ func BenchmarkConsume(b *testing.B) {
 				defer sub.Close()
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
-				var seen, startNanos atomic.Int64
-				all := make(chan struct{})
-				want := int64(b.N)
+				seen := testenv.NewDeliveries(b.N)
 				b.SetBytes(int64(sz.size))
 				b.StartTimer()
 				done := make(chan error, 1)
 				go func() {
 					done <- sub.Subscribe(ctx, broker.Subscription{Topic: topic, Group: testenv.Name(b, "g")}, func(_ context.Context, d broker.Delivery) error {
-						n := seen.Add(1)
-						if n == 1 {
-							startNanos.Store(time.Now().UnixNano())
-						}
-						if n == want {
-							close(all)
-						}
+						seen.Add()
 						return nil
 					})
 				}()
-				<-all
-				for startNanos.Load() == 0 { // the first handler may still be storing it
-					time.Sleep(time.Millisecond)
-				}
-				b.ReportMetric(consumeRate(b.N, time.Unix(0, startNanos.Load())), "msgs/s")
+				seen.Report(b)
 				b.StopTimer()
 				cancel()
 				if err := <-done; err != nil {

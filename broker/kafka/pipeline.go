@@ -150,8 +150,10 @@ func (p *Pipeline) Run(ctx context.Context, sub broker.Subscription, fn Transfor
 			return fmt.Errorf("kafka: pipeline %q/%q: %w", sub.Topic, sub.Group, err)
 		}
 	}
-	txnID := "steadfast-" + sub.Group + "-" + broker.NewID()
-	if cfg.TransactionalID != "" {
+	var txnID string
+	if cfg.TransactionalID == "" {
+		txnID = "steadfast-" + sub.Group + "-" + broker.NewID()
+	} else {
 		slot := p.takeSlot()
 		defer p.releaseSlot(slot)
 		txnID = slotTxnID(cfg.TransactionalID, slot)

@@ -489,8 +489,12 @@ func (m *member) add(it *item, r *kgo.Record) bool {
 	return true
 }
 
-// minSweep is the size below which a partition's chain map is never swept.
-const minSweep = 4096
+// minSweep is the size below which a partition's chain map is never swept;
+// maxFreeChains bounds the swept chains a member keeps for reuse.
+const (
+	minSweep      = 4096
+	maxFreeChains = 4096
+)
 
 // sweepChains deletes p's idle chains, keeping some for reuse, and sets
 // the size at which the next sweep runs to twice what is left, so the cost
@@ -502,7 +506,7 @@ func (m *member) sweepChains(p *partition) {
 			continue
 		}
 		delete(p.chains, k)
-		if len(m.freeChains) < minSweep {
+		if len(m.freeChains) < maxFreeChains {
 			c.key = ""
 			m.freeChains = append(m.freeChains, c)
 		}

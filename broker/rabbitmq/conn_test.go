@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"testing"
 	"time"
@@ -28,12 +27,7 @@ func TestDialErrors(t *testing.T) {
 	}
 
 	// Nothing listens: Dial retries until ctx ends.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testenv.ClosedAddr(t)
 	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	if _, err := rabbitmq.Dial(cctx, rabbitmq.Config{URL: "amqp://guest:guest@" + addr + "/"}); !errors.Is(err, context.DeadlineExceeded) {

@@ -313,32 +313,11 @@ func publishThroughDrops(t *testing.T, url string, conn *rabbitmq.Conn, rounds i
 	t.Logf("queue holds %d messages: %d distinct, %d duplicates (resent after a lost confirm)", n, len(seen), dups)
 }
 
-// logRecorder is a slog.Handler keeping every record, for tests that check
-// what the adapter logged.
-type logRecorder struct {
-	mu   sync.Mutex
-	recs []slog.Record
-}
-
-func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
-
-func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.recs = append(r.recs, rec.Clone())
-	return nil
-}
-
-func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
-func (r *logRecorder) WithGroup(string) slog.Handler      { return r }
-
-// errors returns the error attributes of the records logged at level or
-// above.
-func (r *logRecorder) errors(level slog.Level) []error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// loggedErrors returns the error attributes of the records logs kept at
+// level or above.
+func loggedErrors(logs *testenv.LogRecorder, level slog.Level) []error {
 	var errs []error
-	for _, rec := range r.recs {
+	for _, rec := range logs.Records() {
 		if rec.Level < level {
 			continue
 		}
@@ -369,7 +348,7 @@ func TestRedeclareAfterReconnect(t *testing.T) {
 	url, restart := testenv.PrivateRabbitMQ(t)
 	ctx := ctxT(t)
 	px := newProxy(t, url)
-	logs := &logRecorder{}
+	logs := &testenv.LogRecorder{}
 	conn := dialConfig(t, rabbitmq.Config{URL: px.url, Logger: slog.New(logs)})
 
 	// Declared first: re-declaring it fails, and the rest must follow.
@@ -509,7 +488,7 @@ func TestRedeclareAfterReconnect(t *testing.T) {
 		t.Errorf("queue %q is not durable any more: %v", conflict, err)
 	}
 	logged := false
-	for _, err := range logs.errors(slog.LevelWarn) {
+	for _, err := range loggedErrors(logs, slog.LevelWarn) {
 		if errors.Is(err, rabbitmq.ErrTopologyConflict) {
 			logged = true
 			t.Logf("logged: %v", err)

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/kafka"
@@ -90,17 +88,9 @@ func benchConsume(b *testing.B, mk func([]string, broker.Subscription, broker.Ha
 			b.Fatal(err)
 		}
 	}
-	var seen, startNanos atomic.Int64
-	all := make(chan struct{})
-	want := int64(b.N)
+	seen := testenv.NewDeliveries(b.N)
 	h := func(_ context.Context, d broker.Delivery) error {
-		n := seen.Add(1)
-		if n == 1 {
-			startNanos.Store(time.Now().UnixNano())
-		}
-		if n == want {
-			close(all)
-		}
+		n := seen.Add()
 		if poisonEvery > 0 && n%int64(poisonEvery) == 0 {
 			return errPoison
 		}
@@ -113,11 +103,7 @@ func benchConsume(b *testing.B, mk func([]string, broker.Subscription, broker.Ha
 	b.SetBytes(1024)
 	b.StartTimer()
 	go func() { done <- run(ctx) }()
-	<-all
-	for startNanos.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	b.ReportMetric(float64(b.N)/time.Since(time.Unix(0, startNanos.Load())).Seconds(), "msgs/s")
+	seen.Report(b)
 	b.StopTimer()
 	cancel()
 	if err := <-done; err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"slices"
 	"strings"
@@ -420,36 +419,14 @@ func TestPublisherPrecedence(t *testing.T) {
 	}
 }
 
-// captureHandler keeps the messages of the records logged through it.
-type captureHandler struct {
-	mu   sync.Mutex
-	msgs []string
-}
-
-func (h *captureHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h *captureHandler) Handle(_ context.Context, r slog.Record) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.msgs = append(h.msgs, r.Message)
-	return nil
-}
-func (h *captureHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h *captureHandler) WithGroup(string) slog.Handler      { return h }
-
 // TestInspectorClientOptions: the Inspector reaches the cluster the way the
 // adapter's clients do, so franz-go's warnings about an unreachable broker
 // reach Config.Logger and reading fails with kafka.ErrUnreachable.
 func TestInspectorClientOptions(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens there now
-	h := &captureHandler{}
+	logs := &testenv.LogRecorder{}
 	in, err := kafkadlq.NewInspector(kafkadlq.InspectorConfig{
-		Config: kafka.Config{Brokers: []string{addr}, Logger: slog.New(h), StartTimeout: time.Second, DialTimeout: 200 * time.Millisecond},
+		Config: kafka.Config{Brokers: []string{testenv.ClosedAddr(t)}, Logger: slog.New(logs), StartTimeout: time.Second, DialTimeout: 200 * time.Millisecond},
 		Topic:  "t.g.dlq",
 	})
 	if err != nil {
@@ -459,12 +436,12 @@ func TestInspectorClientOptions(t *testing.T) {
 	if _, err := in.List(ctxT(t), dlq.Filter{}); !errors.Is(err, kafka.ErrUnreachable) {
 		t.Fatalf("list on an unreachable cluster: %v, want kafka.ErrUnreachable", err)
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, m := range h.msgs {
-		if strings.HasPrefix(m, "franz-go: ") {
+	var msgs []string
+	for _, r := range logs.Records() {
+		if strings.HasPrefix(r.Message, "franz-go: ") {
 			return
 		}
+		msgs = append(msgs, r.Message)
 	}
-	t.Fatalf("no franz-go warning reached Config.Logger; got %q", h.msgs)
+	t.Fatalf("no franz-go warning reached Config.Logger; got %q", msgs)
 }

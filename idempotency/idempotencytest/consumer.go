@@ -57,6 +57,16 @@ func (e *effects) counts(id string) (calls, done int) {
 	return e.calls[id], e.done[id]
 }
 
+// handler is the plain handler of the consumer cases behind the default
+// middleware on st: every run records a call and an effect.
+func (e *effects) handler(t *testing.T, st idempotency.Store) broker.Handler {
+	return broker.Chain(func(_ context.Context, d broker.Delivery) error {
+		e.call(d.ID)
+		e.effect(d.ID)
+		return nil
+	}, middleware(t, st, idempotency.ConsumerConfig{}))
+}
+
 func middleware(t *testing.T, st idempotency.Store, cfg idempotency.ConsumerConfig) broker.Middleware {
 	t.Helper()
 	mw, err := idempotency.Consumer(st, cfg)
@@ -109,11 +119,7 @@ func (s *suite) duplicatesSkipped(t *testing.T) {
 	b := newBroker(t)
 	topic, group := unique("orders"), unique("billing")
 	fx := newEffects()
-	h := broker.Chain(func(_ context.Context, d broker.Delivery) error {
-		fx.call(d.ID)
-		fx.effect(d.ID)
-		return nil
-	}, middleware(t, st, idempotency.ConsumerConfig{}))
+	h := fx.handler(t, st)
 	ids := []string{unique("m1"), unique("m2"), unique("m3")}
 	for range 5 {
 		for _, id := range ids {
@@ -165,11 +171,7 @@ func (s *suite) crashBeforeAck(t *testing.T) {
 	b := newBroker(t)
 	topic, group := unique("orders"), unique("billing")
 	fx := newEffects()
-	inner := broker.Chain(func(_ context.Context, d broker.Delivery) error {
-		fx.call(d.ID)
-		fx.effect(d.ID)
-		return nil
-	}, middleware(t, st, idempotency.ConsumerConfig{}))
+	inner := fx.handler(t, st)
 	var lostAcks atomic.Int64
 	h := func(ctx context.Context, d broker.Delivery) error {
 		if err := inner(ctx, d); err != nil {
@@ -223,11 +225,7 @@ func (s *suite) concurrentDeliveriesThroughBroker(t *testing.T) {
 	b := newBroker(t)
 	topic, group := unique("orders"), unique("billing")
 	fx := newEffects()
-	h := broker.Chain(func(_ context.Context, d broker.Delivery) error {
-		fx.call(d.ID)
-		fx.effect(d.ID)
-		return nil
-	}, middleware(t, st, idempotency.ConsumerConfig{}))
+	h := fx.handler(t, st)
 	m := broker.NewMessage(topic, []byte("x"))
 	const n = 50
 	msgs := make([]broker.Message, n)
