@@ -337,10 +337,11 @@ type SubscriberConfig struct {
 	// context; their results are still recorded when they return. Default
 	// 30s. Keep it below RebalanceTimeout.
 	DrainTimeout time.Duration
-	// MaxBufferedRecords bounds the records a member has fetched and not
-	// yet finished handling: the member stops taking fetched records while
-	// it is reached, and takes everything franz-go has buffered (at most its
-	// FetchMaxBytes, 50 MiB by default) when below it. Default 10,000.
+	// MaxBufferedRecords bounds the records a member has taken from
+	// franz-go and not yet finished handling: the member takes fetched
+	// records only while fewer are unfinished, and never more than the
+	// bound. franz-go buffers up to FetchMaxBytes (50 MiB by default) of
+	// fetched records beyond these. Default 10,000.
 	MaxBufferedRecords int
 	// SessionTimeout is Kafka's session.timeout.ms. Default 45s.
 	SessionTimeout time.Duration

@@ -149,7 +149,7 @@ func TestChainSweep(t *testing.T) {
 	if n := len(p.chains); n > 2*minSweep {
 		t.Fatalf("%d chains kept after %d keys went idle; sweeping keeps at most %d", n, 3*minSweep, 2*minSweep)
 	}
-	c := p.chains["held"]
+	c := p.chains[m.keyHash([]byte("held"))]
 	if c == nil || c.head != held || c.tail != heldNext || heldNext.state != stQueued {
 		t.Fatal("the sweep dropped or changed a chain with unfinished messages")
 	}
@@ -160,7 +160,96 @@ func TestChainSweep(t *testing.T) {
 	if p.live != 0 || p.next.Offset != off {
 		t.Fatalf("live %d, commit point %d; want 0 and %d", p.live, p.next.Offset, off)
 	}
-	if c := p.chains["held"]; c == nil || c.head != nil {
+	if c := p.chains[m.keyHash([]byte("held"))]; c == nil || c.head != nil {
 		t.Fatal("a key whose messages finished should keep an idle chain")
+	}
+}
+
+// TestMaxBufferedRecords: a member never holds more unfinished messages than
+// MaxBufferedRecords, so with every handler stuck no further handler starts
+// even though more workers are idle and more messages are fetched; once the
+// handlers return, the rest follow and each message is handled once.
+func TestMaxBufferedRecords(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.Kafka(t)
+	const limit, n = 5, 60
+	k := newKit(t, brokers, func(c *SubscriberConfig) { c.MaxBufferedRecords = limit })
+	topic := testenv.Name(t, "t")
+	k.createTopic(t, topic, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var msgs []broker.Message
+	for i := range n {
+		m := broker.NewMessage(topic, []byte(fmt.Sprint(i)))
+		if i%2 == 0 {
+			m.Key = fmt.Sprintf("k%d", i) // distinct keys run in parallel, as keyless ones do
+		}
+		msgs = append(msgs, m)
+	}
+	if err := k.pub.Publish(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu       sync.Mutex
+		running  int
+		maxRun   int
+		started  = make(chan struct{}, n)
+		release  = make(chan struct{})
+		seen     = map[string]int{}
+		finished = make(chan struct{})
+	)
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- k.sub.Subscribe(sctx, broker.Subscription{Topic: topic, Group: testenv.Name(t, "g"), Concurrency: 16}, func(_ context.Context, d broker.Delivery) error {
+			mu.Lock()
+			running++
+			maxRun = max(maxRun, running)
+			mu.Unlock()
+			started <- struct{}{}
+			select {
+			case <-release:
+			case <-sctx.Done(): // the test failed and stops
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			running--
+			if seen[d.Message.ID]++; len(seen) == n {
+				close(finished)
+			}
+			return nil
+		})
+	}()
+	for range limit {
+		select {
+		case <-started:
+		case <-ctx.Done():
+			t.Fatalf("fewer than %d handlers started", limit)
+		}
+	}
+	select {
+	case <-started:
+		t.Fatalf("a handler started while %d messages were unfinished (MaxBufferedRecords %d)", limit, limit)
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		t.Fatalf("%d of %d messages handled", len(seen), n)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if maxRun > limit {
+		t.Errorf("%d handlers ran at once; MaxBufferedRecords is %d", maxRun, limit)
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Errorf("message %s handled %d times", id, c)
+		}
 	}
 }
