@@ -36,10 +36,15 @@ services-status:
 	$(SERVICES) status
 
 ## bench: start backends, run benchmarks (BENCH, BENCHTIME, BENCHCOUNT, PKGS), save to BENCHOUT
+# BENCHCOUNT rounds each run every benchmark once, so a variant and its raw
+# baseline alternate rather than run back to back, and benchtable pairs them
+# round by round: the load of a shared machine drifts over minutes.
 bench:
 	STEADFAST_REQUIRE_BACKENDS=1 $(SERVICES) run --tee $(BENCHOUT) -- \
-		$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime '$(BENCHTIME)' -count $(BENCHCOUNT) -benchmem $(BENCHFLAGS) $(PKGS)
-	@echo; echo "== each figure beside its raw baseline from the same run (medians; ratio > 1 means faster than raw)"
+		bash -c 'for round in $$(seq $(BENCHCOUNT)); do \
+			$(GO) test -run "^\$$" -bench "$(BENCH)" -benchtime "$(BENCHTIME)" -count 1 -benchmem $(BENCHFLAGS) $(PKGS) || exit; \
+		done'
+	@echo; echo "== each figure beside its raw baseline from the same run (figures: medians; ratio: median of the per-round ratios, > 1 means faster than raw)"
 	@$(GO) run ./internal/benchtable < $(BENCHOUT)
 	@echo "raw benchmark output saved to $(BENCHOUT)"
 

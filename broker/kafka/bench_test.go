@@ -40,6 +40,10 @@ import (
 //     adapter decodes each record to a Delivery, runs it through its
 //     per-key scheduler and handler pool, and commits completed offsets.
 //     msgs/s counts from the first record, leaving out the group join.
+//     cpu-ns/msg is the CPU time of the whole process (clients, kfake and
+//     garbage collector) per message: with every core busy, it is what
+//     decides msgs/s, and other processes on a shared machine do not
+//     count in it.
 //
 // Payloads are JSON events, different for every message (see benchPool).
 // The kfake cluster stores nothing in the publish benchmarks and serves

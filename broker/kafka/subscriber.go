@@ -258,6 +258,7 @@ type item struct {
 	chain   *chain
 	next    *item // successor in its chain
 	timer   *time.Timer
+	gen     uint32 // counts the item's reuses (see member.recycle)
 }
 
 // chain is the queue of one key's unfinished items in a partition; only its
@@ -313,6 +314,7 @@ type member struct {
 	ready      []*item
 	readyAt    int
 	freeChains []*chain
+	freeItems  []*item
 	seed       maphash.Seed // of key hashes
 	parts      map[int32]*partition
 	live       int
@@ -432,12 +434,10 @@ func (m *member) pollLoop(ctx context.Context) {
 				m.log.Warn("kafka: fetch error", "partition", p, "error", err)
 			}
 		})
-		// One allocation holds the items of a poll.
-		slab := make([]item, fs.NumRecords())
 		n := 0
 		m.mu.Lock()
-		for i, recs := 0, fs.RecordIter(); !recs.Done(); i++ {
-			if m.add(&slab[i], recs.Next()) {
+		for recs := fs.RecordIter(); !recs.Done(); {
+			if m.add(m.newItem(), recs.Next()) {
 				n++
 			}
 		}
@@ -624,8 +624,8 @@ func (m *member) handle(it *item, a *textArena) (err error) {
 func (m *member) complete(it *item, err error) {
 	p := it.p
 	if err == nil {
+		m.advance(it) // first: finish may recycle it
 		m.finish(it, stDone)
-		m.advance(it)
 		return
 	}
 	if p.revoking || m.stopped {
@@ -638,10 +638,11 @@ func (m *member) complete(it *item, err error) {
 	it.state = stBackoff
 	wait := m.cfg.RetryBackoff(it.attempt)
 	it.attempt++
+	gen := it.gen
 	it.timer = time.AfterFunc(wait, func() {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		if it.state == stBackoff {
+		if it.gen == gen && it.state == stBackoff {
 			m.pushReady(it)
 			m.work.Signal()
 		}
@@ -666,6 +667,7 @@ func (m *member) finish(it *item, st uint8) {
 			p.next = kgo.EpochOffset{Epoch: done.epoch, Offset: done.off + 1}
 			p.pending[p.head] = nil
 			p.head++
+			m.recycle(done)
 		}
 		if p.head == len(p.pending) {
 			p.pending = p.pending[:0]
@@ -681,6 +683,35 @@ func (m *member) finish(it *item, st uint8) {
 		m.space.Signal()
 	}
 	p.checkDrained()
+}
+
+// maxFreeItems bounds the items a member keeps for reuse.
+const maxFreeItems = 16384
+
+// newItem returns a zero item, reused if one is free. Callers hold m.mu.
+func (m *member) newItem() *item {
+	if n := len(m.freeItems); n > 0 {
+		it := m.freeItems[n-1]
+		m.freeItems = m.freeItems[:n-1]
+		return it
+	}
+	return new(item)
+}
+
+// recycle keeps it, a done item the commit point passed, for reuse. Nothing
+// refers to such an item any more: its chain moved on (complete advances
+// the chain before finishing the item), it left the ready queue when it ran,
+// and its partition's pending list just dropped it. A retry timer's
+// callback checks gen as well, so even a stale callback cannot touch the
+// item's next use. Reused items are still in the CPU's caches, where fresh
+// ones would cost an allocation, cache misses and garbage collection per
+// message. Dropped items are never reused. Callers hold m.mu.
+func (m *member) recycle(it *item) {
+	if len(m.freeItems) >= maxFreeItems {
+		return
+	}
+	*it = item{gen: it.gen + 1}
+	m.freeItems = append(m.freeItems, it)
 }
 
 // checkDrained signals a released partition whose last item finished.

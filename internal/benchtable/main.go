@@ -9,7 +9,12 @@
 // (".../steadfast-vs-raw-window"). Throughput
 // metrics (units ending in "/s") compare as variant/raw, time metrics as
 // raw/variant, so a ratio above 1 always means the variant is faster. With
-// -count > 1 each figure is the median of the runs.
+// several runs each figure is the median of the runs. When a variant and
+// its baseline ran equally often, the ratio is the median of the ratios of
+// their n-th runs: `make bench` runs every benchmark once per round, so the
+// n-th runs are minutes apart at most, and pairing them keeps the load of a
+// shared machine, which drifts over minutes, out of the ratio. Otherwise it
+// is the ratio of the medians.
 //
 //	go test -run '^$' -bench . -count 5 ./... | go run ./internal/benchtable
 package main
@@ -165,11 +170,7 @@ func run(in io.Reader, out io.Writer) error {
 				if base != nil && len(base.metrics[unit]) > 0 {
 					bv := median(base.metrics[unit])
 					_, bl := split(base.name)
-					ratio := v / bv
-					if !strings.HasSuffix(unit, "/s") {
-						ratio = bv / v
-					}
-					row += fmt.Sprintf("\t%s\t%s\t%.2fx", bl, format(bv), ratio)
+					row += fmt.Sprintf("\t%s\t%s\t%.2fx", bl, format(bv), ratio(r.metrics[unit], base.metrics[unit], unit))
 				} else {
 					row += "\t\t\t"
 				}
@@ -179,6 +180,26 @@ func run(in io.Reader, out io.Writer) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// ratio compares variant samples with baseline samples of unit so that
+// above 1 means faster: pairwise by run when both have as many runs, else
+// by their medians.
+func ratio(variant, base []float64, unit string) float64 {
+	faster := func(v, b float64) float64 {
+		if strings.HasSuffix(unit, "/s") {
+			return v / b
+		}
+		return b / v
+	}
+	if len(variant) != len(base) {
+		return faster(median(variant), median(base))
+	}
+	pairs := make([]float64, len(variant))
+	for i := range variant {
+		pairs[i] = faster(variant[i], base[i])
+	}
+	return median(pairs)
 }
 
 func format(v float64) string {
