@@ -407,8 +407,9 @@ func (m *member) run(ctx context.Context) {
 const maxPoll = 2048
 
 // pollLoop fetches records and hands them to the partitions' queues. It
-// polls once at least pollMin more records fit below MaxBufferedRecords,
-// and takes at most enough to reach it (and at most maxPoll).
+// polls once live is down to pollBelow (a quarter of MaxBufferedRecords, at
+// most maxPoll, is free again) and takes at most enough records to reach
+// MaxBufferedRecords, and at most maxPoll.
 func (m *member) pollLoop(ctx context.Context) {
 	backoff := 0
 	for {
