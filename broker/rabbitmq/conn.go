@@ -32,7 +32,12 @@ type Config struct {
 	// topology re-declared). Default: a logger that discards everything.
 	Logger *slog.Logger
 	// ReconnectMin and ReconnectMax bound the exponential backoff (with
-	// jitter) between reconnection attempts. Defaults 100ms and 5s.
+	// jitter) between reconnection attempts. Every failed attempt of an
+	// outage waits the next interval: a dial that fails, a new connection
+	// lost while the topology is declared again on it, and a connection
+	// lost less than ReconnectMax after it was established (the first
+	// redial after a connection that held longer is immediate). Defaults
+	// 100ms and 5s.
 	ReconnectMin, ReconnectMax time.Duration
 	// DialTimeout bounds one TCP connect plus AMQP handshake. Default 10s.
 	DialTimeout time.Duration
@@ -95,6 +100,7 @@ type Conn struct {
 	log   *slog.Logger
 	tel   *telemetry
 	done  chan struct{}
+	stop  context.CancelFunc // ends the supervisor's context; Close calls it
 	wg    sync.WaitGroup
 	topoM sync.Mutex // serializes Declare/Delete with the re-declaration after a reconnect
 	reg   registry   // guarded by topoM
@@ -108,7 +114,9 @@ type Conn struct {
 
 // Dial connects to cfg.URL and returns the connection. It retries with
 // backoff until ctx is done when the broker is unreachable, and fails at once
-// on an invalid config or refused credentials.
+// on an invalid config or refused credentials. A dial under way when ctx
+// ends is abandoned, its handshake included. ctx bounds only the first
+// connection: the reconnections that follow last until Close.
 func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -121,19 +129,24 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
 	}
-	conn, err := c.dialRetry(ctx)
+	conn, err := c.dialRetry(ctx, c.newBackoff())
 	if err != nil {
 		return nil, err
 	}
 	c.setUp(conn)
+	sctx, stop := context.WithCancel(context.Background())
+	c.stop = stop
 	c.wg.Add(1)
-	go c.supervise(conn)
+	go c.supervise(sctx, conn)
 	return c, nil
 }
 
 // Close closes the connection. Publishers and subscribers built on it fail
 // with broker.ErrClosed afterwards; close them first for a graceful stop.
-// Close is idempotent.
+// Close does not wait for a reconnection under way: a backoff wait, a dial
+// (its handshake included) or a re-declaration of the topology ends at
+// once, and nothing is dialled after Close was called. Close is
+// idempotent.
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -142,6 +155,9 @@ func (c *Conn) Close() error {
 	}
 	c.closed = true
 	close(c.done)
+	// Before cur closes, so that the supervisor sees a Close rather than a
+	// lost connection to replace.
+	c.stop()
 	cur := c.cur
 	c.cur = nil
 	c.signal()
@@ -167,7 +183,7 @@ func (c *Conn) setUp(conn *amqp.Connection) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		_ = conn.Close()
+		abandon(conn) // Close may be waiting for the supervisor
 		return
 	}
 	c.cur = conn
@@ -182,17 +198,78 @@ func (c *Conn) setDown() {
 	c.signal()
 }
 
-func (c *Conn) dial() (*amqp.Connection, error) {
+// dial makes one connection attempt. The TCP connect, and then the TLS and
+// AMQP handshakes together, are each bounded by DialTimeout; the attempt
+// ends as soon as ctx is done (the socket is closed under the handshake),
+// and then returns ctx's error and no connection.
+func (c *Conn) dial(ctx context.Context) (*amqp.Connection, error) {
+	var (
+		mu   sync.Mutex
+		sock net.Conn // set once the TCP connection is up
+	)
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if sock != nil {
+			_ = sock.Close()
+		}
+	})
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName(c.cfg.Name)
-	return amqp.DialConfig(c.cfg.URL, amqp.Config{
+	conn, err := amqp.DialConfig(c.cfg.URL, amqp.Config{
 		Heartbeat:       c.cfg.Heartbeat,
 		TLSClientConfig: c.cfg.TLS,
 		Properties:      props,
 		Dial: func(network, addr string) (net.Conn, error) {
-			return amqp.DefaultDial(c.cfg.DialTimeout)(network, addr)
+			d := net.Dialer{Timeout: c.cfg.DialTimeout}
+			s, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// As amqp.DefaultDial: a deadline for the handshakes, which
+			// amqp091 clears once the connection is open.
+			if err := s.SetDeadline(time.Now().Add(c.cfg.DialTimeout)); err != nil {
+				_ = s.Close()
+				return nil, err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err := ctx.Err(); err != nil { // the AfterFunc ran already
+				_ = s.Close()
+				return nil, err
+			}
+			sock = s
+			return s, nil
 		},
 	})
+	if !stop() {
+		// ctx ended during the attempt: it failed because of it, or it
+		// succeeded on a socket closed (or about to be) under it.
+		if err == nil {
+			abandon(conn)
+		}
+		return nil, ctx.Err()
+	}
+	return conn, err
+}
+
+// abandon closes conn without waiting for the broker's answer, which a
+// connection given up on may never send (only missed heartbeats would end
+// the wait).
+func abandon(conn *amqp.Connection) {
+	_ = conn.CloseDeadline(time.Now())
+}
+
+// sleep waits for d, or until ctx is done and then returns its error.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 func (c *Conn) newBackoff() *backoff.ExponentialBackOff {
@@ -213,31 +290,41 @@ func permanent(err error) bool {
 	return errors.Is(err, amqp.ErrSASL) || errors.Is(err, amqp.ErrCredentials) || errors.Is(err, amqp.ErrVhost)
 }
 
-func (c *Conn) dialRetry(ctx context.Context) (*amqp.Connection, error) {
-	b := c.newBackoff()
+// dialRetry dials until a connection is established, waiting between
+// attempts the intervals b gives. It dials nothing once ctx is done, and
+// returns as soon as ctx is done, whether waiting or dialing, with an error
+// wrapping ctx's. Refused credentials fail at once.
+func (c *Conn) dialRetry(ctx context.Context, b backoff.BackOff) (*amqp.Connection, error) {
+	var last error // of the previous attempt
+	aborted := func() error {
+		if last == nil {
+			return fmt.Errorf("rabbitmq: dial %s: %w", redact(c.cfg.URL), ctx.Err())
+		}
+		return fmt.Errorf("rabbitmq: dial %s: %w (last error: %v)", redact(c.cfg.URL), ctx.Err(), last)
+	}
 	for attempt := 1; ; attempt++ {
-		conn, err := c.dial()
+		if ctx.Err() != nil {
+			return nil, aborted()
+		}
+		conn, err := c.dial(ctx)
 		if err == nil {
 			return conn, nil
+		}
+		if ctx.Err() != nil {
+			return nil, aborted()
 		}
 		if permanent(err) {
 			return nil, fmt.Errorf("rabbitmq: dial %s: %w", redact(c.cfg.URL), err)
 		}
+		last = err
 		wait := b.NextBackOff()
 		lvl := slog.LevelDebug
 		if attempt == 1 {
 			lvl = slog.LevelWarn
 		}
 		c.log.Log(ctx, lvl, "rabbitmq: dial failed, retrying", "attempt", attempt, "in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("rabbitmq: dial %s: %w (last error: %v)", redact(c.cfg.URL), ctx.Err(), err)
-		case <-c.done:
-			t.Stop()
-			return nil, broker.ErrClosed
-		case <-t.C:
+		if sleep(ctx, wait) != nil {
+			return nil, aborted()
 		}
 	}
 }
@@ -252,19 +339,20 @@ func redact(u string) string {
 	return uri.String()
 }
 
-// supervise watches conn and replaces it when it is lost, until Close.
-func (c *Conn) supervise(conn *amqp.Connection) {
+// supervise watches conn and replaces it when it is lost, until ctx ends
+// (Close). An outage has one backoff (see Config.ReconnectMin), whose next
+// interval every failed attempt waits before the next dial: a dial that
+// fails, a new connection lost while the topology is declared again on it,
+// and a connection lost less than ReconnectMax after it was handed out,
+// which does not end the outage. So a broker that accepts connections and
+// drops them is not redialled in a tight loop. Every wait, dial and
+// re-declaration ends as soon as ctx does.
+func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 	defer c.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-c.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	b := c.newBackoff()
 	for {
+		up := time.Now()
+		var lost *amqp.Error
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 		blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 4))
 	watch:
@@ -284,11 +372,10 @@ func (c *Conn) supervise(conn *amqp.Connection) {
 				} else {
 					c.log.Info("rabbitmq: broker unblocked publishing")
 				}
-			case err := <-closed:
+			case lost = <-closed:
 				if ctx.Err() != nil {
 					return
 				}
-				c.log.Warn("rabbitmq: connection lost", "err", err)
 				break watch
 			case <-ctx.Done():
 				return
@@ -296,8 +383,18 @@ func (c *Conn) supervise(conn *amqp.Connection) {
 		}
 		c.setDown()
 		c.tel.reconnects.Add(ctx, 1)
+		if held := time.Since(up); held >= c.cfg.ReconnectMax {
+			b.Reset()
+			c.log.Warn("rabbitmq: connection lost", "err", lost)
+		} else {
+			wait := b.NextBackOff()
+			c.log.Warn("rabbitmq: connection lost soon after it was established, reconnecting after a backoff", "err", lost, "up", held, "in", wait)
+			if sleep(ctx, wait) != nil {
+				return
+			}
+		}
 		for {
-			next, err := c.dialRetry(ctx)
+			next, err := c.dialRetry(ctx, b)
 			if err != nil {
 				// Only Close or refused credentials end the loop; the
 				// latter is logged and retried: the credentials may be
@@ -306,16 +403,21 @@ func (c *Conn) supervise(conn *amqp.Connection) {
 					return
 				}
 				c.log.Error("rabbitmq: reconnect failed", "err", err)
-				select {
-				case <-ctx.Done():
+				if sleep(ctx, c.cfg.ReconnectMax) != nil {
 					return
-				case <-time.After(c.cfg.ReconnectMax):
 				}
 				continue
 			}
 			if err := c.redeclare(ctx, next); err != nil {
-				c.log.Warn("rabbitmq: topology re-declaration interrupted, reconnecting", "err", err)
-				_ = next.Close()
+				abandon(next)
+				if ctx.Err() != nil {
+					return
+				}
+				wait := b.NextBackOff()
+				c.log.Warn("rabbitmq: topology re-declaration interrupted, reconnecting after a backoff", "in", wait, "err", err)
+				if sleep(ctx, wait) != nil {
+					return
+				}
 				continue
 			}
 			conn = next
@@ -329,7 +431,9 @@ func (c *Conn) supervise(conn *amqp.Connection) {
 // redeclare declares every recorded entity on conn before it is handed out.
 // Conflicts (someone changed an entity while we were away) are logged and
 // skipped: the entities that conflict keep the broker's definition. An error
-// is returned only when conn itself fails.
+// is returned only when conn itself fails, or when ctx ends: conn is then
+// abandoned, so that a re-declaration waiting on a silent connection ends
+// at once instead of after missed heartbeats.
 func (c *Conn) redeclare(ctx context.Context, conn *amqp.Connection) error {
 	c.topoM.Lock()
 	defer c.topoM.Unlock()
@@ -337,6 +441,8 @@ func (c *Conn) redeclare(ctx context.Context, conn *amqp.Connection) error {
 	if len(t.Exchanges)+len(t.Queues)+len(t.Bindings) == 0 {
 		return nil
 	}
+	stop := context.AfterFunc(ctx, func() { abandon(conn) })
+	defer stop()
 	d := &declarer{open: func(context.Context) (*amqp.Channel, error) { return conn.Channel() }}
 	defer d.close()
 	var failed int
@@ -352,6 +458,9 @@ func (c *Conn) redeclare(ctx context.Context, conn *amqp.Connection) error {
 		err = ErrConnectionLost
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("rabbitmq: re-declaration: %w (%v)", ctx.Err(), err)
+		}
 		return err
 	}
 	c.log.Info("rabbitmq: topology re-declared", "exchanges", len(t.Exchanges), "queues", len(t.Queues), "bindings", len(t.Bindings), "failed", failed)

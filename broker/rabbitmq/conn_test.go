@@ -89,3 +89,82 @@ func TestConnectionLostIsUnavailable(t *testing.T) {
 		t.Fatal("ErrConnectionLost does not wrap broker.ErrUnavailable")
 	}
 }
+
+// TestCloseWhileReconnecting: Close returns at once, and dials nothing,
+// whatever the reconnecting supervisor is doing when it is called: waiting
+// between refused dials (refused), in a dial whose handshake the broker
+// does not answer (silent-handshake, where the dial alone would wait for
+// DialTimeout), or declaring the topology again on a new connection that
+// went silent (silent-redeclare, where only missed heartbeats would tell).
+func TestCloseWhileReconnecting(t *testing.T) {
+	t.Parallel()
+	const bound = 5 * time.Second
+	for _, tc := range []struct {
+		name    string
+		declare bool            // the Conn has a topology to declare again
+		fail    func(px *proxy) // makes the next connections fail
+		// stuck reports that the supervisor is where the case wants it;
+		// a0 counts the dials made before fail.
+		stuck func(px *proxy, a0 int64) bool
+		// Dials the supervisor may start while Close runs: a dial under way
+		// when Close is called may reach the proxy after it.
+		maxDials int64
+	}{
+		{"refused", false, func(px *proxy) { px.down() }, func(px *proxy, a0 int64) bool {
+			return px.accepted.Load() >= a0+2 // a dial failed, and another
+		}, 1},
+		{"silent-handshake", false, func(px *proxy) {
+			px.trap(true, connectionStart)
+			px.cut()
+		}, func(px *proxy, _ int64) bool { return px.tripped.Load() > 0 }, 0},
+		{"silent-redeclare", true, func(px *proxy) {
+			px.trap(true, exchangeDeclare, queueDeclare, queueBind)
+			px.cut()
+		}, func(px *proxy, _ int64) bool { return px.tripped.Load() > 0 }, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			url := testenv.RabbitMQURL(t)
+			px := newProxy(t, url)
+			// Long enough for a stuck handshake or re-declaration to
+			// outlast the bound by far.
+			conn := dialConfig(t, rabbitmq.Config{URL: px.url, DialTimeout: 30 * time.Second, Heartbeat: 10 * time.Second})
+			if tc.declare {
+				topo := rabbitmq.Topology{Queues: []rabbitmq.Queue{{Name: testenv.Name(t, "q"), Transient: true}}}
+				newCleaner(t, url).add(topo)
+				if err := conn.Declare(ctxT(t), topo); err != nil {
+					t.Fatal(err)
+				}
+			}
+			a0 := px.accepted.Load()
+			tc.fail(px)
+			waitFor(t, "the supervisor to reconnect", func() bool { return tc.stuck(px, a0) })
+			time.Sleep(100 * time.Millisecond) // well into the wait, handshake or re-declaration
+
+			before := px.accepted.Load()
+			start := time.Now()
+			closed := make(chan error, 1)
+			go func() { closed <- conn.Close() }()
+			select {
+			case err := <-closed:
+				t.Logf("Close returned %v after %v", err, time.Since(start))
+			case <-time.After(bound):
+				t.Errorf("Close did not return within %v", bound)
+				// Let the broker answer, so that Close can end.
+				px.untrap()
+				px.up()
+				px.cut()
+				select {
+				case <-closed:
+					t.Logf("Close returned after %v once the broker answered", time.Since(start))
+				case <-time.After(time.Minute):
+					t.Fatal("Close did not return")
+				}
+			}
+			time.Sleep(100 * time.Millisecond) // for a dial under way to reach the proxy
+			if n := px.accepted.Load() - before; n > tc.maxDials {
+				t.Errorf("%d dials after Close was called, want at most %d", n, tc.maxDials)
+			}
+		})
+	}
+}

@@ -53,7 +53,10 @@
 //   - Conn re-dials with exponential backoff after a connection loss,
 //     declares every topology declared through it again (conflicts are
 //     logged and skipped), and only then hands out channels; subscribers
-//     resume consuming and publishers resend.
+//     resume consuming and publishers resend. A broker that accepts
+//     connections and drops them soon after is redialled with the same
+//     backoff, not in a loop, and Close ends a reconnection under way at
+//     once.
 //
 // # Observability
 //

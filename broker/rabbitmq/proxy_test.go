@@ -1,6 +1,7 @@
 package rabbitmq_test
 
 import (
+	"encoding/binary"
 	"net"
 	"strconv"
 	"sync"
@@ -16,18 +17,24 @@ import (
 // go away), freeze makes them go silent without closing (only heartbeats
 // tell), down cuts them and refuses new ones until up, and hold keeps back
 // what the broker sends (confirms among it) while what the client sends
-// still goes through. Other tests using the same node are not disturbed.
+// still goes through. trap makes the connections opened afterwards fail at
+// a chosen step of the protocol (a handshake, a declaration). Other tests
+// using the same node are not disturbed.
 type proxy struct {
 	url    string // amqp:// URL through the proxy
 	target string
 	l      net.Listener
 	wg     sync.WaitGroup
 
+	accepted atomic.Int64 // connections accepted (refused ones included): the client's dial attempts
+	tripped  atomic.Int64 // connections a trap cut or froze
+
 	mu      sync.Mutex
 	conns   map[*proxyConn]struct{}
 	refuse  bool          // down: new connections are closed at once
 	held    bool          // broker-to-client bytes wait for release
 	release chan struct{} // closed when the current hold ends
+	trapped *trapRule     // what new connections are set to fail on; nil: nothing
 	closed  bool
 }
 
@@ -36,6 +43,35 @@ type proxyConn struct {
 	done           chan struct{}
 	once           sync.Once
 	frozen         atomic.Bool // nothing more is read or written
+	trap           *trapRule   // the trap set when the connection was accepted
+}
+
+// method names an AMQP method by its class and method IDs.
+type method struct{ class, id uint16 }
+
+// Methods the tests set traps on.
+var (
+	connectionStart  = method{10, 10} // broker: first frame of the handshake
+	connectionOpenOK = method{10, 41} // broker: last frame of the handshake
+	exchangeDeclare  = method{40, 10}
+	queueDeclare     = method{50, 10}
+	queueBind        = method{50, 20}
+)
+
+// trapRule: a connection is cut (or frozen) right after a method frame of
+// one of methods went through it, in either direction.
+type trapRule struct {
+	freeze  bool
+	methods []method
+}
+
+func (r *trapRule) matches(m method) bool {
+	for _, want := range r.methods {
+		if m == want {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *proxyConn) close() {
@@ -80,6 +116,7 @@ func (p *proxy) accept() {
 		if err != nil {
 			return
 		}
+		p.accepted.Add(1)
 		if p.refusing() {
 			client.Close()
 			continue
@@ -96,6 +133,7 @@ func (p *proxy) accept() {
 			c.close()
 			continue
 		}
+		c.trap = p.trapped
 		p.conns[c] = struct{}{}
 		p.mu.Unlock()
 		p.wg.Add(2)
@@ -112,7 +150,8 @@ func (p *proxy) refusing() bool {
 
 // pump copies src to dst until either side closes; bytes for the client
 // wait while the proxy holds them, and are dropped if the connection is
-// cut meanwhile.
+// cut meanwhile. On a trapped connection, it cuts or freezes the connection
+// once the bytes holding a trapped method frame went through.
 func (p *proxy) pump(c *proxyConn, dst, src net.Conn, toClient bool) {
 	defer p.wg.Done()
 	defer func() {
@@ -121,6 +160,10 @@ func (p *proxy) pump(c *proxyConn, dst, src net.Conn, toClient bool) {
 		delete(p.conns, c)
 		p.mu.Unlock()
 	}()
+	var frames frameScanner
+	if !toClient {
+		frames.skip = len("AMQP\x00\x00\x09\x01") // the client's protocol header
+	}
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -133,6 +176,15 @@ func (p *proxy) pump(c *proxyConn, dst, src net.Conn, toClient bool) {
 				return
 			}
 			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+			if c.trap != nil && frames.scan(buf[:n], c.trap.matches) {
+				p.tripped.Add(1)
+				if !c.trap.freeze {
+					return // cut: the deferred close drops both sides
+				}
+				c.frozen.Store(true)
+				<-c.done
 				return
 			}
 		}
@@ -203,6 +255,68 @@ func (p *proxy) freeze() {
 	}
 	p.mu.Unlock()
 	p.unhold()
+}
+
+// trap makes every connection accepted from now on fail right after a
+// method frame of one of methods went through it (sent by either side):
+// it is cut, or with freeze it goes silent as freeze makes it. untrap
+// ends it for later connections.
+func (p *proxy) trap(freeze bool, methods ...method) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.trapped = &trapRule{freeze: freeze, methods: methods}
+}
+
+func (p *proxy) untrap() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.trapped = nil
+}
+
+// frameScanner finds the method frames in one direction of an AMQP byte
+// stream: frames are a type octet (1 for a method), a channel (2 octets), a
+// payload size (4 octets), the payload (a method's starts with its class
+// and method IDs, 2 octets each) and an end octet.
+type frameScanner struct {
+	head []byte // the current frame's header, and IDs for a method frame
+	skip int    // octets of the stream still to pass over
+}
+
+// scan reads the next bytes of the stream and reports whether a method
+// frame that match accepts begins in them.
+func (s *frameScanner) scan(b []byte, match func(method) bool) bool {
+	found := false
+	for len(b) > 0 {
+		if s.skip > 0 {
+			n := min(s.skip, len(b))
+			s.skip -= n
+			b = b[n:]
+			continue
+		}
+		n := min(s.want()-len(s.head), len(b))
+		s.head = append(s.head, b[:n]...)
+		b = b[n:]
+		if len(s.head) < s.want() {
+			continue
+		}
+		s.skip = int(binary.BigEndian.Uint32(s.head[3:7])) + 1 // the payload and the end octet
+		if s.head[0] == 1 {
+			s.skip -= 4 // the IDs, read already
+			if match(method{binary.BigEndian.Uint16(s.head[7:9]), binary.BigEndian.Uint16(s.head[9:11])}) {
+				found = true
+			}
+		}
+		s.head = s.head[:0]
+	}
+	return found
+}
+
+// want is how many octets the current frame's head has once complete.
+func (s *frameScanner) want() int {
+	if len(s.head) >= 7 && s.head[0] == 1 {
+		return 11
+	}
+	return 7
 }
 
 // down cuts every connection and refuses new ones until up.

@@ -501,3 +501,86 @@ func TestRedeclareAfterReconnect(t *testing.T) {
 		t.Errorf("Subscribe: %v", err)
 	}
 }
+
+// TestReconnectBackoff: a broker that accepts connections and drops each
+// one soon after does not make Conn redial in a tight loop. The proxy cuts
+// every new connection either while the Conn declares its topology again
+// (redeclare) or right after the handshake, on a Conn with no topology to
+// declare again, so that the connection is handed out and lost at once
+// (handshake). Either way each failed attempt waits the next interval of
+// the reconnect backoff (ReconnectMin 50ms, ReconnectMax 1s here), so only
+// a handful of dials happen within seconds. Once the broker behaves again,
+// the Conn recovers and publishing works.
+func TestReconnectBackoff(t *testing.T) {
+	t.Parallel()
+	const (
+		window = 3 * time.Second
+		// With a 50ms start, a 1.5 factor, 50% jitter and a 1s cap, the
+		// waits of the first 3s add up to 3s after at most 12 of them:
+		// 13 dials. A redial loop without waits makes hundreds.
+		maxDials = 20
+	)
+	for _, tc := range []struct {
+		name    string
+		declare bool // the Conn declares the topology (else another Conn does)
+		trap    []method
+	}{
+		{"redeclare", true, []method{exchangeDeclare, queueDeclare, queueBind}},
+		{"handshake", false, []method{connectionOpenOK}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			url := testenv.RabbitMQURL(t)
+			ctx := ctxT(t)
+			px := newProxy(t, url)
+			conn := dial(t, px.url)
+			declarer := dial(t, url)
+			if tc.declare {
+				declarer = conn
+			}
+			ex, q := boundQueue(t, url, declarer, "k")
+			// Closed before the cleaner deletes the queue, which conn
+			// would otherwise declare again if it were reconnecting then.
+			t.Cleanup(func() { conn.Close() })
+			pub, err := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{NoDeclare: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { pub.Close() })
+			msg := func() broker.Message {
+				m := broker.NewMessage(ex, nil)
+				m.Key = "k"
+				return m
+			}
+			if err := pub.Publish(ctx, msg()); err != nil {
+				t.Fatal(err)
+			}
+
+			px.trap(false, tc.trap...)
+			px.cut()
+			waitFor(t, "a reconnect attempt to be cut by the trap", func() bool { return px.tripped.Load() > 0 })
+			a0, t0 := px.accepted.Load(), px.tripped.Load()
+			time.Sleep(window)
+			dials, tripped := px.accepted.Load()-a0, px.tripped.Load()-t0
+			t.Logf("%d dials, %d connections cut by the trap in %v", dials, tripped, window)
+			if dials > maxDials {
+				t.Errorf("%d dials in %v against a broker that drops every connection, want at most %d (no backoff?)", dials, window, maxDials)
+			}
+			if tripped < 2 {
+				t.Errorf("%d connections cut by the trap in %v, want the Conn to keep trying", tripped, window)
+			}
+
+			px.untrap()
+			start := time.Now()
+			pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := pub.Publish(pctx, msg()); err != nil {
+				t.Fatalf("Publish once the broker behaves again: %v", err)
+			}
+			t.Logf("recovered and published in %v", time.Since(start))
+			if n := queueDepth(t, raw(t, url), q); n != 2 {
+				t.Errorf("queue holds %d messages, want 2", n)
+			}
+		})
+	}
+}
