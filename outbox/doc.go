@@ -38,8 +38,12 @@
 // claimed it, after the broker acknowledged it. A relay that dies in
 // between leaves the row pending, and it is published again: delivery is at
 // least once, duplicates carry the same Message.ID, and a crash duplicates at
-// most the batch that relay had in flight. Pair the relay with an idempotent
-// consumer (package idempotency) for effects that happen exactly once.
+// most the batch that relay had in flight. A store that ends claims on its
+// own after a while (the postgres store, after its ClaimTimeout) tells the
+// relay when (ClaimDeadline), and the relay completes each claim before then,
+// leaving rows it had no time for to a later claim. Pair the relay with an
+// idempotent consumer (package idempotency) for effects that happen exactly
+// once.
 //
 // # Per-key order
 //

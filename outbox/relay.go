@@ -100,8 +100,12 @@ type Config struct {
 	// context.DeadlineExceeded, which is transient. Keep it below the
 	// adapter's own delivery timeout (30s for broker/kafka) so that a broker
 	// that does not answer reads as an outage. A claimed batch holds its rows
-	// (and, on PostgreSQL, a transaction) while it is published. Default
-	// DefaultPublishTimeout (20s).
+	// (and, on PostgreSQL, a transaction) while it is published. When the
+	// claim has a deadline (see Relay), the relay starts a one-row Publish
+	// call only if PublishTimeout still fits before it: keep PublishTimeout
+	// well below the store's claim timeout (the postgres store's
+	// ClaimTimeout), or a batch that fails as a whole is never isolated.
+	// Default DefaultPublishTimeout (20s).
 	PublishTimeout time.Duration
 	// DeletePublished deletes rows once the broker accepted them instead of
 	// marking them published. Faster, and leaves no trail.
@@ -218,8 +222,23 @@ func (c Config) withDefaults() (Config, error) {
 // messages, each with its own error. Any other error fails the whole call;
 // if it is transient the relay backs off, otherwise it publishes the batch's
 // rows one at a time to find the culprits (stopping early if the broker turns
-// out to be down). Each failed row's error is then classified: permanent
-// (park now), transient (charge nothing), or a refusal (charge an attempt).
+// out to be down, or the claim's deadline nears). Each failed row's error is
+// then classified: permanent (park now), transient (charge nothing), or a
+// refusal (charge an attempt).
+//
+// Claims with a deadline: when a Claim implements ClaimDeadline (the postgres
+// store's do: the server ends a claim after its ClaimTimeout), the relay
+// publishes the claim's rows only while the claim is sure to be held, and
+// completes it before the store ends it, so that rows it published are not
+// claimed and published again by another relay. It keeps a margin for
+// completing the claim, a tenth of the claim's lifetime
+// (from the Claim call to the deadline), at most 5s: no Publish call of the
+// batch runs past the deadline minus the margin (the batch call is cut short
+// there, which counts as transient), and one-at-a-time publishing starts no
+// call that PublishTimeout could carry past it. The rows it had no time for
+// are released unchanged, with no attempt charged, and go out in a later
+// claim; the relay logs a warning when that happens. A Claim without a
+// deadline is published as long as its Publish calls take.
 //
 // Any number of relays, in one process or many, may run against one store.
 type Relay struct {
@@ -350,7 +369,7 @@ func (r *Relay) loop(ctx context.Context) {
 				"rows", res.claimed, "retry_in", pause)
 		default:
 			failures = 0
-			if res.claimed > 0 {
+			if res.claimed > 0 && !res.stalled {
 				continue // there may be more
 			}
 		}
@@ -496,22 +515,51 @@ type cycleResult struct {
 	// outage is the broker error when the broker failed as a whole: the
 	// rows it concerned were released unchanged.
 	outage error
+	// stalled is set when the claim's deadline came before any row was
+	// published or charged: the loop then waits for its next poll instead
+	// of claiming the same rows again at once.
+	stalled bool
+}
+
+// maxClaimMargin caps claimMargin.
+const maxClaimMargin = 5 * time.Second
+
+// claimMargin is the part of a claim's lifetime that the relay keeps for
+// completing the claim: it publishes the claim's rows only until the
+// deadline minus the margin. Completing takes one round trip to the store,
+// milliseconds when all is well; a tenth of the lifetime covers a slow or
+// loaded store and scales down with short claim timeouts instead of eating
+// them whole (200ms of a 2s one), and the cap keeps long ones from wasting
+// publishing time (5s, not 12s, of the postgres store's default 2m).
+func claimMargin(lifetime time.Duration) time.Duration {
+	return min(max(lifetime, 0)/10, maxClaimMargin)
 }
 
 // cycle claims one batch, publishes it and records the outcome.
 func (r *Relay) cycle(ctx context.Context) (cycleResult, error) {
+	start := time.Now()
 	claim, err := r.store.Claim(ctx, ClaimRequest{Limit: r.cfg.BatchSize, DeadBlocksKey: r.cfg.BlockKeyOnPark})
 	if err != nil {
 		return cycleResult{}, fmt.Errorf("outbox: claim: %w", err)
 	}
 	recs := claim.Records()
+	// stop is when publishing must end for the claim to be completed while
+	// it is surely held; zero when the store never ends it on its own.
+	var stop time.Time
+	if cd, ok := claim.(ClaimDeadline); ok {
+		if deadline, ok := cd.Deadline(); ok {
+			stop = deadline.Add(-claimMargin(deadline.Sub(start)))
+		}
+	}
 	// From here on the batch is finished even when ctx is cancelled: a
 	// publish cut short would only produce duplicates.
 	wctx := context.WithoutCancel(ctx)
 	res := cycleResult{claimed: len(recs)}
 	var out Outcome
 	if len(recs) > 0 {
-		out, res.outage = r.publish(wctx, recs)
+		var cut bool
+		out, res.outage, cut = r.publish(wctx, recs, stop)
+		res.stalled = cut && len(out.Published) == 0 && len(out.Failed) == 0
 	}
 	cctx, cancel := context.WithTimeout(wctx, r.cfg.PublishTimeout)
 	defer cancel()
@@ -610,7 +658,9 @@ func (r *Relay) transient(err error) bool {
 
 // publish publishes recs and returns the store update, and the broker error
 // when the broker was (at least partly) unavailable, so the relay backs off.
-func (r *Relay) publish(ctx context.Context, recs []Record) (Outcome, error) {
+// When stop is not zero, no Publish call runs past it, and cut reports that
+// rows were held because it came.
+func (r *Relay) publish(ctx context.Context, recs []Record, stop time.Time) (out Outcome, outage error, cut bool) {
 	rows := make([]*row, len(recs))
 	badKey := make(map[string]bool)
 	var send []*row
@@ -632,8 +682,22 @@ func (r *Relay) publish(ctx context.Context, recs []Record) (Outcome, error) {
 		send = append(send, w)
 	}
 
-	var outage error
+	if len(send) > 0 && !stop.IsZero() && !time.Now().Before(stop) {
+		// The claim took (nearly) its whole lifetime to be made: there is no
+		// time to publish anything.
+		r.log.Warn("outbox: claim deadline passed before publishing; rows left for a later claim",
+			"rows", len(send), "publish_until", stop)
+		for _, w := range send {
+			w.state = rowHeld
+		}
+		send, cut = nil, true
+	}
 	if len(send) > 0 {
+		if !stop.IsZero() {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, stop)
+			defer cancel()
+		}
 		start := time.Now()
 		err := r.attempt(ctx, send)
 		r.m.batchDuration(ctx, time.Since(start), len(send), err == nil)
@@ -649,14 +713,16 @@ func (r *Relay) publish(ctx context.Context, recs []Record) (Outcome, error) {
 		default:
 			// The call failed as a whole without saying which message is
 			// at fault: publish one at a time to find out.
-			r.isolate(ctx, send)
+			if r.isolate(ctx, send, stop) {
+				cut = true
+			}
 		}
 	}
 	out, transientErr := r.outcome(rows)
 	if outage == nil {
 		outage = transientErr
 	}
-	return out, outage
+	return out, outage, cut
 }
 
 // check returns why rec can never be published, or nil.
@@ -726,18 +792,38 @@ func (r *Relay) attempt(ctx context.Context, rows []*row) error {
 // isolate publishes rows one at a time after a call carrying all of them
 // failed without naming the culprit. Each key stops at its first failure.
 // After two transient failures without any success (the broker is down), or
-// three in all, the remaining rows are held.
-func (r *Relay) isolate(ctx context.Context, rows []*row) {
+// three in all, the remaining rows are held. When stop is not zero, a call
+// that PublishTimeout could carry past stop is not started: the remaining
+// rows are held and isolate reports true.
+func (r *Relay) isolate(ctx context.Context, rows []*row, stop time.Time) bool {
 	for _, w := range rows {
 		w.state = rowHeld
 	}
 	failedKey := make(map[string]bool)
-	succeeded, transient := false, 0
-	for _, w := range rows {
+	succeeded, transient, tried := false, 0, 0
+	for i, w := range rows {
 		key := w.rec.Message.Key
 		if key != "" && failedKey[key] {
 			continue
 		}
+		if !stop.IsZero() && time.Now().Add(r.cfg.PublishTimeout).After(stop) {
+			left := 0
+			for _, x := range rows[i:] {
+				if k := x.rec.Message.Key; k == "" || !failedKey[k] {
+					left++
+				}
+			}
+			if tried == 0 {
+				r.log.Warn("outbox: no time to publish one row before the claim's deadline; rows left for a later claim "+
+					"(PublishTimeout must be well below the store's claim timeout)",
+					"rows", left, "publish_timeout", r.cfg.PublishTimeout, "publish_until", stop)
+			} else {
+				r.log.Warn("outbox: claim deadline near; stopped publishing one row at a time, rows left for a later claim",
+					"tried", tried, "rows", left, "publish_until", stop)
+			}
+			return true
+		}
+		tried++
 		w.state = rowSend
 		if err := r.attempt(ctx, []*row{w}); err != nil {
 			w.state, w.err = rowFailed, err
@@ -753,10 +839,11 @@ func (r *Relay) isolate(ctx context.Context, rows []*row) {
 			// The broker is down, or partly: stop before the claim has been
 			// held for many publish timeouts.
 			if transient++; transient >= 3 || !succeeded && transient >= 2 {
-				return
+				return false
 			}
 		}
 	}
+	return false
 }
 
 // outcome turns the rows' states into the store update, and returns the

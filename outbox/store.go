@@ -17,7 +17,8 @@ import (
 //
 //   - A claimed row stays claimed (invisible to every other Claim) until its
 //     Claim is completed or released, or until the claiming session dies
-//     (process crash, lost connection), in which case the rows are released
+//     (process crash, lost connection) or the store ends the claim after its
+//     deadline (see ClaimDeadline), in which case the rows are released
 //     unchanged.
 //   - A key is claimed by at most one Claim at a time: while any row of key K
 //     is claimed, no other Claim returns rows of K. Rows with an empty key
@@ -78,7 +79,8 @@ type ClaimRequest struct {
 }
 
 // Claim is a set of rows locked by one Store.Claim call. Exactly one of
-// Complete and Release must be called; both end the claim.
+// Complete and Release must be called; both end the claim. A Claim that the
+// store may end on its own after some time also implements ClaimDeadline.
 type Claim interface {
 	// Records returns the claimed rows in ID order.
 	Records() []Record
@@ -89,6 +91,22 @@ type Claim interface {
 	Complete(ctx context.Context, o Outcome) error
 	// Release ends the claim and leaves every row unchanged.
 	Release(ctx context.Context) error
+}
+
+// ClaimDeadline is implemented by a Claim that the store may end on its own
+// once it has been held for a while (the postgres store's claims, after its
+// ClaimTimeout). The Relay reads it to stop publishing a claim's rows in time
+// to complete the claim, so that no other claim gets rows it is still
+// publishing.
+type ClaimDeadline interface {
+	// Deadline returns the time until which the store keeps the claim: it
+	// does not end the claim on its own before then, so a Complete or
+	// Release that reaches the store earlier finds the claim held (a crash
+	// or a lost connection still ends a claim at any time). After the
+	// deadline the claim may have ended, its rows may have been claimed
+	// again, and Complete fails. ok is false when the store never ends the
+	// claim on its own. The result is the same for the claim's whole life.
+	Deadline() (deadline time.Time, ok bool)
 }
 
 // Outcome is the result of publishing a claim.

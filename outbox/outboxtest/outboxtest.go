@@ -12,8 +12,9 @@
 //		})
 //	}
 //
-// Run covers the Store contract (claims, per-key exclusivity, failures,
-// parking, redrive, cleanup, stats, late commits, crashes) and then the relay
+// Run covers the Store contract (claims, per-key exclusivity, claim
+// deadlines, failures, parking, redrive, cleanup, stats, late commits,
+// crashes) and then the relay
 // cases on the in-process memory broker. RunRelay runs the relay cases on any
 // broker: concurrent writers drained by several relays exactly once in
 // per-key order; a poison message parked after exactly MaxAttempts while
@@ -180,6 +181,7 @@ func Run(t *testing.T, factory Factory, opts Options) {
 			{"ClaimOrder", s.claimOrder},
 			{"KeyExclusive", s.keyExclusive},
 			{"Release", s.release},
+			{"ClaimDeadline", s.claimDeadline},
 			{"RetryBlocksKey", s.retryBlocksKey},
 			{"ParkRedriveDelete", s.parkRedriveDelete},
 			{"DeadBlocksKey", s.deadBlocksKey},

@@ -337,6 +337,40 @@ func (s *storeSuite) release(t *testing.T) {
 	}
 }
 
+// claimDeadline: a claim that reports a deadline (outbox.ClaimDeadline)
+// reports one that has not passed when Claim returns and does not change,
+// and the claim completes before it.
+func (s *storeSuite) claimDeadline(t *testing.T) {
+	e := s.newEnv(t)
+	e.seq(2, "a", "b")
+	before := time.Now()
+	c := e.claim(10, false)
+	returned := time.Now()
+	cd, ok := c.(outbox.ClaimDeadline)
+	if !ok {
+		t.Skip("the store's claims do not implement outbox.ClaimDeadline")
+	}
+	deadline, ok := cd.Deadline()
+	if !ok {
+		t.Skip("the store's claims have no deadline")
+	}
+	if !deadline.After(returned) {
+		t.Fatalf("claim deadline %v after the Claim call began, already passed when it returned (%v after it began)",
+			deadline.Sub(before), returned.Sub(before))
+	}
+	if again, ok := cd.Deadline(); !ok || !again.Equal(deadline) {
+		t.Errorf("Deadline() changed from %v to %v, %v", deadline, again, ok)
+	}
+	recs := c.Records()
+	if time.Now().After(deadline) {
+		t.Skipf("the claim's deadline (%v after Claim began) passed before it could be completed", deadline.Sub(before))
+	}
+	e.complete(c, outbox.Outcome{Published: ids(recs)})
+	if d, ok := cd.Deadline(); ok && !d.Equal(deadline) {
+		t.Errorf("Deadline() changed after Complete from %v to %v", deadline, d)
+	}
+}
+
 // retryBlocksKey: a failed row waits for its retry time, blocks the rest of
 // its key meanwhile, and records the attempt and reason; other keys flow.
 func (s *storeSuite) retryBlocksKey(t *testing.T) {

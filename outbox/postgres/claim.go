@@ -32,7 +32,9 @@ var errClaimDone = errors.New("outbox/postgres: claim already completed or relea
 // their rows are dropped. The key and row locks last until
 // Complete or Release ends the transaction, or until the session dies (the
 // server then aborts the transaction and releases everything). An idle claim
-// is ended by the server after Config.ClaimTimeout.
+// is ended by the server after Config.ClaimTimeout; a claim with rows
+// implements outbox.ClaimDeadline and reports that time, counted from before
+// the claim's transaction began.
 func (s *Store) Claim(ctx context.Context, req outbox.ClaimRequest) (outbox.Claim, error) {
 	if req.Limit <= 0 {
 		return nil, fmt.Errorf("outbox/postgres: claim: limit %d must be positive", req.Limit)
@@ -42,6 +44,9 @@ func (s *Store) Claim(ctx context.Context, req outbox.ClaimRequest) (outbox.Clai
 		return nil, fmt.Errorf("outbox/postgres: claim: %w", err)
 	}
 	c := &claim{sql: &s.sql, conn: conn}
+	// The server's idle timer starts when the claim statements have run,
+	// later than this: the deadline errs on the early side.
+	c.deadline = time.Now().Add(time.Duration(idleTimeoutMillis(s.cfg.ClaimTimeout)) * time.Millisecond)
 	c.recs, err = s.claimRows(ctx, conn, req)
 	if err != nil {
 		c.abort()
@@ -70,7 +75,7 @@ func (s *Store) claimRows(ctx context.Context, conn *pgxpool.Conn, req outbox.Cl
 	// milliseconds) for a statement that runs in a few: JIT is off.
 	b.Queue(`SELECT set_config('idle_in_transaction_session_timeout', $1, true),
 	set_config('enable_sort', 'off', true), set_config('jit', 'off', true)`,
-		idleTimeout(s.cfg.ClaimTimeout))
+		strconv.FormatInt(idleTimeoutMillis(s.cfg.ClaimTimeout), 10))
 	b.Queue(s.sql.claim, req.Limit, claimWindow(req.Limit), req.DeadBlocksKey)
 	b.Queue(s.sql.blockedKeys, req.DeadBlocksKey)
 	br := conn.SendBatch(ctx, b)
@@ -110,17 +115,17 @@ func (s *Store) claimRows(ctx context.Context, conn *pgxpool.Conn, req outbox.Cl
 	return recs, nil
 }
 
-// idleTimeout renders d as a value of idle_in_transaction_session_timeout,
-// an int32 of milliseconds where 0 means no timeout: rounded up, so that a
-// positive d under a millisecond still ends an idle claim, and capped at the
-// maximum (about 24.8 days), which the server would otherwise reject, failing
-// every claim.
-func idleTimeout(d time.Duration) string {
+// idleTimeoutMillis converts d to a value of
+// idle_in_transaction_session_timeout, an int32 of milliseconds where 0 means
+// no timeout: rounded up, so that a positive d under a millisecond still ends
+// an idle claim, and capped at the maximum (about 24.8 days), which the server
+// would otherwise reject, failing every claim.
+func idleTimeoutMillis(d time.Duration) int64 {
 	ms := d.Milliseconds()
 	if d%time.Millisecond > 0 {
 		ms++
 	}
-	return strconv.FormatInt(min(ms, math.MaxInt32), 10)
+	return min(ms, math.MaxInt32)
 }
 
 // claimWindow is how many of the oldest pending rows a claim looks at to
@@ -130,12 +135,22 @@ func idleTimeout(d time.Duration) string {
 func claimWindow(limit int) int { return max(2*limit, 1000) }
 
 type claim struct {
-	sql  *statements
-	conn *pgxpool.Conn // nil once ended
-	recs []outbox.Record
+	sql      *statements
+	conn     *pgxpool.Conn // nil once ended
+	recs     []outbox.Record
+	deadline time.Time // zero for a claim without rows, which holds nothing
 }
 
+var _ outbox.ClaimDeadline = (*claim)(nil)
+
 func (c *claim) Records() []outbox.Record { return c.recs }
+
+// Deadline implements outbox.ClaimDeadline: the server ends the claim's
+// transaction once it has been idle for Config.ClaimTimeout, and the claim
+// sends no statement between claiming and Complete or Release, so it is held
+// until ClaimTimeout after the claim began. A claim without rows holds
+// nothing and has no deadline.
+func (c *claim) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
 
 // Complete records o and commits, in one round trip.
 func (c *claim) Complete(ctx context.Context, o outbox.Outcome) error {

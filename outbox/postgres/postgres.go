@@ -83,10 +83,15 @@ type Config struct {
 	// transaction that locks a batch) idle; PostgreSQL ends the session after
 	// it (idle_in_transaction_session_timeout), releasing the rows to other
 	// relays; the claim's Complete then fails, so rows it published are
-	// published again. It must exceed the relay's PublishTimeout (nothing
-	// checks this: the store does not know the relay's settings). The server
-	// counts whole milliseconds: it is rounded up, and capped at about 24.8
-	// days. Default DefaultClaimTimeout (2m).
+	// published again. Claims report this deadline (outbox.ClaimDeadline) and
+	// the relay stops publishing a claim's rows in time to complete it,
+	// leaving the rest for a later claim. It must exceed the relay's
+	// PublishTimeout, with room to spare: a batch whose Publish fails as a
+	// whole is then published one row at a time, each call started only if
+	// PublishTimeout fits before the deadline (nothing checks this: the store
+	// does not know the relay's settings). The server counts whole
+	// milliseconds: it is rounded up, and capped at about 24.8 days. Default
+	// DefaultClaimTimeout (2m).
 	ClaimTimeout time.Duration
 	// Propagator injects the trace context of Enqueue's ctx into message
 	// headers that do not carry one yet. Default propagation.TraceContext
