@@ -52,22 +52,39 @@ func (r *LogRecorder) Records() []slog.Record {
 
 // Deliveries counts the deliveries of a consume benchmark and reports the
 // rate from the first delivery on, so joining a group or declaring queues
-// is left out. It is safe for concurrent use by handlers.
+// is left out (Skip leaves out more). It is safe for concurrent use by
+// handlers.
 type Deliveries struct {
-	n, first atomic.Int64 // count; UnixNano of the first delivery
+	n, first atomic.Int64 // count; UnixNano of the delivery the rate starts at
+	from     int64        // that delivery's number
+	mark     func()
 	want     int64
 	all      chan struct{}
 }
 
 // NewDeliveries returns a counter that is done after want deliveries.
 func NewDeliveries(want int) *Deliveries {
-	return &Deliveries{want: int64(want), all: make(chan struct{})}
+	return &Deliveries{want: int64(want), from: 1, all: make(chan struct{})}
+}
+
+// Skip makes Report measure from delivery n+1 on, leaving out the first n
+// (the warm-up), when n+1 < want; mark, if not nil, runs in the handler
+// that makes delivery n+1, before Report can return. Call it before the
+// first delivery.
+func (d *Deliveries) Skip(n int, mark func()) {
+	if int64(n)+1 < d.want {
+		d.from = int64(n) + 1
+	}
+	d.mark = mark
 }
 
 // Add counts one delivery and returns the count so far.
 func (d *Deliveries) Add() int64 {
 	n := d.n.Add(1)
-	if n == 1 {
+	if n == d.from {
+		if d.mark != nil {
+			d.mark()
+		}
 		d.first.Store(time.Now().UnixNano())
 	}
 	if n == d.want {
@@ -77,13 +94,16 @@ func (d *Deliveries) Add() int64 {
 }
 
 // Report waits for the wanted deliveries and reports msgs/s on b: the
-// deliveries after the first, over the time since it.
-func (d *Deliveries) Report(b *testing.B) {
+// deliveries after the one the rate starts at, over the time since it.
+// It returns that number of deliveries.
+func (d *Deliveries) Report(b *testing.B) int64 {
 	<-d.all
-	for d.first.Load() == 0 { // the first handler may still be storing it
+	for d.first.Load() == 0 { // the handler that starts the rate may still be storing it
 		time.Sleep(time.Millisecond)
 	}
-	if d.want > 1 {
-		b.ReportMetric(float64(d.want-1)/time.Since(time.Unix(0, d.first.Load())).Seconds(), "msgs/s")
+	n := d.want - d.from
+	if n > 0 {
+		b.ReportMetric(float64(n)/time.Since(time.Unix(0, d.first.Load())).Seconds(), "msgs/s")
 	}
+	return n
 }
