@@ -69,6 +69,10 @@ type Harness struct {
 	// empty topic, or headers that cannot be decoded. The bad-row case uses
 	// it; without it only oversized rows are tested.
 	Corrupt func(ctx context.Context, kind Corruption, key string) error
+	// Diagnose, when set, describes the state of the outbox for a failure
+	// message: for example the backend's sessions, the locks they hold and
+	// the pending rows. Cases that time out waiting for a relay report it.
+	Diagnose func(ctx context.Context) string
 }
 
 // Corruption names a kind of bad row for Harness.Corrupt.

@@ -3,8 +3,10 @@ package postgres_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -81,6 +83,54 @@ func (h *harness) crash(ctx context.Context, s outbox.Store) error {
 	return err
 }
 
+// diagnose describes the sessions of the harness's stores (with the
+// transaction each has open and the outbox key locks it holds, by
+// application_name) and the outbox's pending rows, for failure messages.
+func (h *harness) diagnose(ctx context.Context) string {
+	h.mu.Lock()
+	apps := make([]string, 0, len(h.apps))
+	for _, app := range h.apps {
+		apps = append(apps, app)
+	}
+	h.mu.Unlock()
+	var b strings.Builder
+	rows, err := h.pool.Query(ctx, `SELECT a.pid, a.application_name, a.state, a.backend_start,
+	    a.xact_start, a.state_change, coalesce(a.wait_event_type || ':' || a.wait_event, ''), left(a.query, 60),
+	    (SELECT count(*) FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'
+	        AND l.classid = ($2::regclass::oid::int4)::oid)
+	FROM pg_stat_activity a
+	WHERE a.application_name = ANY($1) ORDER BY a.backend_start`, apps, h.store.Table())
+	if err != nil {
+		return fmt.Sprintf("sessions: %v\n", err)
+	}
+	for rows.Next() {
+		var (
+			pid                     int32
+			app, state, wait, query string
+			start                   time.Time
+			xactStart, stateChange  *time.Time
+			locks                   int64
+		)
+		if err := rows.Scan(&pid, &app, &state, &start, &xactStart, &stateChange, &wait, &query, &locks); err != nil {
+			return fmt.Sprintf("sessions: %v\n", err)
+		}
+		fmt.Fprintf(&b, "session pid %d app %s state %q wait %q started %s xact_start %v state_change %v key locks %d query %q\n",
+			pid, app, state, wait, start.Format(time.RFC3339Nano), xactStart, stateChange, locks, query)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Sprintf("sessions: %v\n", err)
+	}
+	var pending, due, blocked int64
+	err = h.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE available_at <= now()),
+	    count(*) FILTER (WHERE attempts > 0 AND available_at > now())
+	    FROM `+h.store.Table()+` WHERE status = 'pending'`).Scan(&pending, &due, &blocked)
+	if err != nil {
+		return b.String() + fmt.Sprintf("pending rows: %v\n", err)
+	}
+	fmt.Fprintf(&b, "pending rows: %d, due %d, waiting for a retry %d\n", pending, due, blocked)
+	return b.String()
+}
+
 type pgTx struct {
 	tx    pgx.Tx
 	store *postgres.Store
@@ -102,8 +152,9 @@ func (h *harness) harness(t *testing.T) outboxtest.Harness {
 			tx, err := h.pool.Begin(ctx)
 			return pgTx{tx: tx, store: h.store}, err
 		},
-		Open:  func(t *testing.T) outbox.Store { return h.open(t) },
-		Crash: h.crash,
+		Open:     func(t *testing.T) outbox.Store { return h.open(t) },
+		Crash:    h.crash,
+		Diagnose: h.diagnose,
 		Corrupt: func(ctx context.Context, kind outboxtest.Corruption, key string) error {
 			topic, headers := "corrupt", `{"seq": "1"}`
 			switch kind {
