@@ -3,6 +3,7 @@ package rabbitmq_test
 import (
 	"encoding/binary"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -65,14 +66,7 @@ type trapRule struct {
 	methods []method
 }
 
-func (r *trapRule) matches(m method) bool {
-	for _, want := range r.methods {
-		if m == want {
-			return true
-		}
-	}
-	return false
-}
+func (r *trapRule) matches(m method) bool { return slices.Contains(r.methods, m) }
 
 func (c *proxyConn) close() {
 	c.once.Do(func() {
