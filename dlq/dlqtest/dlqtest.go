@@ -468,23 +468,46 @@ func (p *FailingPublisher) Publish(ctx context.Context, msgs ...broker.Message) 
 	return p.Publisher.Publish(ctx, msgs...)
 }
 
+// refusal is the start of a case where a destination the consumer
+// publishes to (dead-letter or retry topics) refuses its first publishes.
+type refusal struct {
+	pub  *FailingPublisher // the consumer's publisher: refuses 3 publishes to the destination, then accepts
+	mp   *MeterProvider    // the consumer's metrics
+	c    Consumer
+	in   dlq.Inspector    // of the case's dead letters
+	msgs []broker.Message // 21 messages over 20 keys, already published to the topic
+}
+
+// setUpRefusal builds, on a fresh backend, a consumer of topic for group
+// from cfg whose publishes go through refuse, and publishes 21 messages to
+// topic. refuse names the refused destination (Topic, and Prefix for a
+// family of topics); setUpRefusal sets its Publisher to the backend's and
+// has it refuse 3 publishes. It sets cfg's Publisher and MeterProvider.
+func (s *suite) setUpRefusal(t *testing.T, topic, group string, refuse *FailingPublisher, cfg dlq.Config) refusal {
+	t.Helper()
+	b := s.factory(t)
+	refuse.Publisher = b.Publisher
+	refuse.Fail.Store(3)
+	mp := NewMeterProvider()
+	cfg.Publisher, cfg.MeterProvider = refuse, mp
+	c := b.Consumer(t, cfg, topic, group)
+	in := b.Inspector(t, topic, group, nil)
+	msgs, _ := stream(topic, 21, 0)
+	publish(t, b.Publisher, msgs...)
+	return refusal{pub: refuse, mp: mp, c: c, in: in, msgs: msgs}
+}
+
 // publishFails: while the dead-letter destination refuses publishes, the
 // poison message stays unacknowledged and comes back; once it accepts, the
 // message is dead-lettered exactly once. Other keys flow meanwhile.
 func (s *suite) publishFails(t *testing.T) {
-	b := s.factory(t)
 	topic, group := Name("dlqt"), "g"
-	pub := &FailingPublisher{Publisher: b.Publisher, Topic: dlq.DeadLetterTopic(dlq.Envelope{Topic: topic, Group: group})}
-	pub.Fail.Store(3)
-	mp := NewMeterProvider()
-	c := b.Consumer(t, dlq.Config{Publisher: pub, Policy: dlq.Policy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond},
-		Retries: s.f.Retries[0], MeterProvider: mp}, topic, group)
-	in := b.Inspector(t, topic, group, nil)
-	msgs, _ := stream(topic, 21, 0)
-	poison := msgs[0]
-	publish(t, b.Publisher, msgs...)
+	r := s.setUpRefusal(t, topic, group,
+		&FailingPublisher{Topic: dlq.DeadLetterTopic(dlq.Envelope{Topic: topic, Group: group})},
+		dlq.Config{Policy: dlq.Policy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond}, Retries: s.f.Retries[0]})
+	poison := r.msgs[0]
 	rec := newRecorder()
-	stop := s.run(t, c, broker.Subscription{Topic: topic, Group: group}, func(_ context.Context, d broker.Delivery) error {
+	stop := s.run(t, r.c, broker.Subscription{Topic: topic, Group: group}, func(_ context.Context, d broker.Delivery) error {
 		rec.begin(d)
 		if d.ID == poison.ID {
 			return rec.end(d, errors.New("poison"))
@@ -492,12 +515,12 @@ func (s *suite) publishFails(t *testing.T) {
 		return rec.end(d, nil)
 	})
 	s.waitFor(t, "20 good messages", func() bool { return rec.successes() == 20 })
-	dead := s.waitDead(t, in, 1)
+	dead := s.waitDead(t, r.in, 1)
 	stop()
-	if n := pub.Tries.Load(); n != 4 {
+	if n := r.pub.Tries.Load(); n != 4 {
 		t.Errorf("%d dead-letter publishes, want 4 (3 refused, 1 accepted)", n)
 	}
-	if got := mp.Sum("steadfast.dlq.dead_letter_failures"); got != 3 {
+	if got := r.mp.Sum("steadfast.dlq.dead_letter_failures"); got != 3 {
 		t.Errorf("steadfast.dlq.dead_letter_failures = %d, want 3", got)
 	}
 	if dead[0].ID() != poison.ID || dead[0].Envelope.Attempts < 2 {
@@ -513,39 +536,33 @@ func (s *suite) publishFails(t *testing.T) {
 // accepts it, it is acknowledged, handled again from the retry topic, and
 // not dead-lettered. Nothing is lost and other keys flow meanwhile.
 func (s *suite) retryPublishFails(t *testing.T) {
-	b := s.factory(t)
 	topic, group := Name("dlqt"), "g"
-	// Every retry level: a redelivered message goes to the next level.
-	pub := &FailingPublisher{Publisher: b.Publisher, Topic: strings.TrimSuffix(dlq.RetryTopic(topic, group, 1), "1"), Prefix: true}
-	pub.Fail.Store(3)
-	mp := NewMeterProvider()
-	c := b.Consumer(t, dlq.Config{Publisher: pub, Policy: dlq.Policy{MaxAttempts: 10, InitialBackoff: 5 * time.Millisecond},
-		Retries: dlq.RetryTopics, MeterProvider: mp}, topic, group)
-	in := b.Inspector(t, topic, group, nil)
-	msgs, _ := stream(topic, 21, 0)
-	flaky := msgs[0]
-	publish(t, b.Publisher, msgs...)
+	r := s.setUpRefusal(t, topic, group,
+		// Every retry level: a redelivered message goes to the next level.
+		&FailingPublisher{Topic: strings.TrimSuffix(dlq.RetryTopic(topic, group, 1), "1"), Prefix: true},
+		dlq.Config{Policy: dlq.Policy{MaxAttempts: 10, InitialBackoff: 5 * time.Millisecond}, Retries: dlq.RetryTopics})
+	flaky := r.msgs[0]
 	rec := newRecorder()
-	stop := s.run(t, c, broker.Subscription{Topic: topic, Group: group}, func(_ context.Context, d broker.Delivery) error {
+	stop := s.run(t, r.c, broker.Subscription{Topic: topic, Group: group}, func(_ context.Context, d broker.Delivery) error {
 		rec.begin(d)
 		// It fails until the retry topic took it, then succeeds there.
-		if d.ID == flaky.ID && pub.Tries.Load() < 4 {
+		if d.ID == flaky.ID && r.pub.Tries.Load() < 4 {
 			return rec.end(d, errors.New("flaky"))
 		}
 		return rec.end(d, nil)
 	})
 	s.waitFor(t, "every message handled", func() bool { return rec.successes() == 21 })
 	stop()
-	if n := pub.Tries.Load(); n != 4 {
+	if n := r.pub.Tries.Load(); n != 4 {
 		t.Errorf("%d retry-topic publishes, want 4 (3 refused, 1 accepted)", n)
 	}
-	if got := mp.Sum("steadfast.dlq.dead_letter_failures"); got != 3 {
+	if got := r.mp.Sum("steadfast.dlq.dead_letter_failures"); got != 3 {
 		t.Errorf("steadfast.dlq.dead_letter_failures = %d, want 3", got)
 	}
 	if n := len(rec.of(flaky.ID)); n != 5 {
 		t.Errorf("flaky message handled %d times, want 5 (one per refused publish, the accepted one, then from the retry topic)", n)
 	}
-	if dls := list(t, in, dlq.Filter{}); len(dls) != 0 {
+	if dls := list(t, r.in, dlq.Filter{}); len(dls) != 0 {
 		t.Errorf("%d dead letters, want none", len(dls))
 	}
 }

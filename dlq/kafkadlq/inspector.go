@@ -63,6 +63,11 @@ type InspectorConfig struct {
 // (DeleteRecords); purging a selection appends markers. Consumers of the
 // dead-letter topic other than the Inspector see the markers as records
 // with an empty value and the HeaderMarker header.
+//
+// Errors match the adapter's sentinels: on a topic that does not exist,
+// List, Replay and Purge fail with an error matching both dlq.ErrNotFound
+// and kafka.ErrUnknownTopic; on a cluster that does not answer within
+// Config.StartTimeout, with kafka.ErrUnreachable.
 type Inspector struct {
 	cfg  InspectorConfig
 	cl   *kgo.Client
@@ -285,17 +290,29 @@ func parsePosition(pos string) (int32, int64, bool) {
 	return int32(p), off, err1 == nil && err2 == nil
 }
 
+// wrap classifies the error of a request about the dead-letter topic the
+// way broker/kafka classifies its Admin's (Partitions, Lag), so the
+// Inspector's errors match the adapter's sentinels, with one deliberate
+// difference: an unknown topic also wraps dlq.ErrNotFound, which
+// dlq.Inspector promises for a missing destination. broker/kafka keeps its
+// mapping unexported, so it is repeated here; keep the two in step.
+//
+//   - UnknownTopicOrPartition: dlq.ErrNotFound and kafka.ErrUnknownTopic.
+//   - Any other Kafka error code: a broker answered; the code (a
+//     *kerr.Error) is wrapped as it is.
+//   - No Kafka error code: no broker answered before ctx ended or the
+//     client gave up: kafka.ErrUnreachable (wrapping broker.ErrUnavailable).
 func (in *Inspector) wrap(ctx context.Context, what string, err error) error {
-	if errors.Is(err, kerr.UnknownTopicOrPartition) {
-		return fmt.Errorf("kafkadlq: %s of %q: %w: %w", what, in.cfg.Topic, dlq.ErrNotFound, err)
-	}
-	// A request that failed without a Kafka error code never got an
-	// answer: the cluster is out of reach (or ctx ended first).
 	var ke *kerr.Error
-	if ctx.Err() != nil || !errors.As(err, &ke) {
-		return fmt.Errorf("kafkadlq: %s of %q: %w: %w", what, in.cfg.Topic, kafka.ErrUnreachable, err)
+	switch {
+	case errors.Is(err, kerr.UnknownTopicOrPartition):
+		return fmt.Errorf("kafkadlq: %s of %q: %w: %w: %w", what, in.cfg.Topic, dlq.ErrNotFound, kafka.ErrUnknownTopic, err)
+	case errors.As(err, &ke):
+		return fmt.Errorf("kafkadlq: %s of %q: %w", what, in.cfg.Topic, err)
+	case ctx.Err() != nil:
+		return fmt.Errorf("kafkadlq: %s of %q: %w: no broker answered: %w", what, in.cfg.Topic, kafka.ErrUnreachable, err)
 	}
-	return fmt.Errorf("kafkadlq: %s of %q: %w", what, in.cfg.Topic, err)
+	return fmt.Errorf("kafkadlq: %s of %q: %w: %w", what, in.cfg.Topic, kafka.ErrUnreachable, err)
 }
 
 // List returns the dead letters matching f that were neither replayed nor

@@ -289,6 +289,24 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
+// TestInspectorUnknownTopic: on a dead-letter topic that does not exist,
+// the Inspector's errors match dlq.ErrNotFound (the dlq.Inspector
+// contract) and kafka.ErrUnknownTopic (as the adapter reports it).
+func TestInspectorUnknownTopic(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	in := e.inspector(t, testenv.Name(t, "missing"), nil)
+	ctx := ctxT(t)
+	_, errList := in.List(ctx, dlq.Filter{})
+	_, errReplay := in.Replay(ctx, dlq.Filter{}, dlq.ReplayOptions{})
+	_, errPurge := in.Purge(ctx, dlq.Filter{})
+	for op, err := range map[string]error{"List": errList, "Replay": errReplay, "Purge": errPurge} {
+		if !errors.Is(err, dlq.ErrNotFound) || !errors.Is(err, kafka.ErrUnknownTopic) {
+			t.Errorf("%s of a missing topic: %v, want dlq.ErrNotFound and kafka.ErrUnknownTopic", op, err)
+		}
+	}
+}
+
 // TestInspectorReadsTransactionalTopic: dead letters written in Kafka
 // transactions (a kafka.Pipeline sending failures to the dead-letter
 // topic) are listed when committed and not when aborted, and the
