@@ -41,9 +41,25 @@ type Config struct {
 	ReconnectMin, ReconnectMax time.Duration
 	// DialTimeout bounds one TCP connect plus AMQP handshake. Default 10s.
 	DialTimeout time.Duration
-	// Heartbeat is the AMQP heartbeat interval; a peer silent for two
-	// intervals counts as lost. Default 10s.
+	// Heartbeat is the AMQP heartbeat interval; a broker silent for 1.5
+	// intervals counts as lost (amqp091 sends and checks every half
+	// interval, and allows three checks). Default 10s.
 	Heartbeat time.Duration
+	// CloseTimeout bounds how long Close waits for the broker to
+	// acknowledge the closing of the connection, and how long
+	// Publisher.Close and a stopping Subscribe call wait for it to
+	// acknowledge the closing of their channels. A healthy broker answers
+	// within a round trip. A broker gone silent while the TCP connection
+	// stays up (a dead peer, a broken network path) would otherwise be
+	// waited for until missed heartbeats end the connection, 1.5 ×
+	// Heartbeat later. Past CloseTimeout, Close closes the socket without
+	// the broker's answer and returns nil, logging a warning; a channel
+	// close goes on in the background, until the broker answers or the
+	// connection ends. Nothing is lost without the answer: a Publish call
+	// whose messages were not confirmed returns an error for them, never
+	// nil, and deliveries not acknowledged go back to their queue when the
+	// broker drops the channel. Default 1s.
+	CloseTimeout time.Duration
 	// TLS configures amqps:// connections. Default: the system roots and
 	// the URL's host name.
 	TLS *tls.Config
@@ -82,6 +98,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 10 * time.Second
 	}
+	if c.CloseTimeout <= 0 {
+		c.CloseTimeout = time.Second
+	}
 	return c, nil
 }
 
@@ -107,6 +126,7 @@ type Conn struct {
 
 	mu      sync.Mutex
 	cur     *amqp.Connection // nil while down
+	sock    net.Conn         // cur's TCP connection
 	changed chan struct{}    // closed and replaced on every state change
 	blocked bool             // the broker blocked publishing (resource alarm)
 	closed  bool
@@ -129,11 +149,11 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
 	}
-	conn, err := c.dialRetry(ctx, c.newBackoff())
+	conn, sock, err := c.dialRetry(ctx, c.newBackoff())
 	if err != nil {
 		return nil, err
 	}
-	c.setUp(conn)
+	c.setUp(conn, sock)
 	sctx, stop := context.WithCancel(context.Background())
 	c.stop = stop
 	c.wg.Add(1)
@@ -142,11 +162,16 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 }
 
 // Close closes the connection. Publishers and subscribers built on it fail
-// with broker.ErrClosed afterwards; close them first for a graceful stop.
-// Close does not wait for a reconnection under way: a backoff wait, a dial
-// (its handshake included) or a re-declaration of the topology ends at
-// once, and nothing is dialled after Close was called. Close is
-// idempotent.
+// with broker.ErrClosed afterwards: a Publish call whose messages were not
+// confirmed yet returns an error for them, and a running Subscribe call
+// returns. Close them first for a graceful stop.
+//
+// Close takes CloseTimeout at most. It waits that long for the broker to
+// acknowledge the close, then closes the socket anyway (see
+// Config.CloseTimeout). Close does not wait for a reconnection under way:
+// a backoff wait, a dial (its handshake included) or a re-declaration of
+// the topology ends at once, and nothing is dialled after Close was called.
+// Close is idempotent.
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -158,19 +183,74 @@ func (c *Conn) Close() error {
 	// Before cur closes, so that the supervisor sees a Close rather than a
 	// lost connection to replace.
 	c.stop()
-	cur := c.cur
-	c.cur = nil
+	cur, sock := c.cur, c.sock
+	c.cur, c.sock = nil, nil
 	c.signal()
 	c.mu.Unlock()
 	var err error
 	if cur != nil {
-		err = cur.Close()
-		if errors.Is(err, amqp.ErrClosed) {
-			err = nil
-		}
+		err = c.closeConn(cur, sock)
 	}
 	c.wg.Wait()
 	return err
+}
+
+// closeConn closes conn with the AMQP close handshake, waiting at most
+// CloseTimeout for the broker's close-ok. CloseDeadline alone does not
+// bound the wait: amqp091 pushes the socket's read deadline back whenever
+// a frame arrives, so a broker that sends heartbeats and no close-ok (one
+// that stopped reading the socket, as a resource alarm does) would hold it.
+// The socket is closed at the deadline as well.
+func (c *Conn) closeConn(conn *amqp.Connection, sock net.Conn) error {
+	deadline := time.Now().Add(c.cfg.CloseTimeout)
+	var cut *time.Timer
+	if sock != nil {
+		cut = time.AfterFunc(c.cfg.CloseTimeout, func() { _ = sock.Close() })
+	}
+	err := conn.CloseDeadline(deadline)
+	if cut != nil {
+		cut.Stop()
+	}
+	switch {
+	case err == nil, errors.Is(err, amqp.ErrClosed):
+		return nil
+	case !time.Now().Before(deadline):
+		c.log.Warn("rabbitmq: the broker did not acknowledge the close in time, socket closed", "timeout", c.cfg.CloseTimeout, "err", err)
+		return nil
+	}
+	return fmt.Errorf("rabbitmq: close: %w", err)
+}
+
+// closeChannels closes chs (nil ones skipped) concurrently, and waits at
+// most CloseTimeout for the broker to acknowledge it. A close that takes
+// longer goes on in the background: it ends when the broker answers, or
+// when the connection is lost (missed heartbeats) or closed.
+func (c *Conn) closeChannels(chs ...*amqp.Channel) {
+	done := make(chan struct{}, len(chs))
+	n := 0
+	for _, ch := range chs {
+		if ch == nil || ch.IsClosed() {
+			continue
+		}
+		n++
+		go func() {
+			_ = ch.Close()
+			done <- struct{}{}
+		}()
+	}
+	if n == 0 {
+		return
+	}
+	t := time.NewTimer(c.cfg.CloseTimeout)
+	defer t.Stop()
+	for ; n > 0; n-- {
+		select {
+		case <-done:
+		case <-t.C:
+			c.log.Warn("rabbitmq: the broker did not acknowledge a channel close in time, leaving it to finish in the background", "timeout", c.cfg.CloseTimeout, "channels", n)
+			return
+		}
+	}
 }
 
 // signal wakes everyone waiting for a state change. Callers hold c.mu.
@@ -179,14 +259,14 @@ func (c *Conn) signal() {
 	c.changed = make(chan struct{})
 }
 
-func (c *Conn) setUp(conn *amqp.Connection) {
+func (c *Conn) setUp(conn *amqp.Connection, sock net.Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		abandon(conn) // Close may be waiting for the supervisor
 		return
 	}
-	c.cur = conn
+	c.cur, c.sock = conn, sock
 	c.blocked = false
 	c.signal()
 }
@@ -194,15 +274,16 @@ func (c *Conn) setUp(conn *amqp.Connection) {
 func (c *Conn) setDown() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.cur = nil
+	c.cur, c.sock = nil, nil
 	c.signal()
 }
 
-// dial makes one connection attempt. The TCP connect, and then the TLS and
-// AMQP handshakes together, are each bounded by DialTimeout; the attempt
-// ends as soon as ctx is done (the socket is closed under the handshake),
-// and then returns ctx's error and no connection.
-func (c *Conn) dial(ctx context.Context) (*amqp.Connection, error) {
+// dial makes one connection attempt, and returns the connection with its
+// TCP connection. The TCP connect, and then the TLS and AMQP handshakes
+// together, are each bounded by DialTimeout; the attempt ends as soon as
+// ctx is done (the socket is closed under the handshake), and then returns
+// ctx's error and no connection.
+func (c *Conn) dial(ctx context.Context) (*amqp.Connection, net.Conn, error) {
 	var (
 		mu   sync.Mutex
 		sock net.Conn // set once the TCP connection is up
@@ -248,9 +329,12 @@ func (c *Conn) dial(ctx context.Context) (*amqp.Connection, error) {
 		if err == nil {
 			abandon(conn)
 		}
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
-	return conn, err
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, sock, nil
 }
 
 // abandon closes conn without waiting for the broker's answer, which a
@@ -294,7 +378,7 @@ func permanent(err error) bool {
 // attempts the intervals b gives. It dials nothing once ctx is done, and
 // returns as soon as ctx is done, whether waiting or dialing, with an error
 // wrapping ctx's. Refused credentials fail at once.
-func (c *Conn) dialRetry(ctx context.Context, b backoff.BackOff) (*amqp.Connection, error) {
+func (c *Conn) dialRetry(ctx context.Context, b backoff.BackOff) (*amqp.Connection, net.Conn, error) {
 	var last error // of the previous attempt
 	aborted := func() error {
 		if last == nil {
@@ -304,17 +388,17 @@ func (c *Conn) dialRetry(ctx context.Context, b backoff.BackOff) (*amqp.Connecti
 	}
 	for attempt := 1; ; attempt++ {
 		if ctx.Err() != nil {
-			return nil, aborted()
+			return nil, nil, aborted()
 		}
-		conn, err := c.dial(ctx)
+		conn, sock, err := c.dial(ctx)
 		if err == nil {
-			return conn, nil
+			return conn, sock, nil
 		}
 		if ctx.Err() != nil {
-			return nil, aborted()
+			return nil, nil, aborted()
 		}
 		if permanent(err) {
-			return nil, fmt.Errorf("rabbitmq: dial %s: %w", redact(c.cfg.URL), err)
+			return nil, nil, fmt.Errorf("rabbitmq: dial %s: %w", redact(c.cfg.URL), err)
 		}
 		last = err
 		wait := b.NextBackOff()
@@ -324,7 +408,7 @@ func (c *Conn) dialRetry(ctx context.Context, b backoff.BackOff) (*amqp.Connecti
 		}
 		c.log.Log(ctx, lvl, "rabbitmq: dial failed, retrying", "attempt", attempt, "in", wait, "err", err)
 		if sleep(ctx, wait) != nil {
-			return nil, aborted()
+			return nil, nil, aborted()
 		}
 	}
 }
@@ -393,8 +477,9 @@ func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 				return
 			}
 		}
+		var sock net.Conn
 		for {
-			next, err := c.dialRetry(ctx, b)
+			next, nextSock, err := c.dialRetry(ctx, b)
 			if err != nil {
 				// Only Close or refused credentials end the loop; the
 				// latter is logged and retried: the credentials may be
@@ -420,10 +505,10 @@ func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 				}
 				continue
 			}
-			conn = next
+			conn, sock = next, nextSock
 			break
 		}
-		c.setUp(conn)
+		c.setUp(conn, sock)
 		c.log.Info("rabbitmq: reconnected")
 	}
 }

@@ -168,3 +168,192 @@ func TestCloseWhileReconnecting(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseOnSilentConnection: Close, Publisher.Close and Subscriber.Close
+// return promptly when the connection is up at the TCP level but the broker
+// went silent, instead of waiting for its close-ok until missed heartbeats
+// end the connection (1.5 × Heartbeat): they wait Config.CloseTimeout (1s by
+// default) at most. What was built on the connection fails cleanly: a
+// Publish whose confirm never came reports a failure matching
+// broker.ErrClosed, never success, and Subscribe returns broker.ErrClosed.
+func TestCloseOnSilentConnection(t *testing.T) {
+	t.Parallel()
+	const (
+		heartbeat = 5 * time.Second // amqp091 waits up to 1.5× this for a silent broker
+		bound     = 2 * time.Second // the default CloseTimeout of 1s, and a margin
+	)
+	// setup dials through a proxy, with a queue bound to an exchange, and a
+	// group for subscriptions.
+	setup := func(t *testing.T) (px *proxy, conn *rabbitmq.Conn, ex, q, topic string, sub *rabbitmq.Subscriber) {
+		url := testenv.RabbitMQURL(t)
+		px = newProxy(t, url)
+		conn = dialConfig(t, rabbitmq.Config{URL: px.url, Heartbeat: heartbeat})
+		ex, q = boundQueue(t, url, conn, "k")
+		sub, err := rabbitmq.NewSubscriber(conn, rabbitmq.SubscriberConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		topic = testenv.Name(t, "t")
+		topo, err := sub.Topology(topic, "g")
+		if err != nil {
+			t.Fatal(err)
+		}
+		newCleaner(t, url).add(topo)
+		if err := sub.Setup(ctxT(t), topic, "g"); err != nil {
+			t.Fatal(err)
+		}
+		return px, conn, ex, q, topic, sub
+	}
+	// subscribe starts a subscription and waits until it handled a message.
+	subscribe := func(t *testing.T, sub *rabbitmq.Subscriber, pub *rabbitmq.Publisher, topic string) *running {
+		handled := make(chan struct{}, 1)
+		r := start(sub, broker.Subscription{Topic: topic, Group: "g"}, func(context.Context, broker.Delivery) error {
+			select {
+			case handled <- struct{}{}:
+			default:
+			}
+			return nil
+		})
+		if err := pub.Publish(ctxT(t), broker.NewMessage(topic, nil)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-handled:
+		case <-time.After(time.Minute):
+			t.Fatal("the subscription handled nothing")
+		}
+		return r
+	}
+	// timed runs f, which must return within bound. If it does not, it is
+	// waited for (up to a minute, to report how long it takes) and then the
+	// proxy's connections are cut to end it.
+	timed := func(t *testing.T, px *proxy, what string, f func() error) error {
+		t.Helper()
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- f() }()
+		select {
+		case err := <-done:
+			t.Logf("%s returned %v after %v", what, err, time.Since(start))
+			return err
+		case <-time.After(bound):
+		}
+		select {
+		case err := <-done:
+			t.Errorf("%s returned %v after %v, want within %v", what, err, time.Since(start), bound)
+			return err
+		case <-time.After(time.Minute):
+		}
+		px.cut()
+		err := <-done
+		t.Errorf("%s did not return within a minute (the connections were then cut)", what)
+		return err
+	}
+	// result waits for the result of a call running in the background,
+	// which must come within bound.
+	result := func(t *testing.T, what string, c <-chan error) error {
+		t.Helper()
+		select {
+		case err := <-c:
+			return err
+		case <-time.After(bound):
+			t.Fatalf("%s did not return within %v", what, bound)
+			return nil
+		}
+	}
+
+	t.Run("conn", func(t *testing.T) {
+		// Close with a publisher, a subscription, and a Publish call in
+		// flight whose message the broker enqueued but whose confirm was
+		// held back before the connection went silent.
+		t.Parallel()
+		px, conn, ex, q, topic, sub := setup(t)
+		pub, err := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{Channels: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := subscribe(t, sub, pub, topic)
+		msg := func() broker.Message {
+			m := broker.NewMessage(ex, nil)
+			m.Key = "k"
+			return m
+		}
+		// The exchange is known to exist after this: the call in flight
+		// sends at once, without waiting for an answer hold keeps back.
+		if err := pub.Publish(ctxT(t), msg()); err != nil {
+			t.Fatal(err)
+		}
+		ch := raw(t, testenv.RabbitMQURL(t))
+		base := queueDepth(t, ch, q)
+		px.hold()
+		published := make(chan error, 1)
+		go func() { published <- pub.Publish(ctxT(t), msg()) }()
+		waitFor(t, "the broker to enqueue a message whose confirm is held back", func() bool {
+			return queueDepth(t, ch, q) > base
+		})
+		px.freeze()
+
+		if err := timed(t, px, "Conn.Close", conn.Close); err != nil {
+			t.Errorf("Conn.Close = %v, want nil", err)
+		}
+		err = result(t, "the Publish in flight", published)
+		t.Logf("the Publish in flight returned %v", err)
+		var pe *broker.PublishError
+		if !errors.As(err, &pe) || len(pe.Failures) != 1 || !errors.Is(err, broker.ErrClosed) {
+			t.Errorf("Publish in flight at Close = %v, want a *broker.PublishError for its message matching broker.ErrClosed", err)
+		}
+		if err := result(t, "Subscribe", r.done); !errors.Is(err, broker.ErrClosed) {
+			t.Errorf("Subscribe after Close = %v, want broker.ErrClosed", err)
+		}
+	})
+
+	t.Run("publisher", func(t *testing.T) {
+		// Publisher.Close closes every channel of its pool on the silent
+		// connection.
+		t.Parallel()
+		px, conn, ex, _, _, _ := setup(t)
+		pub, err := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{Channels: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 { // one call per channel: all are open
+			m := broker.NewMessage(ex, nil)
+			m.Key = "k"
+			if err := pub.Publish(ctxT(t), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		px.freeze()
+		if err := timed(t, px, "Publisher.Close", pub.Close); err != nil {
+			t.Errorf("Publisher.Close = %v, want nil", err)
+		}
+		if err := pub.Publish(ctxT(t), broker.NewMessage(ex, nil)); !errors.Is(err, broker.ErrClosed) {
+			t.Errorf("Publish after Close = %v, want broker.ErrClosed", err)
+		}
+		if err := timed(t, px, "Conn.Close", conn.Close); err != nil {
+			t.Errorf("Conn.Close = %v, want nil", err)
+		}
+	})
+
+	t.Run("subscriber", func(t *testing.T) {
+		// A stopping subscription closes its channel on the silent
+		// connection.
+		t.Parallel()
+		px, conn, _, _, topic, sub := setup(t)
+		pub, err := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{Channels: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := subscribe(t, sub, pub, topic)
+		px.freeze()
+		if err := timed(t, px, "Subscriber.Close", sub.Close); err != nil {
+			t.Errorf("Subscriber.Close = %v, want nil", err)
+		}
+		if err := result(t, "Subscribe", r.done); !errors.Is(err, broker.ErrClosed) {
+			t.Errorf("Subscribe after Close = %v, want broker.ErrClosed", err)
+		}
+		if err := timed(t, px, "Conn.Close", conn.Close); err != nil {
+			t.Errorf("Conn.Close = %v, want nil", err)
+		}
+	})
+}

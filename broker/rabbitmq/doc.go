@@ -56,7 +56,9 @@
 //     resume consuming and publishers resend. A broker that accepts
 //     connections and drops them soon after is redialled with the same
 //     backoff, not in a loop, and Close ends a reconnection under way at
-//     once.
+//     once. Close waits at most Config.CloseTimeout (1s by default) for a
+//     broker that does not answer, and so do Publisher.Close and a
+//     stopping Subscribe call for their channels.
 //
 // # Observability
 //

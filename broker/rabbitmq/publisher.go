@@ -147,7 +147,10 @@ func NewPublisher(conn *Conn, cfg PublisherConfig) (*Publisher, error) {
 // Close stops the publisher: later Publish calls fail with
 // broker.ErrClosed, calls waiting for a reconnect give up with
 // broker.ErrClosed, and Close waits for the calls in flight to get their
-// confirms before closing the channels. The connection stays open.
+// confirms (or fail, when the connection is lost or their ctx ends) before
+// it closes the channels. Closing the channels waits at most
+// Config.CloseTimeout for the broker, however many there are. The
+// connection stays open.
 func (p *Publisher) Close() error {
 	p.closeMu.Lock()
 	if p.closed {
@@ -158,9 +161,13 @@ func (p *Publisher) Close() error {
 	p.stop()
 	p.closeMu.Unlock()
 	p.inflight.Wait()
+	chs := make([]*amqp.Channel, 0, len(p.chans))
 	for _, pc := range p.chans {
-		pc.close()
+		if ch := pc.detach(); ch != nil {
+			chs = append(chs, ch)
+		}
 	}
+	p.conn.closeChannels(chs...)
 	return nil
 }
 
@@ -180,14 +187,16 @@ type outMsg struct {
 	exchange string
 	key      string
 	pub      amqp.Publishing
-	chErrs   int // channel errors seen so far
+	chErrs   int   // channel errors seen so far
+	lost     error // why a send got no confirm, when the connection was lost
 }
 
 // outcome of one send.
 type outcome struct {
-	err  error
-	lost bool        // channel or connection died before the confirm
-	why  *amqp.Error // the channel's close reason, when lost
+	err    error
+	lost   bool        // channel or connection died before the confirm
+	unsent bool        // not sent at all
+	why    *amqp.Error // the channel's close reason, when lost
 }
 
 // Publish publishes msgs and returns when the broker confirmed all of them
@@ -261,7 +270,9 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 			switch {
 			case r.err == nil:
 			case r.lost && wctx.Err() == nil:
-				if r.why != nil && r.why.Server && isChannelException(r.why.Code) {
+				if r.why == nil || !r.why.Server || !isChannelException(r.why.Code) {
+					om.lost = r.err // the broker may have enqueued it
+				} else {
 					if r.why.Code == amqp.NotFound {
 						p.exchanges.Delete(om.exchange)
 						if e := p.ensureExchange(wctx, om.exchange); e != nil {
@@ -276,6 +287,10 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 					}
 				}
 				again = append(again, om)
+			case om.lost != nil && r.unsent:
+				// Sent before, unconfirmed, then not sent again: the
+				// broker may hold it.
+				failures[om.idx] = fmt.Errorf("rabbitmq: publish: not confirmed (%v; the broker may have enqueued it), and not sent again: %w", om.lost, r.err)
 			default:
 				failures[om.idx] = r.err
 			}
@@ -418,13 +433,16 @@ func (pc *pubChannel) acquire(ctx context.Context) error {
 
 func (pc *pubChannel) release() { <-pc.lock }
 
-func (pc *pubChannel) close() {
+// detach takes the slot's AMQP channel out of it, for the caller to close.
+func (pc *pubChannel) detach() *amqp.Channel {
 	pc.lock <- struct{}{}
 	defer pc.release()
-	if pc.cs != nil {
-		_ = pc.cs.ch.Close()
-		pc.cs = nil
+	if pc.cs == nil {
+		return nil
 	}
+	ch := pc.cs.ch
+	pc.cs = nil
+	return ch
 }
 
 // publish sends msgs in order on this slot and waits for their confirms,
@@ -445,7 +463,7 @@ func (pc *pubChannel) publish(ctx, wctx context.Context, msgs []*outMsg) []outco
 			err = cause
 		}
 		for j := i; j < len(msgs); j++ {
-			b.finish(j, outcome{err: fmt.Errorf("rabbitmq: publish: not sent: %w", err)})
+			b.finish(j, outcome{err: fmt.Errorf("rabbitmq: publish: not sent: %w", err), unsent: true})
 		}
 		break
 	}

@@ -128,7 +128,9 @@ func NewSubscriber(conn *Conn, cfg SubscriberConfig) (*Subscriber, error) {
 }
 
 // Close makes running Subscribe calls drain (as on cancellation) and return
-// broker.ErrClosed, and waits for them. Later calls fail with
+// broker.ErrClosed, and waits for them: for their running handlers
+// (DrainTimeout at most), then for the broker to acknowledge the closing of
+// their channels (Config.CloseTimeout at most). Later calls fail with
 // broker.ErrClosed. The connection stays open.
 func (s *Subscriber) Close() error {
 	s.mu.Lock()
@@ -253,7 +255,7 @@ func (m *member) run(runCtx context.Context) error {
 		}
 		deliveries, cancels, err := m.consume(ch)
 		if err != nil {
-			_ = ch.Close()
+			m.s.conn.closeChannels(ch)
 			if lostDuring(err) {
 				log.Debug("rabbitmq: connection lost while starting to consume, retrying", "err", err)
 				if perr := m.s.conn.pause(runCtx); perr != nil {
@@ -281,7 +283,7 @@ func (m *member) run(runCtx context.Context) error {
 		sess.drain()
 		stopTimer()
 		sess.cancel()
-		_ = ch.Close()
+		m.s.conn.closeChannels(ch)
 		switch reason {
 		case endStop:
 			return nil
