@@ -199,8 +199,10 @@ func (c *Conn) Close() error {
 // CloseTimeout for the broker's close-ok. CloseDeadline alone does not
 // bound the wait: amqp091 pushes the socket's read deadline back whenever
 // a frame arrives, so a broker that sends heartbeats and no close-ok (one
-// that stopped reading the socket, as a resource alarm does) would hold it.
-// The socket is closed at the deadline as well.
+// that stopped reading the socket, as a resource alarm does) would hold it
+// until amqp091's next heartbeat write fails, up to a Heartbeat later
+// (TestCloseOnMutedConnection). The socket is closed at the deadline as
+// well.
 func (c *Conn) closeConn(conn *amqp.Connection, sock net.Conn) error {
 	deadline := time.Now().Add(c.cfg.CloseTimeout)
 	var cut *time.Timer

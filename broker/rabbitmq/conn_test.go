@@ -357,3 +357,38 @@ func TestCloseOnSilentConnection(t *testing.T) {
 		}
 	})
 }
+
+// TestCloseOnMutedConnection: Close returns within CloseTimeout when the
+// broker ignores the connection but keeps sending heartbeats. amqp091
+// pushes the socket's read deadline back on every frame it reads, so its
+// CloseDeadline alone waits until its own next heartbeat write fails on the
+// deadline, up to a Heartbeat (10s here) later; Close closes the socket at
+// the deadline. Without that, this test fails.
+func TestCloseOnMutedConnection(t *testing.T) {
+	t.Parallel()
+	const (
+		closeTimeout = 500 * time.Millisecond
+		bound        = 3 * time.Second
+	)
+	px := newProxy(t, testenv.RabbitMQURL(t))
+	conn := dialConfig(t, rabbitmq.Config{URL: px.url, Heartbeat: 10 * time.Second, CloseTimeout: closeTimeout})
+	px.mute(t, 200*time.Millisecond)
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- conn.Close() }()
+	select {
+	case err := <-done:
+		took := time.Since(start)
+		t.Logf("Close returned %v after %v", err, took)
+		if err != nil {
+			t.Errorf("Close: %v, want nil (the timeout is logged, not returned)", err)
+		}
+		if took < closeTimeout {
+			t.Errorf("Close returned after %v, before CloseTimeout (%v): the muted broker cannot have answered", took, closeTimeout)
+		}
+	case <-time.After(bound):
+		px.cut() // ends the heartbeats, and so the wait
+		<-done
+		t.Fatalf("Close did not return within %v of a broker that only sends heartbeats (it returned once the connection was cut, after %v)", bound, time.Since(start))
+	}
+}

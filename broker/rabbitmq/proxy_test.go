@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -16,7 +17,7 @@ import (
 // for failures that must hit only those connections: cut drops them as a
 // network failure would (the client reads EOF, the broker sees its peer
 // go away), freeze makes them go silent without closing (only heartbeats
-// tell), down cuts them and refuses new ones until up, and hold keeps back
+// tell), mute makes the broker ignore them while still sending heartbeats, down cuts them and refuses new ones until up, and hold keeps back
 // what the broker sends (confirms among it) while what the client sends
 // still goes through. trap makes the connections opened afterwards fail at
 // a chosen step of the protocol (a handshake, a declaration). Other tests
@@ -45,6 +46,10 @@ type proxyConn struct {
 	once           sync.Once
 	frozen         atomic.Bool // nothing more is read or written
 	trap           *trapRule   // the trap set when the connection was accepted
+
+	toClient sync.Mutex   // serializes writes to the client
+	frames   frameScanner // of the bytes written to the client
+	muted    bool         // under toClient: the broker's bytes are dropped
 }
 
 // method names an AMQP method by its class and method IDs.
@@ -169,7 +174,7 @@ func (p *proxy) pump(c *proxyConn, dst, src net.Conn, toClient bool) {
 			if toClient && !p.waitReleased(c) {
 				return
 			}
-			if _, err := dst.Write(buf[:n]); err != nil {
+			if err := c.forward(dst, buf[:n], toClient); err != nil {
 				return
 			}
 			if c.trap != nil && frames.scan(buf[:n], c.trap.matches) {
@@ -186,6 +191,28 @@ func (p *proxy) pump(c *proxyConn, dst, src net.Conn, toClient bool) {
 			return
 		}
 	}
+}
+
+// forward writes b, read from the other side, to dst, unless c is muted.
+func (c *proxyConn) forward(dst net.Conn, b []byte, toClient bool) error {
+	if !toClient {
+		c.toClient.Lock() // for muted
+		muted := c.muted
+		c.toClient.Unlock()
+		if muted {
+			return nil
+		}
+		_, err := dst.Write(b)
+		return err
+	}
+	c.toClient.Lock()
+	defer c.toClient.Unlock()
+	if c.muted {
+		return nil
+	}
+	c.frames.scan(b, func(method) bool { return false })
+	_, err := dst.Write(b)
+	return err
 }
 
 // waitReleased waits while the proxy holds broker-to-client bytes. It
@@ -249,6 +276,47 @@ func (p *proxy) freeze() {
 	}
 	p.mu.Unlock()
 	p.unhold()
+}
+
+// mute makes every connection through the proxy look like one to a broker
+// that stopped reading it but still sends heartbeats (as a broker whose
+// connection is blocked, or a stuck node, may): from now on what either
+// side sends is dropped, and the client gets a heartbeat frame every
+// interval. Call it while no frame is under way to the client (the
+// connections are idle); it fails t otherwise.
+func (p *proxy) mute(t testing.TB, interval time.Duration) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.toClient.Lock()
+		if len(c.frames.head) > 0 || c.frames.skip > 0 {
+			c.toClient.Unlock()
+			t.Fatal("proxy: mute: a frame to the client is under way")
+		}
+		c.muted = true
+		c.toClient.Unlock()
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			heartbeat := []byte{8, 0, 0, 0, 0, 0, 0, 0xce} // type 8, channel 0, empty payload, end octet
+			tick := time.NewTicker(interval)
+			defer tick.Stop()
+			for {
+				select {
+				case <-c.done:
+					return
+				case <-tick.C:
+				}
+				c.toClient.Lock()
+				_, err := c.client.Write(heartbeat)
+				c.toClient.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
 }
 
 // trap makes every connection accepted from now on fail right after a
