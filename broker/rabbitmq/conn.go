@@ -115,14 +115,17 @@ func (c Config) withDefaults() (Config, error) {
 // publishing and consuming, so that flow control applied to a fast
 // publisher does not delay a consumer's acks: Dial twice for that.
 type Conn struct {
-	cfg   Config
-	log   *slog.Logger
-	tel   *telemetry
-	done  chan struct{}
-	stop  context.CancelFunc // ends the supervisor's context; Close calls it
-	wg    sync.WaitGroup
-	topoM sync.Mutex // serializes Declare/Delete with the re-declaration after a reconnect
-	reg   registry   // guarded by topoM
+	cfg  Config
+	log  *slog.Logger
+	tel  *telemetry
+	done chan struct{}
+	stop context.CancelFunc // ends the supervisor's context; Close calls it
+	wg   sync.WaitGroup
+	// topo is a lock (one token) that serializes Declare and Delete with
+	// the re-declaration after a reconnect; unlike a sync.Mutex, a waiter
+	// gives up when its ctx ends.
+	topo chan struct{}
+	reg  registry // guarded by topo
 
 	mu      sync.Mutex
 	cur     *amqp.Connection // nil while down
@@ -148,6 +151,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		tel:     newTelemetry(cfg.MeterProvider, cfg.TracerProvider),
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
+		topo:    make(chan struct{}, 1),
 	}
 	conn, sock, err := c.dialRetry(ctx, c.newBackoff())
 	if err != nil {
@@ -522,16 +526,18 @@ func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 // abandoned, so that a re-declaration waiting on a silent connection ends
 // at once instead of after missed heartbeats.
 func (c *Conn) redeclare(ctx context.Context, conn *amqp.Connection) error {
-	c.topoM.Lock()
-	defer c.topoM.Unlock()
+	if err := c.lockTopology(ctx); err != nil {
+		return err
+	}
+	defer c.unlockTopology()
 	t := c.reg.topology()
 	if len(t.Exchanges)+len(t.Queues)+len(t.Bindings) == 0 {
 		return nil
 	}
 	stop := context.AfterFunc(ctx, func() { abandon(conn) })
 	defer stop()
-	d := &declarer{open: func(context.Context) (*amqp.Channel, error) { return conn.Channel() }}
-	defer d.close()
+	d := &declarer{open: func(ctx context.Context) (*amqp.Channel, error) { return openChannel(ctx, conn) }}
+	defer d.close(ctx)
 	var failed int
 	err := d.declare(ctx, t, func(err error) bool {
 		if conn.IsClosed() {
@@ -577,14 +583,15 @@ func (c *Conn) current(ctx context.Context) (*amqp.Connection, error) {
 }
 
 // channel opens a channel on the current connection, waiting for a
-// reconnect when the connection is down.
+// reconnect when the connection is down. It returns when ctx ends, even
+// while the broker does not answer (see await).
 func (c *Conn) channel(ctx context.Context) (*amqp.Channel, error) {
 	for {
 		conn, err := c.current(ctx)
 		if err != nil {
 			return nil, err
 		}
-		ch, err := conn.Channel()
+		ch, err := openChannel(ctx, conn)
 		if err == nil {
 			return ch, nil
 		}
@@ -615,9 +622,11 @@ func (c *Conn) waitUnblocked(ctx context.Context) error {
 	}
 }
 
-// openNow opens a channel on the current connection without waiting; it
-// fails with ErrConnectionLost while the connection is down.
-func (c *Conn) openNow(context.Context) (*amqp.Channel, error) {
+// openNow opens a channel on the current connection without waiting for a
+// reconnect; it fails with ErrConnectionLost while the connection is down,
+// and returns when ctx ends, even while the broker does not answer (see
+// await).
+func (c *Conn) openNow(ctx context.Context) (*amqp.Channel, error) {
 	c.mu.Lock()
 	cur, closed := c.cur, c.closed
 	c.mu.Unlock()
@@ -627,8 +636,11 @@ func (c *Conn) openNow(context.Context) (*amqp.Channel, error) {
 	if cur == nil {
 		return nil, ErrConnectionLost
 	}
-	ch, err := cur.Channel()
-	if err != nil {
+	ch, err := openChannel(ctx, cur)
+	switch {
+	case isAbandoned(err):
+		return nil, fmt.Errorf("rabbitmq: open channel: %w", err)
+	case err != nil:
 		return nil, fmt.Errorf("%w: open channel: %v", ErrConnectionLost, err)
 	}
 	return ch, nil
@@ -638,7 +650,7 @@ func (c *Conn) openNow(context.Context) (*amqp.Channel, error) {
 // under an operation (rather than the broker refusing it), so that the
 // operation is worth repeating on the next connection.
 func lostDuring(err error) bool {
-	if err == nil {
+	if err == nil || isAbandoned(err) {
 		return false
 	}
 	if errors.Is(err, ErrConnectionLost) || errors.Is(err, amqp.ErrClosed) || errors.Is(err, io.EOF) {
@@ -664,7 +676,9 @@ func lostDuring(err error) bool {
 // declaration returns a *DeclareError matching ErrTopologyConflict, and the
 // entities after it are not declared; nothing of t is remembered for
 // re-declaration unless all of it succeeded. Declare waits for the
-// connection while it is down, until ctx is done.
+// connection while it is down, until ctx is done, and returns when ctx
+// ends while the broker has not answered a declaration (the error wraps
+// ctx's cause): that declaration may still take effect on the broker.
 func (c *Conn) Declare(ctx context.Context, t Topology) error {
 	if err := t.Validate(); err != nil {
 		return err
@@ -687,17 +701,20 @@ func (c *Conn) Declare(ctx context.Context, t Topology) error {
 
 // withTopology runs fn under the topology lock with a declarer on the
 // current connection, and runs it again on the next connection when the
-// connection drops meanwhile.
+// connection drops meanwhile. It returns when ctx ends, even while the
+// broker does not answer (fn makes its requests through the declarer).
 func (c *Conn) withTopology(ctx context.Context, fn func(d *declarer) error) error {
 	for {
 		if _, err := c.current(ctx); err != nil {
 			return err
 		}
-		c.topoM.Lock()
+		if err := c.lockTopology(ctx); err != nil {
+			return err
+		}
 		d := &declarer{open: c.openNow}
 		err := fn(d)
-		d.close()
-		c.topoM.Unlock()
+		d.close(ctx)
+		c.unlockTopology()
 		if err == nil || !lostDuring(err) {
 			return err
 		}
@@ -717,17 +734,15 @@ func (c *Conn) Delete(ctx context.Context, t Topology) error {
 		c.reg.remove(t)
 		var errs []error
 		step := func(what string, f func(ch *amqp.Channel) error) error {
-			ch, err := d.channel(ctx)
-			if err != nil {
+			opened, err := d.call(ctx, f)
+			switch {
+			case err == nil:
+			case !opened, lostDuring(err):
 				return err
-			}
-			if err := f(ch); err != nil {
-				if lostDuring(err) {
-					return err
-				}
-				if amqpCode(err) != amqp.NotFound {
-					errs = append(errs, fmt.Errorf("rabbitmq: %s: %w", what, err))
-				}
+			case isAbandoned(err):
+				return fmt.Errorf("rabbitmq: %s: %w", what, err)
+			case amqpCode(err) != amqp.NotFound:
+				errs = append(errs, fmt.Errorf("rabbitmq: %s: %w", what, err))
 			}
 			return nil
 		}
@@ -756,6 +771,19 @@ func (c *Conn) Delete(ctx context.Context, t Topology) error {
 		return errors.Join(errs...)
 	})
 }
+
+// lockTopology takes the topology lock, or returns an error wrapping ctx's
+// cause when ctx ends first.
+func (c *Conn) lockTopology(ctx context.Context) error {
+	select {
+	case c.topo <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("rabbitmq: waiting for another declaration: %w", context.Cause(ctx))
+	}
+}
+
+func (c *Conn) unlockTopology() { <-c.topo }
 
 // pause waits a little before a retry.
 func (c *Conn) pause(ctx context.Context) error {

@@ -224,31 +224,6 @@ func TestCloseOnSilentConnection(t *testing.T) {
 		}
 		return r
 	}
-	// timed runs f, which must return within bound. If it does not, it is
-	// waited for (up to a minute, to report how long it takes) and then the
-	// proxy's connections are cut to end it.
-	timed := func(t *testing.T, px *proxy, what string, f func() error) error {
-		t.Helper()
-		start := time.Now()
-		done := make(chan error, 1)
-		go func() { done <- f() }()
-		select {
-		case err := <-done:
-			t.Logf("%s returned %v after %v", what, err, time.Since(start))
-			return err
-		case <-time.After(bound):
-		}
-		select {
-		case err := <-done:
-			t.Errorf("%s returned %v after %v, want within %v", what, err, time.Since(start), bound)
-			return err
-		case <-time.After(time.Minute):
-		}
-		px.cut()
-		err := <-done
-		t.Errorf("%s did not return within a minute (the connections were then cut)", what)
-		return err
-	}
 	// result waits for the result of a call running in the background,
 	// which must come within bound.
 	result := func(t *testing.T, what string, c <-chan error) error {
@@ -293,7 +268,7 @@ func TestCloseOnSilentConnection(t *testing.T) {
 		})
 		px.freeze()
 
-		if err := timed(t, px, "Conn.Close", conn.Close); err != nil {
+		if err := timed(t, px, bound, "Conn.Close", conn.Close); err != nil {
 			t.Errorf("Conn.Close = %v, want nil", err)
 		}
 		err = result(t, "the Publish in flight", published)
@@ -324,13 +299,13 @@ func TestCloseOnSilentConnection(t *testing.T) {
 			}
 		}
 		px.freeze()
-		if err := timed(t, px, "Publisher.Close", pub.Close); err != nil {
+		if err := timed(t, px, bound, "Publisher.Close", pub.Close); err != nil {
 			t.Errorf("Publisher.Close = %v, want nil", err)
 		}
 		if err := pub.Publish(ctxT(t), broker.NewMessage(ex, nil)); !errors.Is(err, broker.ErrClosed) {
 			t.Errorf("Publish after Close = %v, want broker.ErrClosed", err)
 		}
-		if err := timed(t, px, "Conn.Close", conn.Close); err != nil {
+		if err := timed(t, px, bound, "Conn.Close", conn.Close); err != nil {
 			t.Errorf("Conn.Close = %v, want nil", err)
 		}
 	})
@@ -346,13 +321,13 @@ func TestCloseOnSilentConnection(t *testing.T) {
 		}
 		r := subscribe(t, sub, pub, topic)
 		px.freeze()
-		if err := timed(t, px, "Subscriber.Close", sub.Close); err != nil {
+		if err := timed(t, px, bound, "Subscriber.Close", sub.Close); err != nil {
 			t.Errorf("Subscriber.Close = %v, want nil", err)
 		}
 		if err := result(t, "Subscribe", r.done); !errors.Is(err, broker.ErrClosed) {
 			t.Errorf("Subscribe after Close = %v, want broker.ErrClosed", err)
 		}
-		if err := timed(t, px, "Conn.Close", conn.Close); err != nil {
+		if err := timed(t, px, bound, "Conn.Close", conn.Close); err != nil {
 			t.Errorf("Conn.Close = %v, want nil", err)
 		}
 	})
@@ -391,4 +366,30 @@ func TestCloseOnMutedConnection(t *testing.T) {
 		<-done
 		t.Fatalf("Close did not return within %v of a broker that only sends heartbeats (it returned once the connection was cut, after %v)", bound, time.Since(start))
 	}
+}
+
+// timed runs f, which must return within bound. If it does not, the test
+// fails, and f is waited for up to a minute more (to report how long it
+// takes), then the proxy's connections are cut to end it.
+func timed(t *testing.T, px *proxy, bound time.Duration, what string, f func() error) error {
+	t.Helper()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		t.Logf("%s returned %v after %v", what, err, time.Since(start))
+		return err
+	case <-time.After(bound):
+	}
+	select {
+	case err := <-done:
+		t.Errorf("%s returned %v after %v, want within %v", what, err, time.Since(start), bound)
+		return err
+	case <-time.After(time.Minute):
+	}
+	px.cut()
+	err := <-done
+	t.Errorf("%s did not return within a minute (the connections were then cut)", what)
+	return err
 }

@@ -59,6 +59,15 @@
 //     once. Close waits at most Config.CloseTimeout (1s by default) for a
 //     broker that does not answer, and so do Publisher.Close and a
 //     stopping Subscribe call for their channels.
+//   - Calls that take a ctx return when it ends, also while the broker does
+//     not answer a request: amqp091's synchronous methods (opening a
+//     channel, confirm.select, declarations, basic.qos, basic.consume) take
+//     no context, and on a connection up at the TCP level whose broker went
+//     silent they would wait until missed heartbeats end the connection,
+//     1.5 × Config.Heartbeat later. A request given up on cannot be
+//     cancelled: its channel is closed once the broker answers or the
+//     connection ends, never used again, and a declaration given up on may
+//     still take effect on the broker.
 //
 // # Observability
 //
@@ -73,5 +82,8 @@
 // A Conn holds one TCP connection and one goroutine; a Publisher one AMQP
 // channel and goroutine per pool slot (PublisherConfig.Channels); a
 // Subscribe call one channel, one goroutine per key with deliveries in
-// hand, and at most Subscription.Concurrency handlers at once.
+// hand, and at most Subscription.Concurrency handlers at once. Opening a
+// channel and each declaration cost a goroutine while the broker answers
+// (so that ctx can end the wait); publishing on an open channel, to an
+// exchange known to exist, costs none.
 package rabbitmq

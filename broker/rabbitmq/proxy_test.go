@@ -31,6 +31,9 @@ type proxy struct {
 	accepted atomic.Int64 // connections accepted (refused ones included): the client's dial attempts
 	tripped  atomic.Int64 // connections a trap cut or froze
 
+	sentMu sync.Mutex
+	sent   map[method]int // method frames the clients sent, by method
+
 	mu      sync.Mutex
 	conns   map[*proxyConn]struct{}
 	refuse  bool          // down: new connections are closed at once
@@ -62,6 +65,10 @@ var (
 	exchangeDeclare  = method{40, 10}
 	queueDeclare     = method{50, 10}
 	queueBind        = method{50, 20}
+	channelOpen      = method{20, 10}
+	channelClose     = method{20, 40}
+	basicConsume     = method{60, 20}
+	confirmSelect    = method{85, 10}
 )
 
 // trapRule: a connection is cut (or frozen) right after a method frame of
@@ -98,6 +105,7 @@ func newProxy(t testing.TB, brokerURL string) *proxy {
 		l:       l,
 		conns:   map[*proxyConn]struct{}{},
 		release: make(chan struct{}),
+		sent:    map[method]int{},
 	}
 	addr := l.Addr().(*net.TCPAddr)
 	uri.Host, uri.Port = addr.IP.String(), addr.Port
@@ -149,7 +157,8 @@ func (p *proxy) refusing() bool {
 
 // pump copies src to dst until either side closes; bytes for the client
 // wait while the proxy holds them, and are dropped if the connection is
-// cut meanwhile. On a trapped connection, it cuts or freezes the connection
+// cut meanwhile. It counts the method frames the client sends (see
+// sentCount). On a trapped connection, it cuts or freezes the connection
 // once the bytes holding a trapped method frame went through.
 func (p *proxy) pump(c *proxyConn, dst, src net.Conn, toClient bool) {
 	defer p.wg.Done()
@@ -177,7 +186,14 @@ func (p *proxy) pump(c *proxyConn, dst, src net.Conn, toClient bool) {
 			if err := c.forward(dst, buf[:n], toClient); err != nil {
 				return
 			}
-			if c.trap != nil && frames.scan(buf[:n], c.trap.matches) {
+			if frames.scan(buf[:n], func(m method) bool {
+				if !toClient {
+					p.sentMu.Lock()
+					p.sent[m]++
+					p.sentMu.Unlock()
+				}
+				return c.trap != nil && c.trap.matches(m)
+			}) {
 				p.tripped.Add(1)
 				if !c.trap.freeze {
 					return // cut: the deferred close drops both sides
@@ -327,6 +343,14 @@ func (p *proxy) trap(freeze bool, methods ...method) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.trapped = &trapRule{freeze: freeze, methods: methods}
+}
+
+// sentCount returns how many frames of method m the clients sent through
+// the proxy.
+func (p *proxy) sentCount(m method) int {
+	p.sentMu.Lock()
+	defer p.sentMu.Unlock()
+	return p.sent[m]
 }
 
 func (p *proxy) untrap() {

@@ -204,6 +204,12 @@ type outcome struct {
 // is sent. When some messages fail, the error is a *broker.PublishError
 // listing them; their errors match ErrUnroutable, ErrNacked,
 // ErrConnectionLost, ErrNotFound, broker.ErrClosed or the ctx error.
+//
+// Publish returns when ctx ends, also while it opens a channel of the pool
+// or checks an exchange and the broker does not answer (a connection up at
+// the TCP level whose broker went silent): the messages not sent are then
+// failures matching the ctx error. Sending on an open channel to an exchange
+// known to exist waits for nothing but window room and confirms.
 func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("rabbitmq: publish: %w", err)
@@ -346,13 +352,20 @@ func (p *Publisher) ensureExchange(ctx context.Context, name string) error {
 	}
 }
 
+// checkExchange makes one attempt of ensureExchange. It returns when ctx
+// ends, even while the broker does not answer (see await).
 func (p *Publisher) checkExchange(ctx context.Context, name string) error {
 	ch, err := p.conn.channel(ctx)
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
-	err = ch.ExchangeDeclarePassive(name, string(p.cfg.ExchangeKind), true, false, false, false, nil)
+	err = chanCall(ctx, ch, func() error {
+		return ch.ExchangeDeclarePassive(name, string(p.cfg.ExchangeKind), true, false, false, false, nil)
+	})
+	if isAbandoned(err) {
+		return fmt.Errorf("rabbitmq: check exchange %q: %w", name, err)
+	}
+	release(ctx, ch) // closed by the broker already when NOT_FOUND
 	if amqpCode(err) != amqp.NotFound {
 		return err
 	}
@@ -363,8 +376,13 @@ func (p *Publisher) checkExchange(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	defer ch2.Close()
-	if err := ch2.ExchangeDeclare(name, string(p.cfg.ExchangeKind), true, false, false, false, nil); err != nil {
+	err = chanCall(ctx, ch2, func() error {
+		return ch2.ExchangeDeclare(name, string(p.cfg.ExchangeKind), true, false, false, false, nil)
+	})
+	if !isAbandoned(err) {
+		release(ctx, ch2)
+	}
+	if err != nil {
 		return &DeclareError{Entity: "exchange", Name: fmt.Sprintf("%q (%s)", name, p.cfg.ExchangeKind), Err: err}
 	}
 	return nil
@@ -553,7 +571,9 @@ func (pc *pubChannel) send(wctx context.Context, b *sendBatch, i int, om *outMsg
 }
 
 // ensure returns the live channel of this slot, opening one (and waiting
-// for the connection) when needed. Callers hold pc.lock.
+// for the connection) when needed. Callers hold pc.lock. Opening returns
+// when ctx ends, even while the broker does not answer (see await); a live
+// channel is returned at once, at no cost.
 func (pc *pubChannel) ensure(ctx context.Context) (*chanState, error) {
 	if pc.cs != nil && !pc.cs.ch.IsClosed() {
 		return pc.cs, nil
@@ -563,8 +583,11 @@ func (pc *pubChannel) ensure(ctx context.Context) (*chanState, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := ch.Confirm(false); err != nil {
-			_ = ch.Close()
+		if err := chanCall(ctx, ch, func() error { return ch.Confirm(false) }); err != nil {
+			if isAbandoned(err) {
+				return nil, fmt.Errorf("rabbitmq: confirm mode: %w", err)
+			}
+			release(ctx, ch)
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}

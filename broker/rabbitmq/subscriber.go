@@ -144,7 +144,8 @@ func (s *Subscriber) Close() error {
 // Setup declares the exchange of topic and the queues (and retry chains) of
 // groups, as Subscribe does, so that messages published before the first
 // Subscribe call are kept. It is idempotent; the declarations are repeated
-// after every reconnect.
+// after every reconnect. Like Conn.Declare, it returns when ctx ends, even
+// while the broker does not answer.
 func (s *Subscriber) Setup(ctx context.Context, topic string, groups ...string) error {
 	t, err := s.cfg.Groups.Topology(topic, groups...)
 	if err != nil {
@@ -162,7 +163,8 @@ func (s *Subscriber) Topology(topic string, groups ...string) (Topology, error) 
 // and runs h until ctx is cancelled (it then drains and returns nil), the
 // Subscriber is closed (broker.ErrClosed), or consumption fails for good: an
 // error matching ErrConsumerCancelled when the queue was deleted, or the
-// declaration error.
+// declaration error. A ctx that ends while the broker does not answer a
+// declaration or the start of consuming ends the call as well.
 func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
 	if err := broker.CheckSubscribe(sub, h); err != nil {
 		return err
@@ -253,8 +255,11 @@ func (m *member) run(runCtx context.Context) error {
 			}
 			return fmt.Errorf("rabbitmq: subscribe %q: %w", m.queue, err)
 		}
-		deliveries, cancels, err := m.consume(ch)
+		deliveries, cancels, err := m.consume(runCtx, ch)
 		if err != nil {
+			if isAbandoned(err) {
+				return nil // runCtx ended; ch is closed once the broker answers
+			}
 			m.s.conn.closeChannels(ch)
 			if lostDuring(err) {
 				log.Debug("rabbitmq: connection lost while starting to consume, retrying", "err", err)
@@ -305,12 +310,24 @@ func (m *member) run(runCtx context.Context) error {
 	}
 }
 
-func (m *member) consume(ch *amqp.Channel) (<-chan amqp.Delivery, <-chan string, error) {
-	if err := ch.Qos(m.prefetch, 0, false); err != nil {
-		return nil, nil, err
-	}
-	cancels := ch.NotifyCancel(make(chan string, 1))
-	d, err := ch.Consume(m.queue, m.tag, false, false, false, false, nil)
+// consume starts consuming on ch. It returns when ctx ends, even while the
+// broker does not answer, with an error matching isAbandoned: ch is then
+// closed once the broker answers, which returns to the queue whatever was
+// delivered to the consumer meanwhile.
+func (m *member) consume(ctx context.Context, ch *amqp.Channel) (<-chan amqp.Delivery, <-chan string, error) {
+	var (
+		cancels <-chan string
+		d       <-chan amqp.Delivery
+	)
+	err := chanCall(ctx, ch, func() error {
+		if err := ch.Qos(m.prefetch, 0, false); err != nil {
+			return err
+		}
+		cancels = ch.NotifyCancel(make(chan string, 1))
+		var err error
+		d, err = ch.Consume(m.queue, m.tag, false, false, false, false, nil)
+		return err
+	})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -318,14 +335,19 @@ func (m *member) consume(ch *amqp.Channel) (<-chan amqp.Delivery, <-chan string,
 }
 
 // queueExists checks the queue with a passive declaration. It returns an
-// error only when the check could not be made.
+// error only when the check could not be made, or when ctx ended first.
 func (m *member) queueExists(ctx context.Context) (bool, error) {
 	ch, err := m.s.conn.channel(ctx)
 	if err != nil {
 		return false, err
 	}
-	defer ch.Close()
-	_, err = ch.QueueDeclarePassive(m.queue, true, false, false, false, nil)
+	err = chanCall(ctx, ch, func() error {
+		_, err := ch.QueueDeclarePassive(m.queue, true, false, false, false, nil)
+		return err
+	})
+	if !isAbandoned(err) {
+		release(ctx, ch) // closed by the broker already when NOT_FOUND
+	}
 	switch {
 	case err == nil:
 		return true, nil

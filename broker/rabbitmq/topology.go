@@ -286,7 +286,8 @@ func (b Binding) String() string {
 
 // declarer declares entities on a channel it reopens after each channel
 // error, so that one failed declaration does not stop the others when the
-// caller wants to go on.
+// caller wants to go on. Its requests return when their ctx ends, even
+// while the broker does not answer (see await).
 type declarer struct {
 	open func(context.Context) (*amqp.Channel, error)
 	ch   *amqp.Channel
@@ -304,50 +305,72 @@ func (d *declarer) channel(ctx context.Context) (*amqp.Channel, error) {
 	return ch, nil
 }
 
-func (d *declarer) close() {
+// call runs rpc on the declarer's channel, opened when needed, with
+// chanCall. opened is false when no channel could be opened; err then says
+// why. A channel whose request was abandoned (ctx ended) is forgotten:
+// chanCall closes it once the broker answers.
+func (d *declarer) call(ctx context.Context, rpc func(ch *amqp.Channel) error) (opened bool, err error) {
+	ch, err := d.channel(ctx)
+	if err != nil {
+		return false, err
+	}
+	err = chanCall(ctx, ch, func() error { return rpc(ch) })
+	if isAbandoned(err) {
+		d.ch = nil
+	}
+	return true, err
+}
+
+// close closes the declarer's channel, waiting for the broker until ctx
+// ends at most (see release).
+func (d *declarer) close(ctx context.Context) {
 	if d.ch != nil {
-		_ = d.ch.Close()
+		release(ctx, d.ch)
 		d.ch = nil
 	}
 }
 
 // declare declares every entity of t and calls onErr for each failure; it
 // stops at the first failure when onErr returns false. Errors opening a
-// channel (the connection is down) are returned at once.
+// channel (the connection is down) are returned at once, and so is a
+// *DeclareError wrapping ctx's cause when ctx ends while the broker has not
+// answered a declaration.
 func (d *declarer) declare(ctx context.Context, t Topology, onErr func(error) bool) error {
-	for _, e := range t.Exchanges {
-		ch, err := d.channel(ctx)
-		if err != nil {
-			return err
+	// one declares an entity with rpc; stop ends the declaration, with err.
+	one := func(entity, name string, rpc func(ch *amqp.Channel) error) (stop bool, err error) {
+		opened, err := d.call(ctx, rpc)
+		switch {
+		case err == nil:
+			return false, nil
+		case !opened:
+			return true, err
+		case isAbandoned(err):
+			return true, &DeclareError{Entity: entity, Name: name, Err: err}
 		}
+		return !onErr(&DeclareError{Entity: entity, Name: name, Err: err}), nil
+	}
+	for _, e := range t.Exchanges {
 		args, _ := e.args()
-		if err := ch.ExchangeDeclare(e.Name, string(e.kind()), !e.Transient, e.AutoDelete, e.Internal, false, args); err != nil {
-			if !onErr(&DeclareError{Entity: "exchange", Name: fmt.Sprintf("%q (%s)", e.Name, e.kind()), Err: err}) {
-				return nil
-			}
+		if stop, err := one("exchange", fmt.Sprintf("%q (%s)", e.Name, e.kind()), func(ch *amqp.Channel) error {
+			return ch.ExchangeDeclare(e.Name, string(e.kind()), !e.Transient, e.AutoDelete, e.Internal, false, args)
+		}); stop {
+			return err
 		}
 	}
 	for _, q := range t.Queues {
-		ch, err := d.channel(ctx)
-		if err != nil {
-			return err
-		}
 		args, _ := q.args()
-		if _, err := ch.QueueDeclare(q.Name, !q.Transient, q.AutoDelete, q.Exclusive, false, args); err != nil {
-			if !onErr(&DeclareError{Entity: "queue", Name: fmt.Sprintf("%q", q.Name), Err: err}) {
-				return nil
-			}
+		if stop, err := one("queue", fmt.Sprintf("%q", q.Name), func(ch *amqp.Channel) error {
+			_, err := ch.QueueDeclare(q.Name, !q.Transient, q.AutoDelete, q.Exclusive, false, args)
+			return err
+		}); stop {
+			return err
 		}
 	}
 	for _, b := range t.Bindings {
-		ch, err := d.channel(ctx)
-		if err != nil {
+		if stop, err := one("binding", b.String(), func(ch *amqp.Channel) error {
+			return ch.QueueBind(b.Queue, b.Key, b.Exchange, false, b.Args)
+		}); stop {
 			return err
-		}
-		if err := ch.QueueBind(b.Queue, b.Key, b.Exchange, false, b.Args); err != nil {
-			if !onErr(&DeclareError{Entity: "binding", Name: b.String(), Err: err}) {
-				return nil
-			}
 		}
 	}
 	return nil
