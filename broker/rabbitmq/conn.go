@@ -340,6 +340,14 @@ func (c *Conn) dial(ctx context.Context) (*amqp.Connection, net.Conn, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// amqp091 clears the socket's deadlines once the connection is open,
+	// possibly after its heartbeat check set the read deadline for the last
+	// frame of the handshake; a broker silent from then on would go
+	// unnoticed (TestSilentFromTheStart). Set it as that check does for
+	// every frame it reads: three of its half-interval checks.
+	if hb := conn.Config.Heartbeat; hb > 0 {
+		_ = sock.SetReadDeadline(time.Now().Add(3 * hb / 2))
+	}
 	return conn, sock, nil
 }
 

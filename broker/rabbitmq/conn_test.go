@@ -393,3 +393,42 @@ func timed(t *testing.T, px *proxy, bound time.Duration, what string, f func() e
 	t.Errorf("%s did not return within a minute (the connections were then cut)", what)
 	return err
 }
+
+// TestSilentFromTheStart: a connection whose broker goes silent right
+// after the handshake, before sending any other frame, is found lost by
+// missed heartbeats (1.5 × Heartbeat) and replaced, like one that goes
+// silent later. amqp091 clears the socket's deadlines once the connection
+// is open, possibly after its heartbeat check set the read deadline for
+// the last handshake frame: without a frame after that, nothing would end
+// the wait for one.
+func TestSilentFromTheStart(t *testing.T) {
+	t.Parallel()
+	const heartbeat = 2 * time.Second
+	url := testenv.RabbitMQURL(t)
+	px := newProxy(t, url)
+	ex, q := boundQueue(t, url, dial(t, url), "k")
+	px.trap(true, connectionOpenOK) // the connection freezes once open-ok reached the client
+	conn := dialConfig(t, rabbitmq.Config{URL: px.url, Heartbeat: heartbeat,
+		ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
+	px.untrap() // the next connection goes through
+	if px.tripped.Load() != 1 {
+		t.Fatalf("%d connections froze, want 1", px.tripped.Load())
+	}
+	pub, err := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{NoDeclare: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pub.Close() })
+	m := broker.NewMessage(ex, nil)
+	m.Key = "k"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*heartbeat)
+	defer cancel()
+	start := time.Now()
+	if err := pub.Publish(ctx, m); err != nil {
+		t.Fatalf("Publish on a connection silent from the start: %v after %v, want the connection replaced and the message sent", err, time.Since(start))
+	}
+	t.Logf("published after %v (%d connections)", time.Since(start), px.accepted.Load())
+	if n := queueDepth(t, raw(t, url), q); n != 1 {
+		t.Errorf("queue holds %d messages, want 1", n)
+	}
+}
