@@ -248,11 +248,7 @@ func TestCloseOnSilentConnection(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := subscribe(t, sub, pub, topic)
-		msg := func() broker.Message {
-			m := broker.NewMessage(ex, nil)
-			m.Key = "k"
-			return m
-		}
+		msg := func() broker.Message { return keyed(ex) }
 		// The exchange is known to exist after this: the call in flight
 		// sends at once, without waiting for an answer hold keeps back.
 		if err := pub.Publish(ctxT(t), msg()); err != nil {
@@ -292,9 +288,7 @@ func TestCloseOnSilentConnection(t *testing.T) {
 			t.Fatal(err)
 		}
 		for range 3 { // one call per channel: all are open
-			m := broker.NewMessage(ex, nil)
-			m.Key = "k"
-			if err := pub.Publish(ctxT(t), m); err != nil {
+			if err := pub.Publish(ctxT(t), keyed(ex)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -419,8 +413,7 @@ func TestSilentFromTheStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pub.Close() })
-	m := broker.NewMessage(ex, nil)
-	m.Key = "k"
+	m := keyed(ex)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*heartbeat)
 	defer cancel()
 	start := time.Now()

@@ -10,6 +10,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 )
 
@@ -95,4 +96,12 @@ func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// keyed returns a new message to topic without payload, with key "k": the
+// binding key most tests give boundQueue.
+func keyed(topic string) broker.Message {
+	m := broker.NewMessage(topic, nil)
+	m.Key = "k"
+	return m
 }

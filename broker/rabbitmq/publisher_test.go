@@ -231,18 +231,13 @@ func TestPublishAfterExchangeDeleted(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := func(ex string) broker.Message {
-			m := broker.NewMessage(ex, nil)
-			m.Key = "k"
-			return m
-		}
-		if err := pub.Publish(ctx, m(ex), m(other)); err != nil {
+		if err := pub.Publish(ctx, keyed(ex), keyed(other)); err != nil {
 			t.Fatal(err)
 		}
 		if err := raw(t, url).ExchangeDelete(ex, false, false); err != nil {
 			t.Fatal(err)
 		}
-		err = pub.Publish(ctx, m(other), m(ex), m(other))
+		err = pub.Publish(ctx, keyed(other), keyed(ex), keyed(other))
 		var pe *broker.PublishError
 		if !errors.As(err, &pe) || len(pe.Failures) != 1 || pe.Failures[0].Index != 1 {
 			t.Fatalf("NoDeclare=%v: err = %v, want only message 1 to fail", noDeclare, err)

@@ -547,11 +547,7 @@ func TestReconnectBackoff(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { pub.Close() })
-			msg := func() broker.Message {
-				m := broker.NewMessage(ex, nil)
-				m.Key = "k"
-				return m
-			}
+			msg := func() broker.Message { return keyed(ex) }
 			if err := pub.Publish(ctx, msg()); err != nil {
 				t.Fatal(err)
 			}

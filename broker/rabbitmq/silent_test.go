@@ -59,11 +59,7 @@ func TestPublishOnSilentConnection(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			msg := func() broker.Message {
-				m := broker.NewMessage(ex, nil)
-				m.Key = "k"
-				return m
-			}
+			msg := func() broker.Message { return keyed(ex) }
 			sent := 0
 			if tc.known {
 				if err := pub.Publish(ctxT(t), msg()); err != nil {
@@ -167,6 +163,20 @@ func TestSubscriberOnSilentConnection(t *testing.T) {
 		}
 	}
 
+	// worksAgain checks, after the reconnect, that Setup works and that a
+	// message published to topic is handled.
+	worksAgain := func(t *testing.T, sub *rabbitmq.Subscriber, topic string, pub *rabbitmq.Publisher) {
+		t.Helper()
+		if err := sub.Setup(ctxT(t), topic, "g"); err != nil {
+			t.Fatalf("Setup after the reconnect: %v", err)
+		}
+		m := broker.NewMessage(topic, nil)
+		if err := pub.Publish(ctxT(t), m); err != nil {
+			t.Fatal(err)
+		}
+		handles(t, sub, topic, m.ID)
+	}
+
 	t.Run("setup", func(t *testing.T) {
 		// Setup on its own, then behind another Setup call that holds the
 		// declarations (its ctx lasts minutes).
@@ -194,14 +204,7 @@ func TestSubscriberOnSilentConnection(t *testing.T) {
 		case <-time.After(time.Minute):
 			t.Fatal("the long Setup did not return after the reconnect")
 		}
-		if err := sub.Setup(ctxT(t), topic, "g"); err != nil {
-			t.Fatalf("Setup after the reconnect: %v", err)
-		}
-		m := broker.NewMessage(topic, nil)
-		if err := pub.Publish(ctxT(t), m); err != nil {
-			t.Fatal(err)
-		}
-		handles(t, sub, topic, m.ID)
+		worksAgain(t, sub, topic, pub)
 	})
 
 	t.Run("subscribe-declare", func(t *testing.T) {
@@ -217,14 +220,7 @@ func TestSubscriberOnSilentConnection(t *testing.T) {
 			t.Errorf("Subscribe on a silent connection = %v, want nil (its ctx ended)", err)
 		}
 		px.cut()
-		if err := sub.Setup(ctxT(t), topic, "g"); err != nil {
-			t.Fatalf("Setup after the reconnect: %v", err)
-		}
-		m := broker.NewMessage(topic, nil)
-		if err := pub.Publish(ctxT(t), m); err != nil {
-			t.Fatal(err)
-		}
-		handles(t, sub, topic, m.ID)
+		worksAgain(t, sub, topic, pub)
 	})
 
 	t.Run("subscribe-consume", func(t *testing.T) {
@@ -269,11 +265,7 @@ func TestAbandonedChannelIsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := func() broker.Message {
-		m := broker.NewMessage(ex, nil)
-		m.Key = "k"
-		return m
-	}
+	msg := func() broker.Message { return keyed(ex) }
 	px.hold()
 	ctx, cancel := context.WithTimeout(context.Background(), silentTimeout)
 	defer cancel()
