@@ -95,15 +95,22 @@ type restartableCluster struct {
 
 func newRestartableCluster(t testing.TB) *restartableCluster {
 	t.Helper()
+	// Ports outside the ephemeral range, so that none is taken by a
+	// connection while the cluster is down; others if one was taken before
+	// the cluster bound it.
 	rc := &restartableCluster{dir: t.TempDir()}
-	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.DataDir(rc.dir))
+	var (
+		c   *kfake.Cluster
+		err error
+	)
+	for range 3 {
+		rc.ports = testenv.FreePorts(t, 3)
+		if c, err = kfake.NewCluster(kfake.Ports(rc.ports...), kfake.DataDir(rc.dir)); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		testenv.Unavailable(t, "kafka", "starting a persistent kfake cluster: "+err.Error())
-	}
-	for _, a := range c.ListenAddrs() {
-		_, port, _ := net.SplitHostPort(a)
-		p, _ := strconv.Atoi(port)
-		rc.ports = append(rc.ports, p)
 	}
 	rc.c = c
 	t.Cleanup(func() {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,13 +16,31 @@ import (
 // unreachable servers.
 func ClosedAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freePort() // outside the ephemeral range: no connection takes it meanwhile
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+}
+
+// FreePorts returns n ports of 127.0.0.1 that are free now, for a server a
+// test stops and starts again on the same ports. They are taken from below
+// the kernel's ephemeral range, so no connection of the machine is given
+// one of them while the server is down (see freeRange); servers of other
+// test processes pick from the same ports, so a clash is possible but rare.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, 0, n)
+	for len(ports) < n {
+		p, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(ports, p) {
+			ports = append(ports, p)
+		}
+	}
+	return ports
 }
 
 // LogRecorder is a slog.Handler that keeps every record, for tests that

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -38,7 +39,18 @@ func PrivateRabbitMQ(t testing.TB) (url string, restart func(ctx context.Context
 		return "", nil
 	}
 	start := time.Now()
-	n, err := bootRabbitNode(sbin)
+	var n *rabbitNode
+	for attempt := 1; ; attempt++ {
+		n, err = bootRabbitNode(sbin)
+		if err == nil || n == nil || attempt == 3 || !n.portClash() {
+			break
+		}
+		// Another process took one of its ports before it bound them.
+		t.Logf("testenv: private rabbitmq: node %s found a port taken; booting another on other ports", n.name)
+		if err := n.stop(); err != nil {
+			t.Logf("testenv: private rabbitmq: %v", err)
+		}
+	}
 	if n != nil {
 		t.Cleanup(func() {
 			if err := n.stop(); err != nil {
@@ -79,27 +91,23 @@ type rabbitNode struct {
 	epmdPort       int
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort returns a port of 127.0.0.1 that is free now.
+func freePort() (int, error) { return freeRange(1) }
 
-// freeRange returns the first of n consecutive free ports.
+// freeRange returns the first of n consecutive ports of 127.0.0.1 that are
+// free now. They are picked at random below the kernel's ephemeral range,
+// from which it numbers client connections and listeners on port 0 by
+// itself: a node takes seconds to bind its ports after they were picked,
+// and binds them again when restarted, and a port of that range could be
+// taken meanwhile by any connection of the machine (the node then fails to
+// boot with eaddrinuse). Nodes of other test processes pick from the same
+// ports; bootRabbitNode's caller retries on a clash.
 func freeRange(n int) (int, error) {
-	for try := 0; try < 50; try++ {
-		base, err := freePort()
-		if err != nil {
-			return 0, err
-		}
-		if base+n > 65535 {
-			continue
-		}
+	lo, hi := privatePortRange()
+	for range 200 {
+		base := lo + rand.IntN(hi-lo-n)
 		ok := true
-		for p := base + 1; p < base+n && ok; p++ {
+		for p := base; p < base+n && ok; p++ {
 			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
 			if err != nil {
 				ok = false
@@ -111,7 +119,30 @@ func freeRange(n int) (int, error) {
 			return base, nil
 		}
 	}
-	return 0, errors.New("no range of free ports found")
+	return 0, fmt.Errorf("no %d consecutive free ports in [%d, %d)", n, lo, hi)
+}
+
+// privatePortRange is where freeRange picks ports: from 20000 up to the
+// start of the kernel's ephemeral range (32768 when it cannot be read), or
+// above the ephemeral range when that starts too low.
+func privatePortRange() (lo, hi int) {
+	eLo, eHi := 32768, 60999
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if a, err1 := strconv.Atoi(f[0]); err1 == nil {
+				if z, err2 := strconv.Atoi(f[1]); err2 == nil {
+					eLo, eHi = a, z
+				}
+			}
+		}
+	}
+	if eLo >= 21000 {
+		return 20000, eLo
+	}
+	if eHi <= 64000 {
+		return eHi + 1, 65535
+	}
+	return 1024, 65535 // no room outside: anywhere, and rely on retries
 }
 
 func bootRabbitNode(sbin string) (*rabbitNode, error) {
@@ -296,6 +327,17 @@ func (n *rabbitNode) stop() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// portClash reports whether the node's logs say a port it was to listen on
+// was taken.
+func (n *rabbitNode) portClash() bool {
+	for _, f := range []string{"startup.log", "rabbit.log"} {
+		if data, err := os.ReadFile(filepath.Join(n.dir, "log", f)); err == nil && bytes.Contains(data, []byte("eaddrinuse")) {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *rabbitNode) logTail() string {
