@@ -122,9 +122,10 @@ func freeRange(n int) (int, error) {
 	return 0, fmt.Errorf("no %d consecutive free ports in [%d, %d)", n, lo, hi)
 }
 
-// privatePortRange is where freeRange picks ports: from 20000 up to the
-// start of the kernel's ephemeral range (32768 when it cannot be read), or
-// above the ephemeral range when that starts too low.
+// privatePortRange is where freeRange picks ports: from 20000 up to 30000
+// (services.sh's default ports lie above) or the start of the kernel's
+// ephemeral range if that is lower, or above the ephemeral range when that
+// starts too low.
 func privatePortRange() (lo, hi int) {
 	eLo, eHi := 32768, 60999
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
@@ -137,7 +138,7 @@ func privatePortRange() (lo, hi int) {
 		}
 	}
 	if eLo >= 21000 {
-		return 20000, eLo
+		return 20000, min(eLo, 30000)
 	}
 	if eHi <= 64000 {
 		return eHi + 1, 65535

@@ -31,20 +31,23 @@
 #     STEADFAST_REDIS_URL, STEADFAST_RABBITMQ_URL and STEADFAST_RABBITMQ_CTL,
 #     each guarded so a value already in the environment wins.
 #
-# Ports (override with these variables): STEADFAST_PG_PORT (55432),
-# STEADFAST_REDIS_PORT (56379), STEADFAST_AMQP_PORT (55672); RabbitMQ's Erlang
-# distribution port is AMQP+1, its epmd port STEADFAST_EPMD_PORT (54369).
+# Ports (override with these variables): STEADFAST_PG_PORT (31432),
+# STEADFAST_REDIS_PORT (31379), STEADFAST_AMQP_PORT (31672); RabbitMQ's Erlang
+# distribution port is AMQP+1, its epmd port STEADFAST_EPMD_PORT (31369).
+# The defaults lie below Linux's ephemeral range (32768 and up) and above
+# the ports testenv picks for private nodes (20000-29999), so that no
+# client connection is given one of them while a test restarts a service.
 
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SVC="${STEADFAST_SERVICES_DIR:-$ROOT/.services}"
 
-PG_PORT="${STEADFAST_PG_PORT:-55432}"
-REDIS_PORT="${STEADFAST_REDIS_PORT:-56379}"
-AMQP_PORT="${STEADFAST_AMQP_PORT:-55672}"
+PG_PORT="${STEADFAST_PG_PORT:-31432}"
+REDIS_PORT="${STEADFAST_REDIS_PORT:-31379}"
+AMQP_PORT="${STEADFAST_AMQP_PORT:-31672}"
 DIST_PORT="$((AMQP_PORT + 1))"
-EPMD_PORT="${STEADFAST_EPMD_PORT:-54369}"
+EPMD_PORT="${STEADFAST_EPMD_PORT:-31369}"
 CTL_PORT_MIN="$((AMQP_PORT + 10))"
 CTL_PORT_MAX="$((AMQP_PORT + 19))"
 RABBIT_NODE="steadfast@localhost"

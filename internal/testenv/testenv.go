@@ -87,11 +87,11 @@ func Unavailable(t testing.TB, backend, reason string) {
 func envHint(backend string) string {
 	switch strings.ToLower(backend) {
 	case "postgres", "postgresql", "pg":
-		return EnvPostgresURL + " (e.g. postgres://postgres@127.0.0.1:55432/steadfast?sslmode=disable)"
+		return EnvPostgresURL + " (e.g. postgres://postgres@127.0.0.1:31432/steadfast?sslmode=disable)"
 	case "redis":
-		return EnvRedisURL + " (e.g. redis://127.0.0.1:56379/0)"
+		return EnvRedisURL + " (e.g. redis://127.0.0.1:31379/0)"
 	case "rabbitmq", "rabbit", "amqp":
-		return EnvRabbitMQURL + " (e.g. amqp://guest:guest@127.0.0.1:55672/)"
+		return EnvRabbitMQURL + " (e.g. amqp://guest:guest@127.0.0.1:31672/)"
 	case "rabbitmq restart", "rabbitmqctl":
 		return EnvRabbitMQCtl + " (a command line running rabbitmqctl against that node, e.g. .services/rabbitmqctl)"
 	case "kafka":
