@@ -227,35 +227,23 @@ func (c *Conn) closeConn(conn *amqp.Connection, sock net.Conn) error {
 	return fmt.Errorf("rabbitmq: close: %w", err)
 }
 
-// closeChannels closes chs (nil ones skipped) concurrently, and waits at
-// most CloseTimeout for the broker to acknowledge it. A close that takes
-// longer goes on in the background: it ends when the broker answers, or
-// when the connection is lost (missed heartbeats) or closed.
+// closeChannels closes chs (nil and closed ones skipped) concurrently with
+// release, and waits at most CloseTimeout in all for the broker to
+// acknowledge it. A close that takes longer goes on in the background: it
+// ends when the broker answers, or when the connection is lost (missed
+// heartbeats) or closed.
 func (c *Conn) closeChannels(chs ...*amqp.Channel) {
-	done := make(chan struct{}, len(chs))
-	n := 0
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.CloseTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
 	for _, ch := range chs {
-		if ch == nil || ch.IsClosed() {
-			continue
+		if ch != nil && !ch.IsClosed() {
+			wg.Go(func() { release(ctx, ch) })
 		}
-		n++
-		go func() {
-			_ = ch.Close()
-			done <- struct{}{}
-		}()
 	}
-	if n == 0 {
-		return
-	}
-	t := time.NewTimer(c.cfg.CloseTimeout)
-	defer t.Stop()
-	for ; n > 0; n-- {
-		select {
-		case <-done:
-		case <-t.C:
-			c.log.Warn("rabbitmq: the broker did not acknowledge a channel close in time, leaving it to finish in the background", "timeout", c.cfg.CloseTimeout, "channels", n)
-			return
-		}
+	wg.Wait()
+	if ctx.Err() != nil {
+		c.log.Warn("rabbitmq: the broker did not acknowledge a channel close in time, leaving it to finish in the background", "timeout", c.cfg.CloseTimeout)
 	}
 }
 
