@@ -104,18 +104,7 @@ func TestOrderPerPartition(t *testing.T) {
 // its map grows, while a chain with unfinished messages survives the sweep
 // and keeps its order.
 func TestChainSweep(t *testing.T) {
-	s, err := NewSubscriber(SubscriberConfig{Config: Config{Brokers: []string{"127.0.0.1:1"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	m, err := newMember(s, broker.Subscription{Topic: "t", Group: "g"}.WithDefaults(),
-		func(context.Context, broker.Delivery) error { return nil }, context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.cl.Close()
-	m.onAssigned(context.Background(), nil, map[string][]int32{"t": {0}})
+	m := newTestMember(t, 0)
 	p := m.parts[0]
 	off := int64(0)
 	add := func(key string) *item {

@@ -316,6 +316,7 @@ type member struct {
 	freeChains []*chain
 	freeItems  []*item
 	seed       maphash.Seed // of key hashes
+	pool       *recordPool
 	parts      map[int32]*partition
 	live       int
 	pollBelow  int // the poll loop waits while live is above it
@@ -333,6 +334,7 @@ func newMember(s *Subscriber, sub broker.Subscription, h broker.Handler, parent 
 		handlerBase: context.WithoutCancel(parent),
 		parts:       make(map[int32]*partition),
 		seed:        maphash.MakeSeed(),
+		pool:        new(recordPool),
 	}
 	m.work = sync.NewCond(&m.mu)
 	m.space = sync.NewCond(&m.mu)
@@ -351,6 +353,7 @@ func newMember(s *Subscriber, sub broker.Subscription, h broker.Handler, parent 
 		kgo.OnPartitionsAssigned(m.onAssigned),
 		kgo.OnPartitionsRevoked(m.onRevoked),
 		kgo.OnPartitionsLost(m.onLost),
+		kgo.WithPools(m.pool),
 	)
 	opts = append(opts, s.cfg.Options...)
 	cl, err := kgo.NewClient(opts...)
@@ -438,8 +441,10 @@ func (m *member) pollLoop(ctx context.Context) {
 		n := 0
 		m.mu.Lock()
 		for recs := fs.RecordIter(); !recs.Done(); {
-			if m.add(m.newItem(), recs.Next()) {
+			if r := recs.Next(); m.add(m.newItem(), r) {
 				n++
+			} else {
+				r.Recycle()
 			}
 		}
 		if n > 0 {
@@ -659,6 +664,7 @@ func (m *member) finish(it *item, st uint8) {
 		it.timer.Stop()
 		it.timer = nil
 	}
+	it.rec.Recycle() // to m.pool: see recordPool
 	it.rec = nil
 	p.live--
 	m.live--
