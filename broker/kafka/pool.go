@@ -21,8 +21,8 @@ import (
 // are not pooled. A record is read again only to retry its message, and a
 // message waiting for a retry is not finished.
 type recordPool struct {
-	p      sync.Pool // of *[]kgo.Record
-	reused atomic.Int64
+	p      sync.Pool    // of *[]kgo.Record
+	reused atomic.Int64 // slices lent again; tests check the pool is used
 }
 
 // GetRecords returns an empty slice of capacity at least n.
