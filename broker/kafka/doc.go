@@ -42,6 +42,11 @@
 // (CommitInterval) are delivered again, with Attempt 1; consumers deduplicate
 // on Message.ID.
 //
+// A delivered message's Key, ID and Headers are its own copies; its Payload
+// points into the bytes fetched with its record batch and is never written
+// again, so a handler may keep it. Keeping a small Payload keeps its whole
+// batch's bytes in memory, though: copy it if you keep many for long.
+//
 // Config.Logger receives the adapter's logs (default: discarded);
 // Config.MeterProvider (default: the global one) receives the
 // LagMetric gauge.
