@@ -56,8 +56,9 @@ func TestRecordPool(t *testing.T) {
 }
 
 // TestDeliveriesStayIntact: the Subscriber reuses the memory franz-go decodes
-// records into once the commit point passed a batch. A handler may keep
-// what it was handed, and a failed message is handed over again later, so
+// a batch's records into once every record of it is finished. A handler may
+// keep what it was handed, and a failed message is handed over again later
+// (decoded again from its record, which is not finished meanwhile), so
 // this test fails some messages twice while thousands of others stream past
 // in many small batches, keeps every delivery, and checks them all at the
 // end against what was published.
