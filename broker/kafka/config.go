@@ -92,7 +92,11 @@ type Config struct {
 	// Options are extra franz-go client options (TLS, SASL, ...), applied
 	// after the adapter's own. Options that change acks, idempotence,
 	// auto-commit, the balancer or the rebalance callbacks void the
-	// guarantees documented in this package.
+	// guarantees documented in this package. So does a kgo.WithPools pool
+	// of decompressed bytes (kgo.PoolDecompressBytes): the Subscriber
+	// recycles each record once its handler returned, franz-go then zeroes
+	// and reuses the batch's buffer, and any Payload a handler kept would
+	// change under it.
 	Options []kgo.Opt
 }
 

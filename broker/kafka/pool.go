@@ -38,7 +38,7 @@ func (rp *recordPool) GetRecords(n int) []kgo.Record {
 func (rp *recordPool) PutRecords(s []kgo.Record) { rp.p.Put(&s) }
 
 // roundUp returns the capacity of a new slice for n records: n rounded up
-// to a power of two up to 64, to a multiple of 64 above, so the slice also
+// to a power of two from 16 to 64, to a multiple of 64 above, so the slice also
 // fits later batches that are a little larger, without making a large
 // slice much larger.
 func roundUp(n int) int {
