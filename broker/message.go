@@ -19,6 +19,14 @@ const (
 	HeaderTracestate    = "tracestate"
 )
 
+// ReservedHeaderPrefix starts the name of every header that steadfast
+// itself writes: adapters' wire headers, dead-letter envelopes, event
+// metadata. It is the one reserved namespace of the library. Adapters remove
+// their own wire headers before delivery, and a user header that happens to
+// start with the prefix round-trips unchanged (escaped on the wire), so no
+// producer can forge what an adapter reads from its own headers.
+const ReservedHeaderPrefix = "steadfast-"
+
 // DefaultMaxMessageBytes is the size limit Normalize applies when a caller
 // passes no limit of its own. It matches Kafka's default message.max.bytes.
 const DefaultMaxMessageBytes = 1 << 20

@@ -1,0 +1,124 @@
+// Package telemetry is the one place where steadfast packages get their
+// logger, tracer and meter, and the one implementation of trace-context
+// propagation through message headers.
+//
+// The rule every package follows:
+//   - Config.Logger nil means slog.Default(): what a service configured for
+//     its own logs is where steadfast's warnings go.
+//   - Config.TracerProvider and Config.MeterProvider nil mean the
+//     OpenTelemetry API's global providers (otel.GetTracerProvider,
+//     otel.GetMeterProvider), which are no-ops until the application installs
+//     an SDK. The library never depends on the SDK.
+//   - Instrumentation scopes are the package's import path.
+//   - Spans follow the OpenTelemetry messaging conventions: "publish
+//     <destination>" (kind producer) around a publish, "process
+//     <destination>" (kind consumer) around a handler call, parented by the
+//     W3C traceparent carried in the message's headers; other spans are
+//     named "<operation> <target>" (e.g. "append orders-7").
+package telemetry
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/steadfast-go/steadfast/broker"
+)
+
+// Module is the prefix of every instrumentation scope.
+const Module = "github.com/steadfast-go/steadfast"
+
+// Logger returns l, or slog.Default() when l is nil.
+func Logger(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.Default()
+	}
+	return l
+}
+
+// Tracer returns the tracer of scope (a package path below Module, e.g.
+// "outbox") from tp, or from the global provider when tp is nil.
+func Tracer(tp trace.TracerProvider, scope string) trace.Tracer {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	return tp.Tracer(Module + "/" + scope)
+}
+
+// Meter returns the meter of scope from mp, or from the global provider
+// when mp is nil.
+func Meter(mp metric.MeterProvider, scope string) metric.Meter {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	return mp.Meter(Module + "/" + scope)
+}
+
+var prop propagation.TraceContext
+
+// Inject returns headers with the W3C trace context of ctx added, unless
+// ctx has no valid span context or headers already carry a traceparent. It
+// never modifies headers: when something is added, the result is a copy.
+func Inject(ctx context.Context, headers map[string]string) map[string]string {
+	if headers[broker.HeaderTraceparent] != "" || !trace.SpanContextFromContext(ctx).IsValid() {
+		return headers
+	}
+	h := make(map[string]string, len(headers)+2)
+	maps.Copy(h, headers)
+	prop.Inject(ctx, propagation.MapCarrier(h))
+	return h
+}
+
+// Extract returns ctx with the remote span context of headers' traceparent
+// (and tracestate), or ctx unchanged when there is none or it is malformed.
+func Extract(ctx context.Context, headers map[string]string) context.Context {
+	if headers[broker.HeaderTraceparent] == "" {
+		return ctx
+	}
+	return prop.Extract(ctx, propagation.MapCarrier(headers))
+}
+
+// System is the messaging.system attribute value of an adapter.
+func System(name string) attribute.KeyValue { return attribute.String("messaging.system", name) }
+
+// StartPublish starts the producer span of a publish of msgs and gives
+// every message without a traceparent the span's trace context. msgs must
+// be the caller's own copy of the messages (each Headers map that changes is
+// replaced, never written). system is the messaging.system value.
+func StartPublish(ctx context.Context, tr trace.Tracer, system string, msgs []broker.Message) (context.Context, trace.Span) {
+	name := "publish"
+	if len(msgs) > 0 {
+		name = "publish " + msgs[0].Topic
+	}
+	attrs := []attribute.KeyValue{System(system), attribute.String("messaging.operation.type", "send")}
+	if len(msgs) == 1 {
+		attrs = append(attrs, attribute.String("messaging.destination.name", msgs[0].Topic),
+			attribute.String("messaging.message.id", msgs[0].ID))
+	} else {
+		attrs = append(attrs, attribute.Int("messaging.batch.message_count", len(msgs)))
+	}
+	ctx, span := tr.Start(ctx, name, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+	for i := range msgs {
+		msgs[i].Headers = Inject(ctx, msgs[i].Headers)
+	}
+	return ctx, span
+}
+
+// StartProcess starts the consumer span of one handler call, parented by the
+// delivery's traceparent when it has one.
+func StartProcess(ctx context.Context, tr trace.Tracer, system string, d broker.Delivery) (context.Context, trace.Span) {
+	ctx = Extract(ctx, d.Headers)
+	return tr.Start(ctx, "process "+d.Topic, trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(System(system),
+			attribute.String("messaging.operation.type", "process"),
+			attribute.String("messaging.destination.name", d.Topic),
+			attribute.String("messaging.consumer.group.name", d.Group),
+			attribute.String("messaging.message.id", d.ID),
+			attribute.Int("steadfast.attempt", d.Attempt)))
+}
