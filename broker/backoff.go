@@ -71,8 +71,9 @@ func (b Backoff) Validate() error {
 	return nil
 }
 
-// WithDefaults returns b with zero fields set to their defaults and a
-// negative Jitter set to 0.
+// WithDefaults returns b with zero fields set to their defaults. A negative
+// Jitter is kept (no jitter), so WithDefaults is idempotent: a schedule with
+// its defaults filled in is the same schedule.
 func (b Backoff) WithDefaults() Backoff {
 	if b.Initial == 0 {
 		b.Initial = DefaultBackoffInitial
@@ -83,11 +84,8 @@ func (b Backoff) WithDefaults() Backoff {
 	if b.Multiplier == 0 {
 		b.Multiplier = DefaultBackoffMultiplier
 	}
-	switch {
-	case b.Jitter == 0:
+	if b.Jitter == 0 {
 		b.Jitter = DefaultBackoffJitter
-	case b.Jitter < 0:
-		b.Jitter = 0
 	}
 	return b
 }
