@@ -9,6 +9,11 @@ import (
 // when Subscription.Concurrency is zero.
 const DefaultConcurrency = 16
 
+// MaxConcurrency is the largest Subscription.Concurrency accepted. Each
+// unit is a handler goroutine (and, on RabbitMQ, prefetched deliveries), so
+// a larger value is a mistake, not a tuning choice.
+const MaxConcurrency = 10_000
+
 // Publisher sends messages to a broker.
 //
 // Publish returns nil only after the broker durably accepted every message.
@@ -32,12 +37,14 @@ type Subscription struct {
 	// member) share the messages. Required.
 	Group string
 	// Concurrency is the maximum number of handlers this member runs at once.
-	// Zero means DefaultConcurrency. Messages with the same key never run
-	// concurrently, whatever this value.
+	// Zero means DefaultConcurrency; it must not be negative or above
+	// MaxConcurrency. Messages with the same key never run concurrently,
+	// whatever this value.
 	Concurrency int
 }
 
-// Validate reports a missing topic or group or a negative concurrency.
+// Validate reports a missing topic or group, or a concurrency that is
+// negative or above MaxConcurrency.
 func (s Subscription) Validate() error {
 	switch {
 	case s.Topic == "":
@@ -46,6 +53,8 @@ func (s Subscription) Validate() error {
 		return ErrEmptyGroup
 	case s.Concurrency < 0:
 		return fmt.Errorf("%w: concurrency %d < 0", ErrInvalidSubscription, s.Concurrency)
+	case s.Concurrency > MaxConcurrency:
+		return fmt.Errorf("%w: concurrency %d above MaxConcurrency (%d)", ErrInvalidSubscription, s.Concurrency, MaxConcurrency)
 	}
 	return nil
 }

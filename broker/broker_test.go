@@ -71,6 +71,9 @@ func TestCheckSubscribe(t *testing.T) {
 		{broker.Subscription{Group: "g"}, h, broker.ErrEmptyTopic},
 		{broker.Subscription{Topic: "t"}, h, broker.ErrEmptyGroup},
 		{broker.Subscription{Topic: "t", Group: "g", Concurrency: -2}, h, broker.ErrInvalidSubscription},
+		{broker.Subscription{Topic: "t", Group: "g", Concurrency: broker.MaxConcurrency + 1}, h, broker.ErrInvalidSubscription},
+		{broker.Subscription{Topic: "t", Group: "g", Concurrency: 1 << 40}, h, broker.ErrInvalidSubscription},
+		{broker.Subscription{Topic: "t", Group: "g", Concurrency: broker.MaxConcurrency}, h, nil},
 		{broker.Subscription{Topic: "t", Group: "g"}, h, nil},
 	} {
 		if err := broker.CheckSubscribe(c.sub, c.h); !errors.Is(err, c.want) || (c.want == nil) != (err == nil) {

@@ -136,6 +136,7 @@ func (s *suite) badInput(t *testing.T) {
 		{"empty topic", broker.Subscription{Group: groups[0]}, h, broker.ErrEmptyTopic},
 		{"empty group", broker.Subscription{Topic: e.topic}, h, broker.ErrEmptyGroup},
 		{"negative concurrency", broker.Subscription{Topic: e.topic, Group: groups[0], Concurrency: -1}, h, broker.ErrInvalidSubscription},
+		{"absurd concurrency", broker.Subscription{Topic: e.topic, Group: groups[0], Concurrency: 1 << 40}, h, broker.ErrInvalidSubscription},
 	} {
 		done := make(chan error, 1)
 		go func() { done <- e.b.Subscriber.Subscribe(ctx, c.sub, c.h) }()
