@@ -17,8 +17,8 @@ const MaxConcurrency = 10_000
 // Publisher sends messages to a broker.
 //
 // Publish returns nil only after the broker durably accepted every message.
-// Messages are validated first (see Normalize); an invalid batch is rejected
-// whole with an error wrapping ErrEmptyTopic or ErrMessageTooLarge and nothing
+// Messages are validated first (see Message.Validate); an invalid batch is
+// rejected whole with an error wrapping ErrEmptyTopic or ErrMessageTooLarge and nothing
 // is sent. When the broker accepted some messages and not others, the error is
 // a *PublishError listing the failures. Messages of one call that share a Key
 // are accepted in argument order. Publish is safe for concurrent use and honours
@@ -59,14 +59,6 @@ func (s Subscription) Validate() error {
 	return nil
 }
 
-// WithDefaults returns s with zero fields set to their defaults.
-func (s Subscription) WithDefaults() Subscription {
-	if s.Concurrency == 0 {
-		s.Concurrency = DefaultConcurrency
-	}
-	return s
-}
-
 // Subscriber consumes messages.
 //
 // Subscribe joins sub.Group as a new member and calls h for each message until
@@ -100,16 +92,4 @@ func Chain(h Handler, mws ...Middleware) Handler {
 		}
 	}
 	return h
-}
-
-// CheckSubscribe validates the arguments of a Subscribe call. Adapters call
-// it first so every backend rejects bad input with the same errors.
-func CheckSubscribe(sub Subscription, h Handler) error {
-	if h == nil {
-		return ErrNilHandler
-	}
-	if err := sub.Validate(); err != nil {
-		return fmt.Errorf("broker: subscribe %q/%q: %w", sub.Topic, sub.Group, err)
-	}
-	return nil
 }

@@ -27,8 +27,8 @@ const (
 // producer can forge what an adapter reads from its own headers.
 const ReservedHeaderPrefix = "steadfast-"
 
-// DefaultMaxMessageBytes is the size limit Normalize applies when a caller
-// passes no limit of its own. It matches Kafka's default message.max.bytes.
+// DefaultMaxMessageBytes is the size limit Message.Validate applies when a
+// caller passes no limit of its own, and every adapter's default. It matches Kafka's default message.max.bytes.
 const DefaultMaxMessageBytes = 1 << 20
 
 // Message is the unit every pattern publishes and consumes.
@@ -38,8 +38,8 @@ const DefaultMaxMessageBytes = 1 << 20
 // Key are delivered in publish order within a consumer group. An empty Key
 // means the message has no ordering constraint.
 type Message struct {
-	// ID is unique and stable across retries. Normalize fills an empty ID
-	// with a UUIDv7, which sorts by creation time.
+	// ID is unique and stable across retries. Publishers fill an empty ID
+	// with a UUIDv7 (NewID), which sorts by creation time.
 	ID string
 	// Topic names the destination: a Kafka topic, a RabbitMQ exchange routing
 	// key, or a memory broker topic. It must not be empty.
@@ -52,8 +52,8 @@ type Message struct {
 	// Headers carry metadata such as type, content-type, correlation-id,
 	// causation-id and traceparent.
 	Headers map[string]string
-	// Time is when the message was created. Normalize fills a zero Time with
-	// the current time. Brokers keep at least millisecond precision.
+	// Time is when the message was created. Publishers fill a zero Time
+	// with the current time. Brokers keep at least millisecond precision.
 	Time time.Time
 }
 
@@ -100,43 +100,6 @@ func (m Message) Validate(maxBytes int) error {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, s, maxBytes)
 	}
 	return nil
-}
-
-// ValidateBatch validates every message of a batch without copying it. The
-// error names the first bad message's index, ID and topic and wraps the
-// sentinel (ErrEmptyTopic, ErrMessageTooLarge). Adapters that map messages to
-// their wire format in one pass call it instead of Normalize, and then fill
-// empty IDs and times themselves exactly as Normalize does.
-func ValidateBatch(msgs []Message, maxBytes int) error {
-	for i := range msgs {
-		if err := msgs[i].Validate(maxBytes); err != nil {
-			return fmt.Errorf("broker: message %d (id %q, topic %q): %w", i, msgs[i].ID, msgs[i].Topic, err)
-		}
-	}
-	return nil
-}
-
-// Normalize validates every message and returns copies with an empty ID
-// filled by NewID and a zero Time filled with the current time. Adapters call
-// it at the start of Publish, so a batch with one bad message is rejected as a
-// whole before anything is sent. The returned error wraps the sentinel
-// (ErrEmptyTopic, ErrMessageTooLarge) and names the message's index.
-func Normalize(msgs []Message, maxBytes int) ([]Message, error) {
-	if err := ValidateBatch(msgs, maxBytes); err != nil {
-		return nil, err
-	}
-	out := make([]Message, len(msgs))
-	now := time.Now()
-	for i, m := range msgs {
-		if m.ID == "" {
-			m.ID = NewID()
-		}
-		if m.Time.IsZero() {
-			m.Time = now
-		}
-		out[i] = m
-	}
-	return out, nil
 }
 
 // Delivery is a message as a subscriber received it, with what the broker

@@ -13,6 +13,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/dlq/internal/telemetry"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
 // Retries says where a failed message waits for its next attempt. It is the
@@ -320,7 +321,7 @@ func (c *Consumer) Topics(topic, group string) []string {
 // Waits between in-process attempts end when ctx is cancelled: the message
 // stays unacknowledged and is delivered again after the restart.
 func (c *Consumer) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
-	if err := broker.CheckSubscribe(sub, h); err != nil {
+	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
 		return err
 	}
 	if c.cfg.Subscriber == nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
 // Record headers the adapter reserves. Message.ID travels in HeaderUUID when
@@ -33,15 +34,15 @@ type recordSlot struct {
 	h [1]kgo.RecordHeader
 }
 
-// toRecords validates msgs (broker.ValidateBatch with maxBytes) and maps
+// toRecords validates msgs (brokerimpl.ValidateBatch with maxBytes) and maps
 // them to records in one pass, without copying the messages: Topic, Key
 // (empty means no key), Payload as the value, Time as the record timestamp
 // (milliseconds; a zero Time becomes now), ID and Headers as record headers.
 // The ID header always comes first; an empty ID is filled from ids, exactly
-// where broker.Normalize would fill one. All records, keys and IDs of the
+// where brokerimpl.Normalize would fill one. All records, keys and IDs of the
 // batch share three allocations.
 func toRecords(msgs []broker.Message, maxBytes int, ids *idGen) ([]*kgo.Record, error) {
-	if err := broker.ValidateBatch(msgs, maxBytes); err != nil {
+	if err := brokerimpl.ValidateBatch(msgs, maxBytes); err != nil {
 		return nil, err
 	}
 	if len(msgs) == 0 {

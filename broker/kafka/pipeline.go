@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
 // Transform turns one consumed message into the messages to produce for it.
@@ -138,7 +139,7 @@ func (p *Pipeline) Run(ctx context.Context, sub broker.Subscription, fn Transfor
 	if fn == nil {
 		return broker.ErrNilHandler
 	}
-	if err := broker.CheckSubscribe(sub, func(context.Context, broker.Delivery) error { return nil }); err != nil {
+	if err := brokerimpl.CheckSubscribe(sub, func(context.Context, broker.Delivery) error { return nil }); err != nil {
 		return err
 	}
 	cfg := p.cfg

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 	"github.com/steadfast-go/steadfast/internal/testenv"
 )
 
@@ -21,7 +22,7 @@ func newTestMember(t *testing.T, parts ...int32) *member {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
-	m, err := newMember(s, broker.Subscription{Topic: "t", Group: "g"}.WithDefaults(),
+	m, err := newMember(s, brokerimpl.WithDefaults(broker.Subscription{Topic: "t", Group: "g"}),
 		func(context.Context, broker.Delivery) error { return nil }, context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +98,7 @@ func TestDeliveriesStayIntact(t *testing.T) {
 		all  = make(chan struct{})
 	)
 	// Run the member the way Subscribe does, keeping hold of its pool.
-	m, err := newMember(k.sub, broker.Subscription{Topic: topic, Group: testenv.Name(t, "g")}.WithDefaults(),
+	m, err := newMember(k.sub, brokerimpl.WithDefaults(broker.Subscription{Topic: topic, Group: testenv.Name(t, "g")}),
 		func(_ context.Context, d broker.Delivery) error {
 			mu.Lock()
 			defer mu.Unlock()

@@ -71,7 +71,7 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 
 // Publish sends msgs and waits until the cluster acknowledged every one.
 //
-// The batch is validated first (broker.ValidateBatch with MaxMessageBytes): an
+// The batch is validated first (broker.Message.Validate with MaxMessageBytes): an
 // empty topic or an oversized message rejects the whole call with an error
 // wrapping broker.ErrEmptyTopic or broker.ErrMessageTooLarge, and nothing is
 // sent. Otherwise every message is produced at once and the call waits for

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
 // Subscriber consumes topics in Kafka consumer groups. It implements
@@ -173,10 +174,10 @@ func (s *Subscriber) Close() error {
 // their results are recorded whenever they return. A handler that panics
 // counts as failed and is retried.
 func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
-	if err := broker.CheckSubscribe(sub, h); err != nil {
+	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
 		return err
 	}
-	sub = sub.WithDefaults()
+	sub = brokerimpl.WithDefaults(sub)
 	if err := ctx.Err(); err != nil {
 		return nil
 	}

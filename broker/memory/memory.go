@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
 // Config tunes a Broker. The zero value is ready to use.
@@ -90,7 +91,7 @@ func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	msgs, err := broker.Normalize(msgs, b.cfg.MaxMessageBytes)
+	msgs, err := brokerimpl.Normalize(msgs, b.cfg.MaxMessageBytes)
 	if err != nil {
 		return err
 	}
@@ -171,10 +172,10 @@ func (b *Broker) topic(name string) *topic {
 // broker is closed (returns broker.ErrClosed). See package doc for the
 // delivery guarantees.
 func (b *Broker) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
-	if err := broker.CheckSubscribe(sub, h); err != nil {
+	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
 		return err
 	}
-	sub = sub.WithDefaults()
+	sub = brokerimpl.WithDefaults(sub)
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
 // PublisherConfig tunes a Publisher. The zero value is ready to use.
@@ -214,7 +215,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("rabbitmq: publish: %w", err)
 	}
-	msgs, err = broker.Normalize(msgs, p.cfg.MaxMessageBytes)
+	msgs, err = brokerimpl.Normalize(msgs, p.cfg.MaxMessageBytes)
 	if err != nil {
 		return err
 	}

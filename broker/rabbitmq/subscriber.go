@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
 // SubscriberConfig tunes a Subscriber. The zero value is ready to use.
@@ -166,10 +167,10 @@ func (s *Subscriber) Topology(topic string, groups ...string) (Topology, error) 
 // declaration error. A ctx that ends while the broker does not answer a
 // declaration or the start of consuming ends the call as well.
 func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
-	if err := broker.CheckSubscribe(sub, h); err != nil {
+	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
 		return err
 	}
-	sub = sub.WithDefaults()
+	sub = brokerimpl.WithDefaults(sub)
 	s.mu.Lock()
 	if s.done {
 		s.mu.Unlock()

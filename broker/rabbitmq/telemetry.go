@@ -88,7 +88,7 @@ func newTelemetry(mp metric.MeterProvider, tp trace.TracerProvider) *telemetry {
 // startPublish starts the span of a Publish call and, when the span
 // context is valid, gives the messages that have no traceparent header W3C
 // traceparent (and tracestate) headers. msgs must be the Publisher's own
-// copy (broker.Normalize's result); each Headers map it changes is replaced
+// copy (brokerimpl.Normalize's result); each Headers map it changes is replaced
 // by a new one, so the caller's maps are not modified. Without a
 // TracerProvider no span is started, and the caller's span context, if
 // any, is propagated.

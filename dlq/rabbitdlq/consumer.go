@@ -11,6 +11,7 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/dlq"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
 // Config configures a Consumer.
@@ -178,7 +179,7 @@ func (c *Consumer) Setup(ctx context.Context, topic string, groups ...string) er
 // Subscribe declares sub's topology (Setup) and consumes it with h wrapped
 // in the retry and dead-letter middleware (see dlq.Consumer.Subscribe).
 func (c *Consumer) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
-	if err := broker.CheckSubscribe(sub, h); err != nil {
+	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
 		return err
 	}
 	if err := c.Setup(ctx, sub.Topic, sub.Group); err != nil {

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 	"github.com/steadfast-go/steadfast/outbox"
 )
 
@@ -253,7 +254,7 @@ func Migrate(ctx context.Context, db DB, table string) error {
 // relays when it commits and vanish if it rolls back. With a pool or a
 // connection outside a transaction the rows commit at once.
 //
-// Messages are validated and completed first (broker.Normalize: an empty
+// Messages are validated and completed first (as a publisher does: an empty
 // ID gets a UUIDv7, a zero Time the current time); a batch with an invalid
 // message (empty topic, over MaxMessageBytes) writes nothing and returns an
 // error wrapping broker.ErrEmptyTopic or broker.ErrMessageTooLarge. The trace
@@ -267,7 +268,7 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 	if db == nil {
 		return fmt.Errorf("outbox/postgres: enqueue: nil DB")
 	}
-	msgs, err := broker.Normalize(msgs, s.cfg.MaxMessageBytes)
+	msgs, err := brokerimpl.Normalize(msgs, s.cfg.MaxMessageBytes)
 	if err != nil {
 		return fmt.Errorf("outbox/postgres: enqueue: %w", err)
 	}
