@@ -255,7 +255,7 @@ func TestPoisonStreamInProcess(t *testing.T) {
 // memory broker redelivers, the middleware counts Delivery.Attempt.
 func TestPoisonStreamRedeliver(t *testing.T) {
 	t.Parallel()
-	b := memory.New(memory.Config{RedeliveryBackoff: func(int) time.Duration { return time.Millisecond }})
+	b := memory.New(memory.Config{RedeliveryBackoff: broker.ConstantBackoff(time.Millisecond)})
 	defer b.Close()
 	msgs, bad := stream(t, b, "orders", 1000, 10)
 	c := newConsumer(t, dlq.Config{Publisher: b, Subscriber: b, Policy: fastPolicy, Retries: dlq.RetryRedeliver})
@@ -456,7 +456,7 @@ func TestPermanentErrorSkipsRetries(t *testing.T) {
 // lost. Messages of other keys keep flowing meanwhile.
 func TestDeadLetterPublishFailureKeepsTheMessage(t *testing.T) {
 	t.Parallel()
-	b := memory.New(memory.Config{RedeliveryBackoff: func(int) time.Duration { return time.Millisecond }})
+	b := memory.New(memory.Config{RedeliveryBackoff: broker.ConstantBackoff(time.Millisecond)})
 	defer b.Close()
 	poison := broker.NewMessage("orders", []byte("poison"))
 	poison.Key = "a"

@@ -20,6 +20,7 @@ package memory
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -28,32 +29,57 @@ import (
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
-// Config tunes a Broker. The zero value is ready to use.
+// ErrInvalidConfig is wrapped by Config.Validate's errors, which Publish and
+// Subscribe of a Broker made with that Config return.
+var ErrInvalidConfig = errors.New("memory: invalid config")
+
+// DefaultDrainTimeout is the default Config.DrainTimeout.
+const DefaultDrainTimeout = 30 * time.Second
+
+// DefaultRedeliveryBackoff returns the schedule used when
+// Config.RedeliveryBackoff is zero: 5ms after the first failure, doubling,
+// at most 1s, without jitter.
+func DefaultRedeliveryBackoff() broker.Backoff {
+	return broker.Backoff{Initial: 5 * time.Millisecond, Max: time.Second, Jitter: -1}
+}
+
+// Config tunes a Broker. The zero value is ready to use; zero fields take
+// the documented defaults and negative values are invalid.
 type Config struct {
 	// MaxMessageBytes is the largest Message.Size accepted by Publish.
 	// Default broker.DefaultMaxMessageBytes.
 	MaxMessageBytes int
-	// RedeliveryBackoff returns how long a failed message waits before its
-	// next delivery; attempt is the number of deliveries so far (1 after the
-	// first failure). Default: 5ms doubling per attempt, capped at 1s.
-	RedeliveryBackoff func(attempt int) time.Duration
+	// RedeliveryBackoff is how long a failed message waits before its next
+	// delivery, by the number of deliveries so far (1 after the first
+	// failure). Zero means DefaultRedeliveryBackoff(); otherwise zero fields
+	// take broker.Backoff's defaults.
+	RedeliveryBackoff broker.Backoff
 	// DrainTimeout bounds how long a stopping subscription waits for running
 	// handlers before cancelling their context. Their results are still
-	// recorded when they return. Default 30s.
+	// recorded when they return. Default DefaultDrainTimeout (30s).
 	DrainTimeout time.Duration
 }
 
-// DefaultRedeliveryBackoff is the backoff used when Config.RedeliveryBackoff
-// is nil.
-func DefaultRedeliveryBackoff(attempt int) time.Duration { return redeliveryBackoff(attempt) }
-
-// redeliveryBackoff is 5ms after the first failure, doubling, at most 1s.
-var redeliveryBackoff = broker.DoublingBackoff(5*time.Millisecond, time.Second)
+// Validate reports a field out of range with an error wrapping
+// ErrInvalidConfig (and broker.ErrInvalidBackoff for RedeliveryBackoff).
+func (c Config) Validate() error {
+	switch {
+	case c.MaxMessageBytes < 0:
+		return fmt.Errorf("%w: MaxMessageBytes %d < 0", ErrInvalidConfig, c.MaxMessageBytes)
+	case c.DrainTimeout < 0:
+		return fmt.Errorf("%w: DrainTimeout %v < 0", ErrInvalidConfig, c.DrainTimeout)
+	}
+	if err := c.RedeliveryBackoff.Validate(); err != nil {
+		return fmt.Errorf("%w: RedeliveryBackoff: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
 
 // Broker is an in-process broker. It implements broker.Publisher and
 // broker.Subscriber and is safe for concurrent use. Create it with New.
 type Broker struct {
 	cfg    Config
+	bad    error // Config.Validate's error: every call fails with it
 	mu     sync.Mutex
 	topics map[string]*topic
 	closed bool
@@ -65,18 +91,25 @@ var (
 	_ broker.Subscriber = (*Broker)(nil)
 )
 
-// New returns an empty broker.
+// New returns an empty broker. It never fails, so a test can build one in
+// an expression; a cfg that Config.Validate rejects makes every Publish and
+// Subscribe call of the broker return that error.
 func New(cfg Config) *Broker {
-	if cfg.MaxMessageBytes <= 0 {
+	b := &Broker{topics: make(map[string]*topic), done: make(chan struct{})}
+	if b.bad = cfg.Validate(); b.bad != nil {
+		return b
+	}
+	if cfg.MaxMessageBytes == 0 {
 		cfg.MaxMessageBytes = broker.DefaultMaxMessageBytes
 	}
-	if cfg.RedeliveryBackoff == nil {
-		cfg.RedeliveryBackoff = DefaultRedeliveryBackoff
+	if cfg.RedeliveryBackoff == (broker.Backoff{}) {
+		cfg.RedeliveryBackoff = DefaultRedeliveryBackoff()
 	}
-	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = 30 * time.Second
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
 	}
-	return &Broker{cfg: cfg, topics: make(map[string]*topic), done: make(chan struct{})}
+	b.cfg = cfg
+	return b
 }
 
 type topic struct {
@@ -88,6 +121,9 @@ type topic struct {
 // group. It returns broker.ErrClosed after Close and ctx.Err() when ctx is
 // already done; otherwise all messages are accepted atomically.
 func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) error {
+	if b.bad != nil {
+		return b.bad
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -172,6 +208,9 @@ func (b *Broker) topic(name string) *topic {
 // broker is closed (returns broker.ErrClosed). See package doc for the
 // delivery guarantees.
 func (b *Broker) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
+	if b.bad != nil {
+		return b.bad
+	}
 	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
 		return err
 	}
@@ -220,7 +259,7 @@ func (b *Broker) work(ctx context.Context, g *group, h broker.Handler) {
 			return
 		}
 		err := b.run(ctx, h, e)
-		g.complete(e, err, b.cfg.RedeliveryBackoff)
+		g.complete(e, err, b.cfg.RedeliveryBackoff.Delay)
 	}
 }
 

@@ -161,7 +161,7 @@ func consume(t *testing.T, b *memory.Broker, topic, group string, h broker.Handl
 }
 
 func newBroker(t *testing.T) *memory.Broker {
-	b := memory.New(memory.Config{RedeliveryBackoff: func(int) time.Duration { return 2 * time.Millisecond }})
+	b := memory.New(memory.Config{RedeliveryBackoff: broker.ConstantBackoff(2 * time.Millisecond)})
 	t.Cleanup(func() { b.Close() })
 	return b
 }
