@@ -309,25 +309,26 @@ const (
 	OrderPerPartition
 )
 
-// DefaultRetryBackoff is the SubscriberConfig.RetryBackoff used when none is
-// set: 10ms after the first failure, doubling, at most 5s.
-func DefaultRetryBackoff(attempt int) time.Duration { return retryBackoff(attempt) }
-
-var retryBackoff = broker.DoublingBackoff(10*time.Millisecond, 5*time.Second)
+// DefaultRetryBackoff returns the schedule SubscriberConfig.RetryBackoff
+// and PipelineConfig.RetryBackoff use when zero: 10ms after the first
+// failure, doubling, at most 5s, without jitter.
+func DefaultRetryBackoff() broker.Backoff {
+	return broker.Backoff{Initial: 10 * time.Millisecond, Max: 5 * time.Second, Jitter: -1}
+}
 
 // SubscriberConfig tunes a Subscriber.
 type SubscriberConfig struct {
 	Config
 	// Ordering is OrderPerKey (default) or OrderPerPartition.
 	Ordering Ordering
-	// RetryBackoff returns how long a message whose handler failed waits
-	// before its next attempt; attempt is the number of attempts so far.
-	// The message's key (its partition, with OrderPerPartition) stays
-	// blocked meanwhile, so order holds; other keys keep flowing. A message
-	// is retried until it succeeds or its partition is released; bound the
-	// attempts with retry or dead-letter middleware. Default
-	// DefaultRetryBackoff.
-	RetryBackoff func(attempt int) time.Duration
+	// RetryBackoff is how long a message whose handler failed waits before
+	// its next attempt, by the number of attempts so far. The message's key
+	// (its partition, with OrderPerPartition) stays blocked meanwhile, so
+	// order holds; other keys keep flowing. A message is retried until it
+	// succeeds or its partition is released; bound the attempts with retry
+	// or dead-letter middleware. Zero means DefaultRetryBackoff(); otherwise
+	// zero fields take broker.Backoff's defaults.
+	RetryBackoff broker.Backoff
 	// ReadCommitted makes subscribers skip records of aborted transactions
 	// and wait for open ones to end (isolation.level=read_committed).
 	// Default false: read_uncommitted, as Kafka consumers default to.
@@ -364,8 +365,11 @@ func (c SubscriberConfig) withDefaults() (SubscriberConfig, error) {
 	if c.Ordering != OrderPerKey && c.Ordering != OrderPerPartition {
 		return c, fmt.Errorf("%w: unknown ordering %d", ErrInvalidConfig, c.Ordering)
 	}
-	if c.RetryBackoff == nil {
-		c.RetryBackoff = DefaultRetryBackoff
+	if err := c.RetryBackoff.Validate(); err != nil {
+		return c, fmt.Errorf("%w: RetryBackoff: %w", ErrInvalidConfig, err)
+	}
+	if c.RetryBackoff == (broker.Backoff{}) {
+		c.RetryBackoff = DefaultRetryBackoff()
 	}
 	if c.CommitInterval == 0 {
 		c.CommitInterval = time.Second

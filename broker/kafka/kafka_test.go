@@ -11,12 +11,13 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/brokertest"
 	"github.com/steadfast-go/steadfast/internal/testenv"
 )
 
 // testBackoff keeps retries quick in tests.
-func testBackoff(attempt int) time.Duration { return time.Duration(attempt) * 5 * time.Millisecond }
+var testBackoff = broker.Backoff{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, Jitter: -1}
 
 // testSubConfig is the subscriber configuration tests use: quick heartbeats
 // so rebalances settle fast, quick retries.

@@ -48,9 +48,11 @@ type PipelineConfig struct {
 	// TransactionTimeout is how long the cluster keeps a transaction open
 	// without hearing from its producer before aborting it. Default 30s.
 	TransactionTimeout time.Duration
-	// RetryBackoff returns how long to wait after attempt failed before
-	// consuming the aborted batch again. Default DefaultRetryBackoff.
-	RetryBackoff func(attempt int) time.Duration
+	// RetryBackoff is how long to wait after a failed attempt, by its
+	// number, before consuming the aborted batch again. Zero means
+	// DefaultRetryBackoff(); otherwise zero fields take broker.Backoff's
+	// defaults.
+	RetryBackoff broker.Backoff
 	// MaxMessageBytes is the largest output Message.Size accepted. Default
 	// DefaultMaxMessageBytes.
 	MaxMessageBytes int
@@ -70,8 +72,11 @@ func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
 	if c.TransactionTimeout == 0 {
 		c.TransactionTimeout = 30 * time.Second
 	}
-	if c.RetryBackoff == nil {
-		c.RetryBackoff = DefaultRetryBackoff
+	if err := c.RetryBackoff.Validate(); err != nil {
+		return c, fmt.Errorf("%w: RetryBackoff: %w", ErrInvalidConfig, err)
+	}
+	if c.RetryBackoff == (broker.Backoff{}) {
+		c.RetryBackoff = DefaultRetryBackoff()
 	}
 	if c.MaxMessageBytes == 0 {
 		c.MaxMessageBytes = DefaultMaxMessageBytes
@@ -287,7 +292,7 @@ func (r *pipelineRun) loop(ctx context.Context) error {
 		log.Debug("kafka: pipeline transaction aborted", "partition", failed.Partition, "offset", failed.Offset, "attempt", failedAttempt)
 		select {
 		case <-ctx.Done():
-		case <-time.After(r.cfg.RetryBackoff(failedAttempt)):
+		case <-time.After(r.cfg.RetryBackoff.Delay(failedAttempt)):
 		}
 	}
 	return nil

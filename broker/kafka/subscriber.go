@@ -415,7 +415,9 @@ const maxPoll = 2048
 // most maxPoll, is free again) and takes at most enough records to reach
 // MaxBufferedRecords, and at most maxPoll.
 func (m *member) pollLoop(ctx context.Context) {
-	backoff := 0
+	// The pause after consecutive fetches that failed and returned nothing.
+	backoff := broker.Backoff{Initial: 100 * time.Millisecond, Max: 3200 * time.Millisecond, Jitter: -1}
+	failures := 0
 	for {
 		m.mu.Lock()
 		for m.live > m.pollBelow && ctx.Err() == nil {
@@ -454,13 +456,13 @@ func (m *member) pollLoop(ctx context.Context) {
 		m.mu.Unlock()
 		m.cl.AllowRebalance()
 		if failed && n == 0 {
-			backoff = min(backoff+1, 6)
+			failures = min(failures+1, 64)
 			select {
 			case <-ctx.Done():
-			case <-time.After(time.Duration(50<<backoff) * time.Millisecond):
+			case <-time.After(backoff.Delay(failures)):
 			}
 		} else {
-			backoff = 0
+			failures = 0
 		}
 	}
 }
@@ -643,7 +645,7 @@ func (m *member) complete(it *item, err error) {
 	}
 	m.log.Debug("kafka: handler failed; retrying", "partition", p.id, "offset", it.off, "attempt", it.attempt, "error", err)
 	it.state = stBackoff
-	wait := m.cfg.RetryBackoff(it.attempt)
+	wait := m.cfg.RetryBackoff.Delay(it.attempt)
 	it.attempt++
 	gen := it.gen
 	it.timer = time.AfterFunc(wait, func() {

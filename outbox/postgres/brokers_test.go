@@ -38,7 +38,7 @@ func kafkaBrokerAt(t *testing.T, seeds []string) outboxtest.Broker {
 	}
 	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
 		Config:            kafka.Config{Brokers: seeds},
-		RetryBackoff:      func(n int) time.Duration { return time.Duration(n) * 5 * time.Millisecond },
+		RetryBackoff:      broker.Backoff{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, Jitter: -1},
 		CommitInterval:    200 * time.Millisecond,
 		HeartbeatInterval: 300 * time.Millisecond,
 		SessionTimeout:    10 * time.Second,
