@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
@@ -31,14 +30,14 @@ type Config struct {
 	// Logger receives connection-lifecycle events (lost, reconnected,
 	// topology re-declared). Default: a logger that discards everything.
 	Logger *slog.Logger
-	// ReconnectMin and ReconnectMax bound the exponential backoff (with
-	// jitter) between reconnection attempts. Every failed attempt of an
-	// outage waits the next interval: a dial that fails, a new connection
-	// lost while the topology is declared again on it, and a connection
-	// lost less than ReconnectMax after it was established (the first
-	// redial after a connection that held longer is immediate). Defaults
-	// 100ms and 5s.
-	ReconnectMin, ReconnectMax time.Duration
+	// Reconnect is the schedule of waits between reconnection attempts.
+	// Every failed attempt of an outage waits the next interval: a dial that
+	// fails, a new connection lost while the topology is declared again on
+	// it, and a connection lost less than Reconnect.Max after it was
+	// established (the first redial after a connection that held longer is
+	// immediate). Zero means DefaultReconnectBackoff(); otherwise zero
+	// fields take broker.Backoff's defaults.
+	Reconnect broker.Backoff
 	// DialTimeout bounds one TCP connect plus AMQP handshake. Default 10s.
 	DialTimeout time.Duration
 	// Heartbeat is the AMQP heartbeat interval; a broker silent for 1.5
@@ -70,6 +69,13 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 }
 
+// DefaultReconnectBackoff returns the schedule Config.Reconnect uses when
+// zero: 100ms after the first failed attempt, growing by half at each
+// further one, at most 5s, each wait shortened by up to half at random.
+func DefaultReconnectBackoff() broker.Backoff {
+	return broker.Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second, Multiplier: 1.5, Jitter: 0.5}
+}
+
 func (c Config) withDefaults() (Config, error) {
 	if c.URL == "" {
 		return c, fmt.Errorf("%w: Config.URL is empty", ErrInvalidConfig)
@@ -83,15 +89,14 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.ReconnectMin <= 0 {
-		c.ReconnectMin = 100 * time.Millisecond
+	if err := c.Reconnect.Validate(); err != nil {
+		return c, fmt.Errorf("%w: Config.Reconnect: %w", ErrInvalidConfig, err)
 	}
-	if c.ReconnectMax <= 0 {
-		c.ReconnectMax = 5 * time.Second
+	if c.Reconnect == (broker.Backoff{}) {
+		c.Reconnect = DefaultReconnectBackoff()
 	}
-	if c.ReconnectMax < c.ReconnectMin {
-		return c, fmt.Errorf("%w: ReconnectMax %v < ReconnectMin %v", ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
-	}
+	// Filled in, so that Reconnect.Max is the cap the waits use.
+	c.Reconnect = c.Reconnect.WithDefaults()
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 10 * time.Second
 	}
@@ -153,7 +158,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		changed: make(chan struct{}),
 		topo:    make(chan struct{}, 1),
 	}
-	conn, sock, err := c.dialRetry(ctx, c.newBackoff())
+	conn, sock, err := c.dialRetry(ctx, c.newRetries())
 	if err != nil {
 		return nil, err
 	}
@@ -358,14 +363,23 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func (c *Conn) newBackoff() *backoff.ExponentialBackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = c.cfg.ReconnectMin
-	b.MaxInterval = c.cfg.ReconnectMax
-	b.MaxElapsedTime = 0
-	b.Reset()
-	return b
+// retries counts the failed attempts of one outage and gives the wait
+// after each from Config.Reconnect.
+type retries struct {
+	b broker.Backoff
+	n int
 }
+
+func (c *Conn) newRetries() *retries { return &retries{b: c.cfg.Reconnect} }
+
+// next returns the wait after one more failed attempt.
+func (r *retries) next() time.Duration {
+	r.n = min(r.n+1, 1<<20)
+	return r.b.Delay(r.n)
+}
+
+// reset starts a new outage.
+func (r *retries) reset() { r.n = 0 }
 
 // permanent reports dial errors that retrying cannot fix.
 func permanent(err error) bool {
@@ -380,7 +394,7 @@ func permanent(err error) bool {
 // attempts the intervals b gives. It dials nothing once ctx is done, and
 // returns as soon as ctx is done, whether waiting or dialing, with an error
 // wrapping ctx's. Refused credentials fail at once.
-func (c *Conn) dialRetry(ctx context.Context, b backoff.BackOff) (*amqp.Connection, net.Conn, error) {
+func (c *Conn) dialRetry(ctx context.Context, b *retries) (*amqp.Connection, net.Conn, error) {
 	var last error // of the previous attempt
 	aborted := func() error {
 		if last == nil {
@@ -403,7 +417,7 @@ func (c *Conn) dialRetry(ctx context.Context, b backoff.BackOff) (*amqp.Connecti
 			return nil, nil, fmt.Errorf("rabbitmq: dial %s: %w", redact(c.cfg.URL), err)
 		}
 		last = err
-		wait := b.NextBackOff()
+		wait := b.next()
 		lvl := slog.LevelDebug
 		if attempt == 1 {
 			lvl = slog.LevelWarn
@@ -426,16 +440,16 @@ func redact(u string) string {
 }
 
 // supervise watches conn and replaces it when it is lost, until ctx ends
-// (Close). An outage has one backoff (see Config.ReconnectMin), whose next
+// (Close). An outage has one backoff (see Config.Reconnect), whose next
 // interval every failed attempt waits before the next dial: a dial that
 // fails, a new connection lost while the topology is declared again on it,
-// and a connection lost less than ReconnectMax after it was handed out,
+// and a connection lost less than Reconnect.Max after it was handed out,
 // which does not end the outage. So a broker that accepts connections and
 // drops them is not redialled in a tight loop. Every wait, dial and
 // re-declaration ends as soon as ctx does.
 func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 	defer c.wg.Done()
-	b := c.newBackoff()
+	b := c.newRetries()
 	for {
 		up := time.Now()
 		var lost *amqp.Error
@@ -469,11 +483,11 @@ func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 		}
 		c.setDown()
 		c.tel.reconnects.Add(ctx, 1)
-		if held := time.Since(up); held >= c.cfg.ReconnectMax {
-			b.Reset()
+		if held := time.Since(up); held >= c.cfg.Reconnect.Max {
+			b.reset()
 			c.log.Warn("rabbitmq: connection lost", "err", lost)
 		} else {
-			wait := b.NextBackOff()
+			wait := b.next()
 			c.log.Warn("rabbitmq: connection lost soon after it was established, reconnecting after a backoff", "err", lost, "up", held, "in", wait)
 			if sleep(ctx, wait) != nil {
 				return
@@ -490,7 +504,7 @@ func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 					return
 				}
 				c.log.Error("rabbitmq: reconnect failed", "err", err)
-				if sleep(ctx, c.cfg.ReconnectMax) != nil {
+				if sleep(ctx, c.cfg.Reconnect.Max) != nil {
 					return
 				}
 				continue
@@ -500,7 +514,7 @@ func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 				if ctx.Err() != nil {
 					return
 				}
-				wait := b.NextBackOff()
+				wait := b.next()
 				c.log.Warn("rabbitmq: topology re-declaration interrupted, reconnecting after a backoff", "in", wait, "err", err)
 				if sleep(ctx, wait) != nil {
 					return
@@ -783,7 +797,7 @@ func (c *Conn) unlockTopology() { <-c.topo }
 
 // pause waits a little before a retry.
 func (c *Conn) pause(ctx context.Context) error {
-	t := time.NewTimer(c.cfg.ReconnectMin)
+	t := time.NewTimer(c.cfg.Reconnect.Initial)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

@@ -23,13 +23,17 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+// testReconnect is the reconnect schedule of test connections: quick, and
+// the default's shape (growing by half, up to half of each wait random).
+var testReconnect = broker.Backoff{Initial: 50 * time.Millisecond, Max: time.Second, Multiplier: 1.5, Jitter: 0.5}
+
 // dial connects to url and closes the connection at cleanup.
 func dial(t testing.TB, url string) *rabbitmq.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	c, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: url, Name: t.Name(), Logger: testLogger(),
-		ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
+		Reconnect: testReconnect})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}

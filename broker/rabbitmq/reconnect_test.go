@@ -98,7 +98,7 @@ func dialConfig(t testing.TB, cfg rabbitmq.Config) *rabbitmq.Conn {
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger()
 	}
-	cfg.ReconnectMin, cfg.ReconnectMax = 50*time.Millisecond, time.Second
+	cfg.Reconnect = testReconnect
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	c, err := rabbitmq.Dial(ctx, cfg)
@@ -508,7 +508,7 @@ func TestRedeclareAfterReconnect(t *testing.T) {
 // (redeclare) or right after the handshake, on a Conn with no topology to
 // declare again, so that the connection is handed out and lost at once
 // (handshake). Either way each failed attempt waits the next interval of
-// the reconnect backoff (ReconnectMin 50ms, ReconnectMax 1s here), so only
+// the reconnect backoff (testReconnect: 50ms, growing by half, at most 1s), so only
 // a handful of dials happen within seconds. Once the broker behaves again,
 // the Conn recovers and publishing works.
 func TestReconnectBackoff(t *testing.T) {

@@ -33,9 +33,10 @@ type SubscriberConfig struct {
 	// means no limit without Groups.Retry, and 1 with it (every failure
 	// goes down the retry chain at once).
 	MaxAttempts int
-	// RetryBackoff returns the wait before attempt+1 after attempt failed
-	// in process. Default: 5ms doubling per attempt, capped at 1s.
-	RetryBackoff func(attempt int) time.Duration
+	// RetryBackoff is the wait before the next in-process attempt, by the
+	// number of the attempt that failed. Zero means DefaultRetryBackoff();
+	// otherwise zero fields take broker.Backoff's defaults.
+	RetryBackoff broker.Backoff
 	// DrainTimeout bounds how long a stopping member waits for running
 	// handlers before cancelling their context. Their results are still
 	// recorded when they return. Default 30s.
@@ -44,11 +45,12 @@ type SubscriberConfig struct {
 	Logger *slog.Logger
 }
 
-// DefaultRetryBackoff is the RetryBackoff used when none is configured:
-// 5ms after the first failure, doubling, at most 1s.
-func DefaultRetryBackoff(attempt int) time.Duration { return retryBackoff(attempt) }
-
-var retryBackoff = broker.DoublingBackoff(5*time.Millisecond, time.Second)
+// DefaultRetryBackoff returns the schedule SubscriberConfig.RetryBackoff
+// uses when zero: 5ms after the first failure, doubling, at most 1s,
+// without jitter.
+func DefaultRetryBackoff() broker.Backoff {
+	return broker.Backoff{Initial: 5 * time.Millisecond, Max: time.Second, Jitter: -1}
+}
 
 func (c SubscriberConfig) withDefaults(conn *Conn) (SubscriberConfig, error) {
 	if c.Prefetch < 0 || c.Prefetch > 65535 || c.MaxAttempts < 0 || c.DrainTimeout < 0 {
@@ -60,8 +62,11 @@ func (c SubscriberConfig) withDefaults(conn *Conn) (SubscriberConfig, error) {
 	if c.MaxAttempts == 0 && c.Groups.Retry != nil {
 		c.MaxAttempts = 1
 	}
-	if c.RetryBackoff == nil {
-		c.RetryBackoff = DefaultRetryBackoff
+	if err := c.RetryBackoff.Validate(); err != nil {
+		return c, fmt.Errorf("%w: SubscriberConfig.RetryBackoff: %w", ErrInvalidConfig, err)
+	}
+	if c.RetryBackoff == (broker.Backoff{}) {
+		c.RetryBackoff = DefaultRetryBackoff()
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 30 * time.Second
@@ -502,7 +507,7 @@ func (s *session) process(j *job) bool {
 		}
 		tel.consumed.Add(context.Background(), 1, tel.retry)
 		s.m.s.log.Debug("rabbitmq: handler failed, retrying", "queue", s.m.queue, "id", j.info.msg.ID, "attempt", attempt, "err", err)
-		t := time.NewTimer(cfg.RetryBackoff(attempt))
+		t := time.NewTimer(cfg.RetryBackoff.Delay(attempt))
 		select {
 		case <-t.C:
 		case <-s.stopCh:

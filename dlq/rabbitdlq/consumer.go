@@ -105,8 +105,13 @@ func NewConsumer(cfg Config) (*Consumer, error) {
 	case sc.MaxAttempts != 0:
 		return nil, fmt.Errorf("%w: Subscriber.MaxAttempts %d without a retry chain lets the broker drop messages the middleware has not dead-lettered; leave it zero",
 			dlq.ErrInvalidConfig, sc.MaxAttempts)
-	case cfg.DLQ.Retries == dlq.RetryRedeliver && sc.RetryBackoff == nil:
-		sc.RetryBackoff = cfg.DLQ.Policy.Backoff
+	case cfg.DLQ.Retries == dlq.RetryRedeliver && sc.RetryBackoff == (broker.Backoff{}):
+		p := cfg.DLQ.Policy.WithDefaults()
+		jitter := p.Jitter
+		if jitter == 0 {
+			jitter = -1
+		}
+		sc.RetryBackoff = broker.Backoff{Initial: p.InitialBackoff, Max: p.MaxBackoff, Multiplier: p.Multiplier, Jitter: jitter}
 	}
 	if cfg.DLQ.Logger == nil {
 		cfg.DLQ.Logger = sc.Logger

@@ -76,7 +76,7 @@ func rabbitBrokerAt(t *testing.T, url string) outboxtest.Broker {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		c, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: url, Name: t.Name(),
-			ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
+			Reconnect: broker.Backoff{Initial: 50 * time.Millisecond, Max: time.Second, Multiplier: 1.5, Jitter: 0.5}})
 		if err != nil {
 			t.Fatalf("rabbitmq dial: %v", err)
 		}
