@@ -431,7 +431,7 @@ func (c *Consumer) handle(ctx context.Context, next broker.Handler, d broker.Del
 			}
 			return nil
 		}
-		wait := c.cfg.Policy.Backoff(attempt)
+		wait := c.cfg.Policy.Delay(attempt)
 		c.tel.Retry(ctx, env.Topic, env.Group, c.cfg.Retries.String())
 		c.log.Debug("dlq: handler failed, retrying", "topic", env.Topic, "group", env.Group, "id", orig.ID,
 			"attempt", attempt, "max_attempts", c.cfg.Policy.MaxAttempts, "backoff", wait, "retries", c.cfg.Retries.String(), "err", err)

@@ -76,12 +76,8 @@ func NewConsumer(cfg Config) (*Consumer, error) {
 	}
 	mainCfg := cfg.Subscriber
 	if cfg.DLQ.Retries == dlq.RetryRedeliver && mainCfg.RetryBackoff == (broker.Backoff{}) {
-		p := cfg.DLQ.Policy.WithDefaults()
-		jitter := p.Jitter
-		if jitter == 0 {
-			jitter = -1
-		}
-		mainCfg.RetryBackoff = broker.Backoff{Initial: p.InitialBackoff, Max: p.MaxBackoff, Multiplier: p.Multiplier, Jitter: jitter}
+		// Filled in: a zero Backoff would mean the subscriber's own default.
+		mainCfg.RetryBackoff = cfg.DLQ.Policy.Backoff.WithDefaults()
 	}
 	c := &Consumer{}
 	var err error

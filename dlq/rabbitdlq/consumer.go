@@ -61,18 +61,18 @@ type Consumer struct {
 }
 
 // RetryChain returns the retry chain that waits p's backoffs: one retry
-// queue per retry, with delays p.Backoff(1) ... p.Backoff(MaxAttempts-1)
+// queue per retry, with delays p.Delay(1) ... p.Delay(MaxAttempts-1)
 // without jitter (a queue's TTL is one value) and at least 1ms. It returns
 // nil when p allows a single attempt.
 func RetryChain(p dlq.Policy) *rabbitmq.RetryChain {
 	p = p.WithDefaults()
-	p.Jitter, p.NoJitter = 0, true
+	p.Jitter = -1
 	if p.MaxAttempts < 2 {
 		return nil
 	}
 	delays := make([]time.Duration, p.MaxAttempts-1)
 	for i := range delays {
-		delays[i] = max(p.Backoff(i+1), time.Millisecond)
+		delays[i] = max(p.Delay(i+1), time.Millisecond)
 	}
 	return &rabbitmq.RetryChain{Delays: delays}
 }
@@ -106,12 +106,8 @@ func NewConsumer(cfg Config) (*Consumer, error) {
 		return nil, fmt.Errorf("%w: Subscriber.MaxAttempts %d without a retry chain lets the broker drop messages the middleware has not dead-lettered; leave it zero",
 			dlq.ErrInvalidConfig, sc.MaxAttempts)
 	case cfg.DLQ.Retries == dlq.RetryRedeliver && sc.RetryBackoff == (broker.Backoff{}):
-		p := cfg.DLQ.Policy.WithDefaults()
-		jitter := p.Jitter
-		if jitter == 0 {
-			jitter = -1
-		}
-		sc.RetryBackoff = broker.Backoff{Initial: p.InitialBackoff, Max: p.MaxBackoff, Multiplier: p.Multiplier, Jitter: jitter}
+		// Filled in: a zero Backoff would mean the subscriber's own default.
+		sc.RetryBackoff = cfg.DLQ.Policy.Backoff.WithDefaults()
 	}
 	if cfg.DLQ.Logger == nil {
 		cfg.DLQ.Logger = sc.Logger
