@@ -42,6 +42,14 @@ const (
 	DefaultStatsInterval   = 10 * time.Second
 )
 
+// DefaultBackoff returns the schedule Config.Backoff uses when zero: 1s
+// after the first failed attempt, doubling, at most 5m, each wait shortened
+// by up to 20% at random so that rows that failed together do not retry
+// together.
+func DefaultBackoff() broker.Backoff {
+	return broker.Backoff{Initial: time.Second, Max: 5 * time.Minute, Jitter: 0.2}
+}
+
 // Config tunes a Relay. The zero value is ready to use; every field documents
 // its default.
 type Config struct {
@@ -67,9 +75,11 @@ type Config struct {
 	// MaxAttempts is how many failed attempts park a row (status dead).
 	// Default DefaultMaxAttempts (10).
 	MaxAttempts int
-	// Backoff returns how long a row waits after its attempt-th failure.
-	// Default ExponentialBackoff(time.Second, 5*time.Minute).
-	Backoff func(attempt int) time.Duration
+	// Backoff is how long a row waits after a failure, by its number of
+	// failed attempts. It is a pure function of that count, which lives in
+	// the row and survives relay restarts. Zero means DefaultBackoff();
+	// otherwise zero fields take broker.Backoff's defaults.
+	Backoff broker.Backoff
 	// BlockKeyOnPark keeps a key blocked while it has a parked row: nothing
 	// after the parked row is published until the row is redriven (then it
 	// goes first) or deleted. Per-key order then holds without exception,
@@ -150,6 +160,9 @@ func (c Config) withDefaults() (Config, error) {
 	case c.MaxMessageBytes < 0:
 		return c, fmt.Errorf("%w: MaxMessageBytes %d < 0", ErrInvalidConfig, c.MaxMessageBytes)
 	}
+	if err := c.Backoff.Validate(); err != nil {
+		return c, fmt.Errorf("%w: Backoff: %w", ErrInvalidConfig, err)
+	}
 	if c.Name == "" {
 		c.Name = "outbox"
 	}
@@ -162,8 +175,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
 	}
-	if c.Backoff == nil {
-		c.Backoff = ExponentialBackoff(time.Second, 5*time.Minute)
+	if c.Backoff == (broker.Backoff{}) {
+		c.Backoff = DefaultBackoff()
 	}
 	if c.MaxMessageBytes == 0 {
 		c.MaxMessageBytes = broker.DefaultMaxMessageBytes
@@ -350,6 +363,8 @@ func (r *Relay) RunOnce(ctx context.Context) (int, error) {
 func (r *Relay) loop(ctx context.Context) {
 	poll := time.NewTimer(r.cfg.PollInterval)
 	defer poll.Stop()
+	// The pause after consecutive store or broker outages.
+	outageBackoff := broker.Backoff{Initial: 50 * time.Millisecond, Max: 5 * time.Second, Jitter: -1}
 	failures := 0
 	for ctx.Err() == nil {
 		res, err := r.cycle(ctx)
@@ -360,11 +375,11 @@ func (r *Relay) loop(ctx context.Context) {
 				return
 			}
 			failures++
-			pause = outageBackoff(failures)
+			pause = outageBackoff.Delay(failures)
 			r.log.Error("outbox: store failed; retrying", "error", err, "retry_in", pause)
 		case res.outage != nil:
 			failures++
-			pause = outageBackoff(failures)
+			pause = outageBackoff.Delay(failures)
 			r.log.Warn("outbox: broker unavailable; rows stay pending", "error", res.outage,
 				"rows", res.claimed, "retry_in", pause)
 		default:
@@ -410,10 +425,6 @@ func (r *Relay) loop(ctx context.Context) {
 	}
 }
 
-// outageBackoff is the relay's pause after n consecutive store or broker
-// outages: 50ms doubling to 5s.
-var outageBackoff = broker.DoublingBackoff(50*time.Millisecond, 5*time.Second)
-
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -426,6 +437,8 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 func (r *Relay) listen(ctx context.Context, n Notifier) {
+	// The pause after the notification channel broke.
+	listenBackoff := broker.Backoff{Initial: time.Second, Max: 30 * time.Second, Jitter: -1}
 	failures := 0
 	for ctx.Err() == nil {
 		start := time.Now()
@@ -437,7 +450,7 @@ func (r *Relay) listen(ctx context.Context, n Notifier) {
 			failures = 0 // it worked for a while: retry soon
 		}
 		failures++
-		pause := min(time.Duration(failures)*time.Second, 30*time.Second)
+		pause := listenBackoff.Delay(failures)
 		r.log.Warn("outbox: notifications lost; polling until they are back", "error", err, "retry_in", pause)
 		// Rows committed while the listener was down are found by the next
 		// poll; wake once so that happens now.
@@ -897,7 +910,7 @@ func (r *Relay) failure(rec Record, err error) Failure {
 		f.Park = true
 		f.Reason = fmt.Sprintf("gave up after %d attempts: %s", attempts, f.Reason)
 	default:
-		f.RetryAfter = r.cfg.Backoff(attempts)
+		f.RetryAfter = r.cfg.Backoff.Delay(attempts)
 	}
 	return f
 }

@@ -380,7 +380,7 @@ func (s *relaySuite) poison(t *testing.T, blockKey bool) {
 	e.consume(tally.Handler())
 	r := e.startRelay(e.store(), pub, outbox.Config{
 		MaxAttempts:    maxAttempts,
-		Backoff:        func(int) time.Duration { return 20 * time.Millisecond },
+		Backoff:        broker.ConstantBackoff(20 * time.Millisecond),
 		BlockKeyOnPark: blockKey,
 	})
 	e.enqueue(poison, SeqMessage(e.topic, "p", 1), SeqMessage(e.topic, "p", 2))
@@ -465,7 +465,7 @@ func (s *relaySuite) outage(t *testing.T) {
 	e.consume(tally.Handler())
 	e.startRelay(e.store(), pub, outbox.Config{
 		MaxAttempts: 2,
-		Backoff:     func(int) time.Duration { return 10 * time.Millisecond },
+		Backoff:     broker.ConstantBackoff(10 * time.Millisecond),
 	})
 	e.mustWrite(2, perKey)
 	Eventually(t, e.o.Timeout, "relay retrying against the down broker", func() (bool, string) {

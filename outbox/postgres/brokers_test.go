@@ -222,7 +222,7 @@ func brokerOutage(t *testing.T, b outboxtest.Broker, outage func(enqueue func())
 	})
 	r, err := outbox.NewRelay(h.open(t), counting, outbox.Config{
 		MaxAttempts:    2,
-		Backoff:        func(int) time.Duration { return 10 * time.Millisecond },
+		Backoff:        broker.ConstantBackoff(10 * time.Millisecond),
 		PublishTimeout: time.Second,
 		PollInterval:   50 * time.Millisecond,
 		Logger:         testLogger(),
