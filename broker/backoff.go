@@ -130,15 +130,3 @@ func (b Backoff) delay(attempt int, random func() float64) time.Duration {
 	}
 	return d
 }
-
-// DoublingBackoff returns a retry backoff for handlers and relays: base
-// after the first failure (attempt 1), doubling with each further attempt,
-// never above max.
-//
-// Deprecated: use Backoff{Initial: base, Max: max, Jitter: -1}.Delay.
-func DoublingBackoff(base, max time.Duration) func(attempt int) time.Duration {
-	if base <= 0 {
-		base = time.Millisecond
-	}
-	return Backoff{Initial: base, Max: max, Jitter: -1}.Delay
-}
