@@ -64,13 +64,38 @@ func (c Compression) codec() (kgo.CompressionCodec, error) {
 	return kgo.NoCompression(), fmt.Errorf("%w: unknown compression %q", ErrInvalidConfig, string(c))
 }
 
+// Defaults for the fields of Config, PublisherConfig, SubscriberConfig and
+// PipelineConfig left zero.
+const (
+	DefaultClientID     = "steadfast"
+	DefaultDialTimeout  = 10 * time.Second
+	DefaultStartTimeout = 15 * time.Second
+
+	DefaultLinger                      = 5 * time.Millisecond
+	DefaultBatchMaxBytes               = 1 << 20
+	DefaultCompression                 = CompressionSnappy
+	DefaultDeliveryTimeout             = 30 * time.Second
+	DefaultPublisherMaxBufferedRecords = 100_000
+
+	DefaultCommitInterval               = time.Second
+	DefaultDrainTimeout                 = 30 * time.Second
+	DefaultSubscriberMaxBufferedRecords = 10_000
+	DefaultSessionTimeout               = 45 * time.Second
+	DefaultRebalanceTimeout             = 60 * time.Second
+	DefaultHeartbeatInterval            = 3 * time.Second
+
+	DefaultMaxBatch           = 500
+	DefaultTransactionTimeout = 30 * time.Second
+)
+
 // Config is what every client of the package (Publisher, Subscriber, Admin,
 // Pipeline) needs to reach the cluster.
 type Config struct {
 	// Brokers are the seed brokers as host:port. Required. ParseBrokers turns
 	// a comma-separated list into this form.
 	Brokers []string
-	// ClientID is sent to the brokers with every request. Default "steadfast".
+	// ClientID is sent to the brokers with every request. Default
+	// DefaultClientID ("steadfast").
 	ClientID string
 	// Logger receives the adapter's logs and franz-go's warnings and errors.
 	// Default: logs are discarded.
@@ -78,11 +103,13 @@ type Config struct {
 	// MeterProvider provides the meter for the consumer-lag gauge. Default
 	// otel.GetMeterProvider().
 	MeterProvider metric.MeterProvider
-	// DialTimeout bounds each connection attempt. Default 10s.
+	// DialTimeout bounds each connection attempt. Default
+	// DefaultDialTimeout (10s).
 	DialTimeout time.Duration
 	// StartTimeout bounds how long Subscribe, Pipeline.Run and the Admin
 	// helpers wait for the cluster to answer the first metadata request;
-	// after it they fail with ErrUnreachable. Default 15s.
+	// after it they fail with ErrUnreachable. Default DefaultStartTimeout
+	// (15s).
 	StartTimeout time.Duration
 	// AllowAutoTopicCreation asks the cluster to create topics that do not
 	// exist when they are first produced to or consumed (the cluster's
@@ -139,7 +166,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: negative timeout", ErrInvalidConfig)
 	}
 	if c.ClientID == "" {
-		c.ClientID = "steadfast"
+		c.ClientID = DefaultClientID
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -148,10 +175,10 @@ func (c Config) withDefaults() (Config, error) {
 		c.MeterProvider = otel.GetMeterProvider()
 	}
 	if c.DialTimeout == 0 {
-		c.DialTimeout = 10 * time.Second
+		c.DialTimeout = DefaultDialTimeout
 	}
 	if c.StartTimeout == 0 {
-		c.StartTimeout = 15 * time.Second
+		c.StartTimeout = DefaultStartTimeout
 	}
 	return c, nil
 }
@@ -228,13 +255,14 @@ type PublisherConfig struct {
 	// Linger is how long a partition's batch may wait for more records.
 	// Publish sends the partitions its own records went to as soon as all of
 	// them are buffered, so the linger only gathers records of concurrent
-	// calls while earlier batches are in flight. Default 5ms; a negative
-	// value disables lingering.
+	// calls while earlier batches are in flight. Default DefaultLinger
+	// (5ms); negative disables lingering.
 	Linger time.Duration
-	// BatchMaxBytes bounds one record batch. Default 1 MiB (1,048,576),
-	// which fits Kafka's default message.max.bytes.
+	// BatchMaxBytes bounds one record batch. Default DefaultBatchMaxBytes
+	// (1 MiB, 1,048,576), which fits Kafka's default message.max.bytes.
 	BatchMaxBytes int32
-	// Compression is the batch codec. Default CompressionSnappy.
+	// Compression is the batch codec. Default DefaultCompression
+	// (CompressionSnappy).
 	Compression Compression
 	// MaxMessageBytes is the largest Message.Size that Publish accepts;
 	// larger messages are rejected with broker.ErrMessageTooLarge before
@@ -243,10 +271,12 @@ type PublisherConfig struct {
 	MaxMessageBytes int
 	// DeliveryTimeout bounds how long a record may wait for the cluster,
 	// retries included, before it fails (Kafka's delivery.timeout.ms).
-	// Publish also honours its context. Default 30s.
+	// Publish also honours its context. Default DefaultDeliveryTimeout
+	// (30s).
 	DeliveryTimeout time.Duration
 	// MaxBufferedRecords bounds the records waiting to be sent across all
-	// Publish calls; a full buffer makes Publish wait. Default 100,000.
+	// Publish calls; a full buffer makes Publish wait. Default
+	// DefaultPublisherMaxBufferedRecords (100,000).
 	MaxBufferedRecords int
 }
 
@@ -257,24 +287,24 @@ func (c PublisherConfig) withDefaults() (PublisherConfig, error) {
 	}
 	switch {
 	case c.Linger == 0:
-		c.Linger = 5 * time.Millisecond
+		c.Linger = DefaultLinger
 	case c.Linger < 0:
 		c.Linger = 0
 	}
 	if c.BatchMaxBytes == 0 {
-		c.BatchMaxBytes = 1 << 20
+		c.BatchMaxBytes = DefaultBatchMaxBytes
 	}
 	if c.Compression == "" {
-		c.Compression = CompressionSnappy
+		c.Compression = DefaultCompression
 	}
 	if c.MaxMessageBytes == 0 {
 		c.MaxMessageBytes = DefaultMaxMessageBytes
 	}
 	if c.DeliveryTimeout == 0 {
-		c.DeliveryTimeout = 30 * time.Second
+		c.DeliveryTimeout = DefaultDeliveryTimeout
 	}
 	if c.MaxBufferedRecords == 0 {
-		c.MaxBufferedRecords = 100_000
+		c.MaxBufferedRecords = DefaultPublisherMaxBufferedRecords
 	}
 	switch {
 	case c.BatchMaxBytes < 1024:
@@ -335,25 +365,29 @@ type SubscriberConfig struct {
 	ReadCommitted bool
 	// CommitInterval is how often completed offsets are committed while
 	// consuming. Offsets are also committed synchronously when partitions
-	// are released and at shutdown. Default 1s.
+	// are released and at shutdown. Default DefaultCommitInterval (1s).
 	CommitInterval time.Duration
 	// DrainTimeout bounds how long a released partition or a stopping
 	// subscription waits for running handlers before cancelling their
 	// context; their results are still recorded when they return. Default
-	// 30s. Keep it below RebalanceTimeout.
+	// DefaultDrainTimeout (30s). Keep it below RebalanceTimeout.
 	DrainTimeout time.Duration
 	// MaxBufferedRecords bounds the records a member has taken from
 	// franz-go and not yet finished handling: the member takes fetched
 	// records only while fewer are unfinished, and never more than the
 	// bound. franz-go buffers up to FetchMaxBytes (50 MiB by default) of
-	// fetched records beyond these. Default 10,000.
+	// fetched records beyond these. Default
+	// DefaultSubscriberMaxBufferedRecords (10,000).
 	MaxBufferedRecords int
-	// SessionTimeout is Kafka's session.timeout.ms. Default 45s.
+	// SessionTimeout is Kafka's session.timeout.ms. Default
+	// DefaultSessionTimeout (45s).
 	SessionTimeout time.Duration
 	// RebalanceTimeout is Kafka's rebalance.timeout.ms: how long a member
-	// may take to drain and commit released partitions. Default 60s.
+	// may take to drain and commit released partitions. Default
+	// DefaultRebalanceTimeout (60s).
 	RebalanceTimeout time.Duration
-	// HeartbeatInterval is Kafka's heartbeat.interval.ms. Default 3s.
+	// HeartbeatInterval is Kafka's heartbeat.interval.ms. Default
+	// DefaultHeartbeatInterval (3s).
 	HeartbeatInterval time.Duration
 }
 
@@ -372,13 +406,13 @@ func (c SubscriberConfig) withDefaults() (SubscriberConfig, error) {
 		c.RetryBackoff = DefaultRetryBackoff()
 	}
 	if c.CommitInterval == 0 {
-		c.CommitInterval = time.Second
+		c.CommitInterval = DefaultCommitInterval
 	}
 	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 30 * time.Second
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.MaxBufferedRecords == 0 {
-		c.MaxBufferedRecords = 10_000
+		c.MaxBufferedRecords = DefaultSubscriberMaxBufferedRecords
 	}
 	if !fillGroupTimings(&c.SessionTimeout, &c.RebalanceTimeout, &c.HeartbeatInterval) ||
 		c.CommitInterval < 0 || c.DrainTimeout < 0 || c.MaxBufferedRecords < 0 {
@@ -388,13 +422,14 @@ func (c SubscriberConfig) withDefaults() (SubscriberConfig, error) {
 }
 
 // fillGroupTimings gives zero consumer-group timings Kafka's defaults
-// (session 45s, rebalance 60s, heartbeat 3s) and reports whether all three
+// (DefaultSessionTimeout, DefaultRebalanceTimeout,
+// DefaultHeartbeatInterval) and reports whether all three
 // are then valid (not negative). Subscriber and Pipeline members share them.
 func fillGroupTimings(session, rebalance, heartbeat *time.Duration) bool {
 	for _, t := range []struct {
 		d   *time.Duration
 		def time.Duration
-	}{{session, 45 * time.Second}, {rebalance, 60 * time.Second}, {heartbeat, 3 * time.Second}} {
+	}{{session, DefaultSessionTimeout}, {rebalance, DefaultRebalanceTimeout}, {heartbeat, DefaultHeartbeatInterval}} {
 		if *t.d == 0 {
 			*t.d = t.def
 		}

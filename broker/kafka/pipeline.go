@@ -43,10 +43,11 @@ type PipelineConfig struct {
 	// restart. Default: a random ID per Run call.
 	TransactionalID string
 	// MaxBatch bounds the input messages handled in one transaction.
-	// Default 500.
+	// Default DefaultMaxBatch (500).
 	MaxBatch int
 	// TransactionTimeout is how long the cluster keeps a transaction open
-	// without hearing from its producer before aborting it. Default 30s.
+	// without hearing from its producer before aborting it. Default
+	// DefaultTransactionTimeout (30s).
 	TransactionTimeout time.Duration
 	// RetryBackoff is how long to wait after a failed attempt, by its
 	// number, before consuming the aborted batch again. Zero means
@@ -67,10 +68,10 @@ func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
 		return c, err
 	}
 	if c.MaxBatch == 0 {
-		c.MaxBatch = 500
+		c.MaxBatch = DefaultMaxBatch
 	}
 	if c.TransactionTimeout == 0 {
-		c.TransactionTimeout = 30 * time.Second
+		c.TransactionTimeout = DefaultTransactionTimeout
 	}
 	if err := c.RetryBackoff.Validate(); err != nil {
 		return c, fmt.Errorf("%w: RetryBackoff: %w", ErrInvalidConfig, err)
