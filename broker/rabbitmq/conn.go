@@ -18,6 +18,21 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 )
 
+// Defaults for the fields of Config, PublisherConfig and SubscriberConfig
+// left zero.
+const (
+	DefaultName         = "steadfast"
+	DefaultDialTimeout  = 10 * time.Second
+	DefaultHeartbeat    = 10 * time.Second
+	DefaultCloseTimeout = time.Second
+
+	DefaultChannels         = 4
+	DefaultWindow           = 1000
+	DefaultMaxChannelErrors = 3
+
+	DefaultDrainTimeout = 30 * time.Second
+)
+
 // Config configures a connection. URL is required; every other field has a
 // documented default.
 type Config struct {
@@ -25,7 +40,7 @@ type Config struct {
 	// and vhost, e.g. amqp://guest:guest@localhost:5672/. Required.
 	URL string
 	// Name is the connection name shown by the management UI and
-	// rabbitmqctl list_connections. Default "steadfast".
+	// rabbitmqctl list_connections. Default DefaultName ("steadfast").
 	Name string
 	// Logger receives connection-lifecycle events (lost, reconnected,
 	// topology re-declared). Default: a logger that discards everything.
@@ -38,11 +53,12 @@ type Config struct {
 	// immediate). Zero means DefaultReconnectBackoff(); otherwise zero
 	// fields take broker.Backoff's defaults.
 	Reconnect broker.Backoff
-	// DialTimeout bounds one TCP connect plus AMQP handshake. Default 10s.
+	// DialTimeout bounds one TCP connect plus AMQP handshake. Default
+	// DefaultDialTimeout (10s).
 	DialTimeout time.Duration
 	// Heartbeat is the AMQP heartbeat interval; a broker silent for 1.5
 	// intervals counts as lost (amqp091 sends and checks every half
-	// interval, and allows three checks). Default 10s.
+	// interval, and allows three checks). Default DefaultHeartbeat (10s).
 	Heartbeat time.Duration
 	// CloseTimeout bounds how long Close waits for the broker to
 	// acknowledge the closing of the connection, and how long
@@ -57,7 +73,7 @@ type Config struct {
 	// connection ends. Nothing is lost without the answer: a Publish call
 	// whose messages were not confirmed returns an error for them, never
 	// nil, and deliveries not acknowledged go back to their queue when the
-	// broker drops the channel. Default 1s.
+	// broker drops the channel. Default DefaultCloseTimeout (1s).
 	CloseTimeout time.Duration
 	// TLS configures amqps:// connections. Default: the system roots and
 	// the URL's host name.
@@ -84,7 +100,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: Config.URL: %v", ErrInvalidConfig, err)
 	}
 	if c.Name == "" {
-		c.Name = "steadfast"
+		c.Name = DefaultName
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -97,14 +113,22 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	// Filled in, so that Reconnect.Max is the cap the waits use.
 	c.Reconnect = c.Reconnect.WithDefaults()
-	if c.DialTimeout <= 0 {
-		c.DialTimeout = 10 * time.Second
+	switch {
+	case c.DialTimeout < 0:
+		return c, fmt.Errorf("%w: Config.DialTimeout %v < 0", ErrInvalidConfig, c.DialTimeout)
+	case c.Heartbeat < 0:
+		return c, fmt.Errorf("%w: Config.Heartbeat %v < 0", ErrInvalidConfig, c.Heartbeat)
+	case c.CloseTimeout < 0:
+		return c, fmt.Errorf("%w: Config.CloseTimeout %v < 0", ErrInvalidConfig, c.CloseTimeout)
 	}
-	if c.Heartbeat <= 0 {
-		c.Heartbeat = 10 * time.Second
+	if c.DialTimeout == 0 {
+		c.DialTimeout = DefaultDialTimeout
 	}
-	if c.CloseTimeout <= 0 {
-		c.CloseTimeout = time.Second
+	if c.Heartbeat == 0 {
+		c.Heartbeat = DefaultHeartbeat
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = DefaultCloseTimeout
 	}
 	return c, nil
 }

@@ -21,6 +21,9 @@ func TestDialErrors(t *testing.T) {
 		{URL: "http://localhost/"},
 		{URL: "amqp://localhost/", Reconnect: broker.Backoff{Initial: time.Second, Max: time.Millisecond}},
 		{URL: "amqp://localhost/", Reconnect: broker.Backoff{Initial: -time.Second}},
+		{URL: "amqp://localhost/", DialTimeout: -time.Second},
+		{URL: "amqp://localhost/", Heartbeat: -time.Second},
+		{URL: "amqp://localhost/", CloseTimeout: -time.Second},
 	} {
 		if _, err := rabbitmq.Dial(ctx, cfg); !errors.Is(err, rabbitmq.ErrInvalidConfig) {
 			t.Errorf("Dial(%+v) = %v, want ErrInvalidConfig", cfg, err)

@@ -22,11 +22,12 @@ type PublisherConfig struct {
 	// Channels is the number of AMQP channels publishes are spread over, so
 	// concurrent Publish calls do not queue behind one channel. Each
 	// Publish call uses one channel for all its messages, which keeps their
-	// order. Default 4.
+	// order. Default DefaultChannels (4).
 	Channels int
 	// Window is the largest number of messages a channel has sent but the
 	// broker has not yet confirmed. Publish streams a batch up to this
-	// window instead of waiting for each confirm. Default 1000.
+	// window instead of waiting for each confirm. Default DefaultWindow
+	// (1000).
 	Window int
 	// MaxMessageBytes is the largest broker.Message.Size accepted. Default
 	// broker.DefaultMaxMessageBytes.
@@ -44,7 +45,7 @@ type PublisherConfig struct {
 	// MaxChannelErrors bounds how often one message is sent again after
 	// the broker closed its channel with an error (a refused property, a
 	// deleted exchange) while the connection stayed up. Connection losses
-	// are retried until ctx ends. Default 3.
+	// are retried until ctx ends. Default DefaultMaxChannelErrors (3).
 	MaxChannelErrors int
 	// Logger overrides the connection's logger.
 	Logger *slog.Logger
@@ -58,10 +59,10 @@ func (c PublisherConfig) withDefaults(conn *Conn) (PublisherConfig, error) {
 		return c, fmt.Errorf("%w: PublisherConfig.Channels %d > 1024", ErrInvalidConfig, c.Channels)
 	}
 	if c.Channels == 0 {
-		c.Channels = 4
+		c.Channels = DefaultChannels
 	}
 	if c.Window == 0 {
-		c.Window = 1000
+		c.Window = DefaultWindow
 	}
 	if c.MaxMessageBytes == 0 {
 		c.MaxMessageBytes = broker.DefaultMaxMessageBytes
@@ -73,7 +74,7 @@ func (c PublisherConfig) withDefaults(conn *Conn) (PublisherConfig, error) {
 		return c, fmt.Errorf("%w: PublisherConfig.ExchangeKind %q", ErrInvalidConfig, c.ExchangeKind)
 	}
 	if c.MaxChannelErrors == 0 {
-		c.MaxChannelErrors = 3
+		c.MaxChannelErrors = DefaultMaxChannelErrors
 	}
 	if c.Logger == nil {
 		c.Logger = conn.log

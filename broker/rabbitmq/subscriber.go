@@ -39,7 +39,7 @@ type SubscriberConfig struct {
 	RetryBackoff broker.Backoff
 	// DrainTimeout bounds how long a stopping member waits for running
 	// handlers before cancelling their context. Their results are still
-	// recorded when they return. Default 30s.
+	// recorded when they return. Default DefaultDrainTimeout (30s).
 	DrainTimeout time.Duration
 	// Logger overrides the connection's logger.
 	Logger *slog.Logger
@@ -69,7 +69,7 @@ func (c SubscriberConfig) withDefaults(conn *Conn) (SubscriberConfig, error) {
 		c.RetryBackoff = DefaultRetryBackoff()
 	}
 	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 30 * time.Second
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = conn.log
