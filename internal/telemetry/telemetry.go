@@ -24,6 +24,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -75,6 +76,40 @@ func Inject(ctx context.Context, headers map[string]string) map[string]string {
 	return h
 }
 
+// TraceHeaders returns the headers propagator p (nil: W3C trace context,
+// as Inject writes) gives for ctx, or nil when it gives none. Code that
+// writes many messages for one ctx computes them once and adds them to
+// each message with WithTraceHeaders, or maps them to its wire format
+// directly.
+func TraceHeaders(ctx context.Context, p propagation.TextMapPropagator) map[string]string {
+	if p == nil {
+		if !trace.SpanContextFromContext(ctx).IsValid() {
+			return nil
+		}
+		p = prop
+	}
+	c := propagation.MapCarrier{}
+	p.Inject(ctx, c)
+	if len(c) == 0 {
+		return nil
+	}
+	return c
+}
+
+// WithTraceHeaders returns h with the headers of th (TraceHeaders' result)
+// added, unless th is empty or h already carries a traceparent; a header h
+// has keeps its value. It never modifies h: when something is added, the
+// result is a copy.
+func WithTraceHeaders(h, th map[string]string) map[string]string {
+	if len(th) == 0 || h[broker.HeaderTraceparent] != "" {
+		return h
+	}
+	out := make(map[string]string, len(h)+len(th))
+	maps.Copy(out, th)
+	maps.Copy(out, h)
+	return out
+}
+
 // Extract returns ctx with the remote span context of headers' traceparent
 // (and tracestate), or ctx unchanged when there is none or it is malformed.
 func Extract(ctx context.Context, headers map[string]string) context.Context {
@@ -92,33 +127,61 @@ func System(name string) attribute.KeyValue { return attribute.String("messaging
 // be the caller's own copy of the messages (each Headers map that changes is
 // replaced, never written). system is the messaging.system value.
 func StartPublish(ctx context.Context, tr trace.Tracer, system string, msgs []broker.Message) (context.Context, trace.Span) {
+	ctx, span := StartPublishSpan(ctx, tr, system, msgs)
+	if th := TraceHeaders(ctx, nil); th != nil {
+		for i := range msgs {
+			msgs[i].Headers = WithTraceHeaders(msgs[i].Headers, th)
+		}
+	}
+	return ctx, span
+}
+
+// StartPublishSpan starts the producer span of a publish of msgs, like
+// StartPublish, without touching the messages: for adapters that add the
+// trace context (TraceHeaders of the returned ctx) while they map messages
+// to their wire format. Attributes are computed only when the span records.
+func StartPublishSpan(ctx context.Context, tr trace.Tracer, system string, msgs []broker.Message) (context.Context, trace.Span) {
 	name := "publish"
 	if len(msgs) > 0 {
 		name = "publish " + msgs[0].Topic
 	}
-	attrs := []attribute.KeyValue{System(system), attribute.String("messaging.operation.type", "send")}
-	if len(msgs) == 1 {
-		attrs = append(attrs, attribute.String("messaging.destination.name", msgs[0].Topic),
-			attribute.String("messaging.message.id", msgs[0].ID))
-	} else {
-		attrs = append(attrs, attribute.Int("messaging.batch.message_count", len(msgs)))
-	}
-	ctx, span := tr.Start(ctx, name, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
-	for i := range msgs {
-		msgs[i].Headers = Inject(ctx, msgs[i].Headers)
+	ctx, span := tr.Start(ctx, name, trace.WithSpanKind(trace.SpanKindProducer))
+	if span.IsRecording() {
+		attrs := []attribute.KeyValue{System(system), attribute.String("messaging.operation.type", "send")}
+		if len(msgs) == 1 {
+			attrs = append(attrs, attribute.String("messaging.destination.name", msgs[0].Topic),
+				attribute.String("messaging.message.id", msgs[0].ID))
+		} else {
+			attrs = append(attrs, attribute.Int("messaging.batch.message_count", len(msgs)))
+		}
+		span.SetAttributes(attrs...)
 	}
 	return ctx, span
 }
 
 // StartProcess starts the consumer span of one handler call, parented by the
-// delivery's traceparent when it has one.
+// delivery's traceparent when it has one. Attributes are computed only when
+// the span records.
 func StartProcess(ctx context.Context, tr trace.Tracer, system string, d broker.Delivery) (context.Context, trace.Span) {
 	ctx = Extract(ctx, d.Headers)
-	return tr.Start(ctx, "process "+d.Topic, trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(System(system),
+	ctx, span := tr.Start(ctx, "process "+d.Topic, trace.WithSpanKind(trace.SpanKindConsumer))
+	if span.IsRecording() {
+		span.SetAttributes(System(system),
 			attribute.String("messaging.operation.type", "process"),
 			attribute.String("messaging.destination.name", d.Topic),
 			attribute.String("messaging.consumer.group.name", d.Group),
 			attribute.String("messaging.message.id", d.ID),
-			attribute.Int("steadfast.attempt", d.Attempt)))
+			attribute.Int("steadfast.attempt", d.Attempt))
+	}
+	return ctx, span
+}
+
+// End ends span, first recording err on it (as an event and the span's
+// error status) when err is not nil.
+func End(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
 }
