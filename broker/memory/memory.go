@@ -25,8 +25,11 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // ErrInvalidConfig is wrapped by Config.Validate's errors, which Publish and
@@ -58,6 +61,11 @@ type Config struct {
 	// handlers before cancelling their context. Their results are still
 	// recorded when they return. Default DefaultDrainTimeout (30s).
 	DrainTimeout time.Duration
+	// TracerProvider receives a "publish <topic>" producer span per Publish
+	// call and a "process <topic>" consumer span per handler call, parented
+	// by the message's traceparent, which Publish sets from its ctx.
+	// Default: the OpenTelemetry global provider.
+	TracerProvider trace.TracerProvider
 }
 
 // Validate reports a field out of range with an error wrapping
@@ -80,6 +88,7 @@ func (c Config) Validate() error {
 type Broker struct {
 	cfg    Config
 	bad    error // Config.Validate's error: every call fails with it
+	tracer trace.Tracer
 	mu     sync.Mutex
 	topics map[string]*topic
 	closed bool
@@ -109,6 +118,7 @@ func New(cfg Config) *Broker {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
 	b.cfg = cfg
+	b.tracer = telemetry.Tracer(cfg.TracerProvider, "broker/memory")
 	return b
 }
 
@@ -119,18 +129,21 @@ type topic struct {
 
 // Publish appends msgs to their topics and makes them available to every
 // group. It returns broker.ErrClosed after Close and ctx.Err() when ctx is
-// already done; otherwise all messages are accepted atomically.
-func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) error {
+// already done; otherwise all messages are accepted atomically. Messages
+// without a traceparent header get the publish span's.
+func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) (err error) {
 	if b.bad != nil {
 		return b.bad
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	msgs, err := brokerimpl.Normalize(msgs, b.cfg.MaxMessageBytes)
+	msgs, err = brokerimpl.Normalize(msgs, b.cfg.MaxMessageBytes)
 	if err != nil {
 		return err
 	}
+	_, span := telemetry.StartPublish(ctx, b.tracer, "memory", msgs)
+	defer func() { telemetry.End(span, err) }()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -279,17 +292,20 @@ func (b *Broker) run(ctx context.Context, h broker.Handler, e *entry) (err error
 		}
 	})
 	defer stop()
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("memory: handler panicked: %v", r)
-		}
-	}()
-	return h(hctx, broker.Delivery{
+	d := broker.Delivery{
 		Message:     e.msg,
 		Attempt:     e.attempt,
 		Redelivered: e.attempt > 1,
 		Group:       e.group,
 		Partition:   -1,
 		Offset:      e.offset,
-	})
+	}
+	sctx, span := telemetry.StartProcess(hctx, b.tracer, "memory", d)
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("memory: handler panicked: %v", r)
+		}
+		telemetry.End(span, err)
+	}()
+	return h(sctx, d)
 }

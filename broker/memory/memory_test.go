@@ -7,9 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/brokertest"
 	"github.com/steadfast-go/steadfast/broker/memory"
+	"github.com/steadfast-go/steadfast/internal/telemetry/telemetrytest"
 )
 
 func TestConformance(t *testing.T) {
@@ -146,5 +149,32 @@ func TestInvalidConfig(t *testing.T) {
 	}
 	if err := (memory.Config{RedeliveryBackoff: broker.Backoff{Initial: -1}}).Validate(); !errors.Is(err, broker.ErrInvalidBackoff) {
 		t.Errorf("negative backoff: %v, want ErrInvalidBackoff too", err)
+	}
+}
+
+// TestSpans: Publish emits a producer span under the caller's, and the
+// handler runs in a consumer span parented by it through the message's
+// traceparent (the telemetry rule every adapter follows).
+func TestSpans(t *testing.T) {
+	rec := telemetrytest.New(t)
+	b := memory.New(memory.Config{TracerProvider: rec.Provider})
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pctx, caller := rec.Caller(ctx)
+	if err := b.Publish(pctx, broker.NewMessage("traced", []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	caller.End()
+	seen := make(chan trace.SpanContext, 1)
+	go b.Subscribe(ctx, broker.Subscription{Topic: "traced", Group: "g"}, func(hctx context.Context, _ broker.Delivery) error {
+		seen <- trace.SpanContextFromContext(hctx)
+		return nil
+	})
+	select {
+	case sc := <-seen:
+		rec.CheckPublishProcess(t, "memory", "traced", caller.SpanContext(), sc)
+	case <-time.After(10 * time.Second):
+		t.Fatal("message not delivered")
 	}
 }
