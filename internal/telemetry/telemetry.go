@@ -63,6 +63,14 @@ func Meter(mp metric.MeterProvider, scope string) metric.Meter {
 
 var prop propagation.TraceContext
 
+// The span start options of publish and process spans, built once: a
+// variadic argument passed on to an interface method is allocated at every
+// call otherwise, and process spans start once per message.
+var (
+	producerSpan = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}
+	consumerSpan = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
+)
+
 // Inject returns headers with the W3C trace context of ctx added, unless
 // ctx has no valid span context or headers already carry a traceparent. It
 // never modifies headers: when something is added, the result is a copy.
@@ -145,7 +153,7 @@ func StartPublishSpan(ctx context.Context, tr trace.Tracer, system string, msgs 
 	if len(msgs) > 0 {
 		name = "publish " + msgs[0].Topic
 	}
-	ctx, span := tr.Start(ctx, name, trace.WithSpanKind(trace.SpanKindProducer))
+	ctx, span := tr.Start(ctx, name, producerSpan...)
 	if span.IsRecording() {
 		attrs := []attribute.KeyValue{System(system), attribute.String("messaging.operation.type", "send")}
 		if len(msgs) == 1 {
@@ -164,7 +172,7 @@ func StartPublishSpan(ctx context.Context, tr trace.Tracer, system string, msgs 
 // the span records.
 func StartProcess(ctx context.Context, tr trace.Tracer, system string, d broker.Delivery) (context.Context, trace.Span) {
 	ctx = Extract(ctx, d.Headers)
-	ctx, span := tr.Start(ctx, "process "+d.Topic, trace.WithSpanKind(trace.SpanKindConsumer))
+	ctx, span := tr.Start(ctx, "process "+d.Topic, consumerSpan...)
 	if span.IsRecording() {
 		span.SetAttributes(System(system),
 			attribute.String("messaging.operation.type", "process"),
