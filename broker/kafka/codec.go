@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"context"
 	"strconv"
 	"strings"
 	"time"
@@ -9,7 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/steadfast-go/steadfast/broker"
-	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Record headers the adapter reserves. Message.ID travels in HeaderUUID when
@@ -34,19 +35,31 @@ type recordSlot struct {
 	h [1]kgo.RecordHeader
 }
 
-// toRecords validates msgs (brokerimpl.ValidateBatch with maxBytes) and maps
-// them to records in one pass, without copying the messages: Topic, Key
-// (empty means no key), Payload as the value, Time as the record timestamp
-// (milliseconds; a zero Time becomes now), ID and Headers as record headers.
-// The ID header always comes first; an empty ID is filled from ids, exactly
-// where brokerimpl.Normalize would fill one. All records, keys and IDs of the
-// batch share three allocations.
-func toRecords(msgs []broker.Message, maxBytes int, ids *idGen) ([]*kgo.Record, error) {
-	if err := brokerimpl.ValidateBatch(msgs, maxBytes); err != nil {
-		return nil, err
+// traceHeaders returns the record headers of ctx's trace context
+// (telemetry.TraceHeaders), shared by every record of a call, or nil.
+func traceHeaders(ctx context.Context) []kgo.RecordHeader {
+	th := telemetry.TraceHeaders(ctx, nil)
+	if len(th) == 0 {
+		return nil
 	}
+	hs := make([]kgo.RecordHeader, 0, len(th))
+	for k, v := range th {
+		hs = append(hs, kgo.RecordHeader{Key: k, Value: []byte(v)})
+	}
+	return hs
+}
+
+// toRecords maps msgs, which brokerimpl.ValidateBatch accepted, to records
+// in one pass, without copying the messages: Topic, Key (empty means no
+// key), Payload as the value, Time as the record timestamp (milliseconds; a
+// zero Time becomes now), ID and Headers as record headers, and the trace
+// headers th on every message without a traceparent of its own. The ID
+// header always comes first; an empty ID is filled from ids, exactly where
+// brokerimpl.Normalize would fill one. All records, keys and IDs of the
+// batch share three allocations.
+func toRecords(msgs []broker.Message, ids *idGen, th []kgo.RecordHeader) []*kgo.Record {
 	if len(msgs) == 0 {
-		return nil, nil
+		return nil
 	}
 	// One buffer holds every key and ID of the batch, new IDs at its end.
 	size, missing := 0, 0
@@ -86,8 +99,12 @@ func toRecords(msgs []broker.Message, maxBytes int, ids *idGen) ([]*kgo.Record, 
 		}
 		x.h[0] = id
 		r.Headers = x.h[:]
-		if len(m.Headers) > 0 {
-			r.Headers = make([]kgo.RecordHeader, 1, 1+len(m.Headers))
+		trace := th
+		if trace != nil && m.Headers[broker.HeaderTraceparent] != "" {
+			trace = nil
+		}
+		if len(m.Headers) > 0 || trace != nil {
+			r.Headers = make([]kgo.RecordHeader, 1, 1+len(m.Headers)+len(trace))
 			r.Headers[0] = x.h[0]
 			for k, v := range m.Headers {
 				if strings.HasPrefix(k, ReservedHeaderPrefix) {
@@ -95,10 +112,15 @@ func toRecords(msgs []broker.Message, maxBytes int, ids *idGen) ([]*kgo.Record, 
 				}
 				r.Headers = append(r.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
 			}
+			for _, h := range trace {
+				if _, own := m.Headers[h.Key]; !own {
+					r.Headers = append(r.Headers, h)
+				}
+			}
 		}
 		recs[i] = r
 	}
-	return recs, nil
+	return recs
 }
 
 // recordID is the message ID toRecords put in r.

@@ -9,10 +9,18 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
+)
+
+// The adapter's instrumentation scope (below telemetry.Module) and its
+// messaging.system attribute.
+const (
+	scope  = "broker/kafka"
+	system = "kafka"
 )
 
 // Sentinel errors of the adapter, in addition to the broker package's.
@@ -98,11 +106,18 @@ type Config struct {
 	// DefaultClientID ("steadfast").
 	ClientID string
 	// Logger receives the adapter's logs and franz-go's warnings and errors.
-	// Default: logs are discarded.
+	// Default slog.Default(); pass a logger with a discarding handler to
+	// silence it.
 	Logger *slog.Logger
-	// MeterProvider provides the meter for the consumer-lag gauge. Default
-	// otel.GetMeterProvider().
+	// MeterProvider provides the meter for the consumer-lag gauge. Default:
+	// the OpenTelemetry global provider.
 	MeterProvider metric.MeterProvider
+	// TracerProvider receives a "publish <topic>" producer span per Publish
+	// call and a "process <topic>" consumer span per handler (or Transform)
+	// call, parented by the record's traceparent header, which Publish sets
+	// from its ctx. Default: the OpenTelemetry global provider, which
+	// records nothing until the application installs an SDK.
+	TracerProvider trace.TracerProvider
 	// DialTimeout bounds each connection attempt. Default
 	// DefaultDialTimeout (10s).
 	DialTimeout time.Duration
@@ -168,12 +183,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ClientID == "" {
 		c.ClientID = DefaultClientID
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.MeterProvider == nil {
-		c.MeterProvider = otel.GetMeterProvider()
-	}
+	c.Logger = telemetry.Logger(c.Logger)
 	if c.DialTimeout == 0 {
 		c.DialTimeout = DefaultDialTimeout
 	}

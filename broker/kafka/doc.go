@@ -47,9 +47,13 @@
 // again, so a handler may keep it. Keeping a small Payload keeps its whole
 // batch's bytes in memory, though: copy it if you keep many for long.
 //
-// Config.Logger receives the adapter's logs (default: discarded);
-// Config.MeterProvider (default: the global one) receives the
-// LagMetric gauge.
+// Telemetry follows the library's rule: Config.Logger (default
+// slog.Default()) receives the adapter's logs and franz-go's warnings;
+// Config.MeterProvider (default: the OpenTelemetry global one) receives the
+// LagMetric gauge; Config.TracerProvider (default: the global one) receives
+// a "publish <topic>" producer span per Publish call, whose trace context
+// travels in each record's traceparent header, and a "process <topic>"
+// consumer span per handler or Transform call, parented by it.
 //
 // # Connecting
 //

@@ -178,10 +178,7 @@ func TestIDEncoding(t *testing.T) {
 			Headers: map[string]string{HeaderUUID: "user"}}
 	}
 	msgs[1].Headers = nil
-	recs, err := toRecords(msgs, 0, ids)
-	if err != nil {
-		t.Fatal(err)
-	}
+	recs := toRecords(msgs, ids, nil)
 	for i, c := range cases {
 		r := recs[i]
 		if h := r.Headers[0]; h.Key != c.header || len(h.Value) != c.wireLen {

@@ -10,9 +10,11 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Transform turns one consumed message into the messages to produce for it.
@@ -106,8 +108,9 @@ func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
 // only when the transaction commits. Inputs are transformed one at a time
 // per member, in partition order.
 type Pipeline struct {
-	cfg PipelineConfig
-	ids *idGen
+	cfg    PipelineConfig
+	ids    *idGen
+	tracer trace.Tracer
 
 	mu    sync.Mutex
 	slots []bool // transactional ID suffixes held by running Run calls
@@ -128,7 +131,7 @@ func NewPipeline(cfg PipelineConfig) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Pipeline{cfg: cfg, ids: newIDGen()}, nil
+	return &Pipeline{cfg: cfg, ids: newIDGen(), tracer: telemetry.Tracer(cfg.TracerProvider, scope)}, nil
 }
 
 // Run joins sub.Group on sub.Topic and applies fn to every input message in
@@ -331,11 +334,15 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 			cancel()
 			return nil, 0, errCrashed
 		}
-		out, err := r.call(d)
+		sctx, span := telemetry.StartProcess(r.hctx, r.p.tracer, system, d)
+		out, err := r.call(sctx, d)
 		var outRecs []*kgo.Record
 		if err == nil {
-			outRecs, err = toRecords(out, r.cfg.MaxMessageBytes, r.p.ids)
+			if err = brokerimpl.ValidateBatch(out, r.cfg.MaxMessageBytes); err == nil {
+				outRecs = toRecords(out, r.p.ids, traceHeaders(sctx))
+			}
 		}
+		telemetry.End(span, err)
 		if err != nil {
 			r.cfg.Logger.Debug("kafka: transform failed", "partition", rec.Partition, "offset", rec.Offset, "attempt", d.Attempt, "error", err)
 			return rec, d.Attempt, nil
@@ -359,11 +366,11 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 	return nil, 0, nil
 }
 
-func (r *pipelineRun) call(d broker.Delivery) (out []broker.Message, err error) {
+func (r *pipelineRun) call(ctx context.Context, d broker.Delivery) (out []broker.Message, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("kafka: transform panicked: %v", v)
 		}
 	}()
-	return r.fn(r.hctx, d)
+	return r.fn(ctx, d)
 }

@@ -10,8 +10,11 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Publisher publishes messages with an idempotent producer and acks=all.
@@ -32,6 +35,7 @@ type Publisher struct {
 	cfg    PublisherConfig
 	cl     *kgo.Client
 	ids    *idGen
+	tracer trace.Tracer
 	closed atomic.Bool
 
 	// timeoutCause is the error a Publish call's context ends with when
@@ -61,7 +65,7 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen(),
+	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen(), tracer: telemetry.Tracer(cfg.TracerProvider, scope),
 		timeoutCause: fmt.Errorf("%w: %w (DeliveryTimeout %v)", broker.ErrUnavailable, kgo.ErrRecordTimeout, cfg.DeliveryTimeout)}, nil
 }
 
@@ -89,20 +93,22 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 //
 // Records of one Publish call are sent without waiting for the linger;
 // concurrent calls share batches.
-func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) error {
+func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("kafka: publish: %w", err)
 	}
 	if p.closed.Load() {
 		return fmt.Errorf("kafka: publish: %w", broker.ErrClosed)
 	}
-	recs, err := toRecords(msgs, p.cfg.MaxMessageBytes, p.ids)
-	if err != nil {
+	if err := brokerimpl.ValidateBatch(msgs, p.cfg.MaxMessageBytes); err != nil {
 		return fmt.Errorf("kafka: publish: %w", err)
 	}
-	if len(recs) == 0 {
+	if len(msgs) == 0 {
 		return nil
 	}
+	ctx, span := telemetry.StartPublishSpan(ctx, p.tracer, system, msgs)
+	defer func() { telemetry.End(span, err) }()
+	recs := toRecords(msgs, p.ids, traceHeaders(ctx))
 	// The delivery timeout is a deadline on the call rather than franz-go's
 	// record timeout, which counts from the record timestamp (Message.Time).
 	ctx, cancel := context.WithTimeoutCause(ctx, p.cfg.DeliveryTimeout, p.timeoutCause)

@@ -13,9 +13,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Subscriber consumes topics in Kafka consumer groups. It implements
@@ -57,7 +59,8 @@ type Subscriber struct {
 	members sync.WaitGroup
 	active  map[[2]string]int // {topic, group} -> running members
 
-	reg metric.Registration
+	reg    metric.Registration
+	tracer trace.Tracer
 }
 
 var _ broker.Subscriber = (*Subscriber)(nil)
@@ -74,7 +77,8 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Subscriber{cfg: cfg, admin: admin, done: make(chan struct{}), active: make(map[[2]string]int)}
+	s := &Subscriber{cfg: cfg, admin: admin, done: make(chan struct{}), active: make(map[[2]string]int),
+		tracer: telemetry.Tracer(cfg.TracerProvider, scope)}
 	if err := s.registerMetrics(); err != nil {
 		admin.Close()
 		return nil, err
@@ -90,7 +94,7 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 const LagMetric = "steadfast.kafka.consumer.lag"
 
 func (s *Subscriber) registerMetrics() error {
-	meter := s.cfg.MeterProvider.Meter("github.com/steadfast-go/steadfast/broker/kafka")
+	meter := telemetry.Meter(s.cfg.MeterProvider, scope)
 	gauge, err := meter.Int64ObservableGauge(LagMetric,
 		metric.WithDescription("Records of a partition not yet processed by a consumer group (high watermark minus committed offset)."),
 		metric.WithUnit("{record}"))
@@ -612,21 +616,25 @@ func (m *member) worker() {
 	}
 }
 
-// handle runs the handler for it, turning a panic into an error.
+// handle runs the handler for it in its process span, turning a panic
+// into an error.
 func (m *member) handle(it *item, a *textArena) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("kafka: handler panicked: %v", r)
-		}
-	}()
-	return m.h(it.p.ctx, broker.Delivery{
+	d := broker.Delivery{
 		Message:     fromRecord(it.rec, a),
 		Attempt:     it.attempt,
 		Redelivered: it.attempt > 1,
 		Group:       m.sub.Group,
 		Partition:   it.part,
 		Offset:      it.off,
-	})
+	}
+	ctx, span := telemetry.StartProcess(it.p.ctx, m.s.tracer, system, d)
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("kafka: handler panicked: %v", r)
+		}
+		telemetry.End(span, err)
+	}()
+	return m.h(ctx, d)
 }
 
 // complete records the result of a handler. Callers hold m.mu.
