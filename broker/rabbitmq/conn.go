@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Defaults for the fields of Config, PublisherConfig and SubscriberConfig
@@ -43,7 +44,8 @@ type Config struct {
 	// rabbitmqctl list_connections. Default DefaultName ("steadfast").
 	Name string
 	// Logger receives connection-lifecycle events (lost, reconnected,
-	// topology re-declared). Default: a logger that discards everything.
+	// topology re-declared). Default slog.Default(); pass a logger with a
+	// discarding handler to silence it.
 	Logger *slog.Logger
 	// Reconnect is the schedule of waits between reconnection attempts.
 	// Every failed attempt of an outage waits the next interval: a dial that
@@ -79,8 +81,9 @@ type Config struct {
 	// the URL's host name.
 	TLS *tls.Config
 	// MeterProvider and TracerProvider receive the metrics and spans of
-	// the publishers and subscribers built on the connection. Default: no-op
-	// providers (nothing is recorded; no global provider is consulted).
+	// the publishers and subscribers built on the connection. Default: the
+	// OpenTelemetry global providers, which record nothing until the
+	// application installs an SDK.
 	MeterProvider  metric.MeterProvider
 	TracerProvider trace.TracerProvider
 }
@@ -102,9 +105,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Name == "" {
 		c.Name = DefaultName
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
+	c.Logger = telemetry.Logger(c.Logger)
 	if err := c.Reconnect.Validate(); err != nil {
 		return c, fmt.Errorf("%w: Config.Reconnect: %w", ErrInvalidConfig, err)
 	}
@@ -146,7 +147,7 @@ func (c Config) withDefaults() (Config, error) {
 type Conn struct {
 	cfg  Config
 	log  *slog.Logger
-	tel  *telemetry
+	tel  *instruments
 	done chan struct{}
 	stop context.CancelFunc // ends the supervisor's context; Close calls it
 	wg   sync.WaitGroup
@@ -177,7 +178,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	c := &Conn{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "steadfast/rabbitmq", "connection", cfg.Name),
-		tel:     newTelemetry(cfg.MeterProvider, cfg.TracerProvider),
+		tel:     newInstruments(cfg.MeterProvider, cfg.TracerProvider),
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
 		topo:    make(chan struct{}, 1),

@@ -71,11 +71,13 @@
 //
 // # Observability
 //
-// Conn, Publisher and Subscriber log through the *slog.Logger of Config
-// (default: discard). Metrics and spans go to the OpenTelemetry providers of
-// Config (default: no-op; no global provider is consulted). A Publish call
-// propagates the W3C trace context of its ctx in the traceparent header of
-// messages that have none, and handlers receive the sender's span context.
+// Telemetry follows the library's rule. Conn, Publisher and Subscriber log
+// through the *slog.Logger of Config (default slog.Default()). Metrics and
+// spans go to the OpenTelemetry providers of Config (default: the global
+// ones). A Publish call runs in a "publish <topic>" producer span whose
+// trace context travels in the traceparent header of messages that have
+// none; each handler call runs in a "process <topic>" consumer span
+// parented by the message's traceparent.
 //
 // # Costs
 //

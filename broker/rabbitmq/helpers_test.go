@@ -18,7 +18,7 @@ import (
 // set, and discards otherwise.
 func testLogger() *slog.Logger {
 	if os.Getenv("STEADFAST_TEST_LOG") == "" {
-		return nil
+		return slog.New(slog.DiscardHandler)
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	"go.opentelemetry.io/otel/codes"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // PublisherConfig tunes a Publisher. The zero value is ready to use.
@@ -230,7 +230,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 
 	start := time.Now()
 	tel := p.conn.tel
-	ctx, span := tel.startPublish(ctx, msgs)
+	ctx, span := telemetry.StartPublish(ctx, tel.tracer, system, msgs)
 	defer func() {
 		failed := 0
 		var pe *broker.PublishError
@@ -242,11 +242,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 			tel.sent.Add(ctx, int64(failed), tel.sysFailed)
 		}
 		tel.sendDur.Record(ctx, time.Since(start).Seconds(), tel.sys)
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
-		}
-		span.End()
+		telemetry.End(span, err)
 	}()
 
 	// wctx also ends when the publisher closes: waits for a reconnect or

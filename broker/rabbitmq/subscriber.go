@@ -11,10 +11,10 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	"go.opentelemetry.io/otel/codes"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // SubscriberConfig tunes a Subscriber. The zero value is ready to use.
@@ -109,7 +109,7 @@ type Subscriber struct {
 	conn *Conn
 	cfg  SubscriberConfig
 	log  *slog.Logger
-	tel  *telemetry
+	tel  *instruments
 	life context.Context
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -531,18 +531,14 @@ func (s *session) call(j *job, attempt int) (err error) {
 		DeliveryTag: j.tag,
 	}
 	tel := s.m.s.tel
-	sctx, span := tel.startProcess(s.hctx, d)
+	sctx, span := telemetry.StartProcess(s.hctx, tel.tracer, system, d)
 	start := time.Now()
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("rabbitmq: handler panicked: %v", r)
 		}
 		tel.processDur.Record(context.Background(), time.Since(start).Seconds(), tel.sys)
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
-		}
-		span.End()
+		telemetry.End(span, err)
 	}()
 	return s.m.h(sctx, d)
 }
