@@ -13,12 +13,12 @@ import (
 	"syscall"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Sentinel errors.
@@ -134,12 +134,13 @@ type Config struct {
 	// rows. Default slog.Default(); pass a logger with a discarding handler
 	// to silence it.
 	Logger *slog.Logger
-	// MeterProvider provides the relay's metrics. Default
-	// otel.GetMeterProvider(), which records nothing until the application
-	// installs an SDK.
+	// MeterProvider provides the relay's metrics. Default: the
+	// OpenTelemetry global provider, which records nothing until the
+	// application installs an SDK.
 	MeterProvider metric.MeterProvider
-	// TracerProvider traces each batch publish. Default
-	// otel.GetTracerProvider().
+	// TracerProvider traces each batch publish ("outbox publish", around
+	// the publisher's own spans). Default: the OpenTelemetry global
+	// provider.
 	TracerProvider trace.TracerProvider
 }
 
@@ -196,15 +197,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.StatsInterval == 0 {
 		c.StatsInterval = DefaultStatsInterval
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	if c.MeterProvider == nil {
-		c.MeterProvider = otel.GetMeterProvider()
-	}
-	if c.TracerProvider == nil {
-		c.TracerProvider = otel.GetTracerProvider()
-	}
+	c.Logger = telemetry.Logger(c.Logger)
 	return c, nil
 }
 
@@ -303,7 +296,7 @@ func NewRelay(store Store, pub broker.Publisher, cfg Config) (*Relay, error) {
 		cfg:   cfg,
 		log:   cfg.Logger.With("outbox", cfg.Name),
 		m:     m,
-		trace: cfg.TracerProvider.Tracer(instrumentationName),
+		trace: telemetry.Tracer(cfg.TracerProvider, scope),
 		wake:  make(chan struct{}, 1),
 	}, nil
 }
@@ -767,10 +760,7 @@ func (r *Relay) attempt(ctx context.Context, rows []*row) error {
 		trace.WithAttributes(attribute.Int("messaging.batch.message_count", len(msgs)),
 			attribute.String("outbox.name", r.cfg.Name)))
 	err := r.pub.Publish(ctx, msgs...)
-	if err != nil {
-		span.RecordError(err)
-	}
-	span.End()
+	telemetry.End(span, err)
 	if err == nil {
 		for _, w := range rows {
 			w.state = rowPublished

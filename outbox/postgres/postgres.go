@@ -19,6 +19,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 	"github.com/steadfast-go/steadfast/outbox"
 )
 
@@ -95,8 +96,8 @@ type Config struct {
 	// DefaultClaimTimeout (2m).
 	ClaimTimeout time.Duration
 	// Propagator injects the trace context of Enqueue's ctx into message
-	// headers that do not carry one yet. Default propagation.TraceContext
-	// (W3C traceparent, tracestate).
+	// headers that do not carry one yet. Default: the W3C trace context
+	// (traceparent, tracestate), as every steadfast publisher writes it.
 	Propagator propagation.TextMapPropagator
 }
 
@@ -135,9 +136,6 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	}
 	if cfg.ClaimTimeout == 0 {
 		cfg.ClaimTimeout = DefaultClaimTimeout
-	}
-	if cfg.Propagator == nil {
-		cfg.Propagator = propagation.TraceContext{}
 	}
 	t, err := parseTable(cfg.Table)
 	if err != nil {
@@ -279,11 +277,10 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 	payloads := make([][]byte, n)
 	headers := make([]string, n)
 	times := make([]time.Time, n)
-	trace := propagation.MapCarrier{}
-	s.cfg.Propagator.Inject(ctx, trace)
+	trace := telemetry.TraceHeaders(ctx, s.cfg.Propagator)
 	for i, m := range msgs {
 		ids[i], topics[i], keys[i], payloads[i], times[i] = m.ID, m.Topic, m.Key, m.Payload, m.Time
-		h := withTrace(m.Headers, trace)
+		h := telemetry.WithTraceHeaders(m.Headers, trace)
 		if len(h) > 0 {
 			b, err := json.Marshal(h)
 			if err != nil {
@@ -300,24 +297,6 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 		return fmt.Errorf("outbox/postgres: enqueue %d messages into %s: %w", n, s.t.ident, err)
 	}
 	return nil
-}
-
-// withTrace returns h with the trace headers in carrier (the enqueuing
-// context's, injected once per call) added when h has no traceparent.
-func withTrace(h map[string]string, carrier propagation.MapCarrier) map[string]string {
-	if h[broker.HeaderTraceparent] != "" || len(carrier) == 0 {
-		return h
-	}
-	out := make(map[string]string, len(h)+len(carrier))
-	for k, v := range h {
-		out[k] = v
-	}
-	for k, v := range carrier {
-		if _, ok := out[k]; !ok {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 // Stats implements outbox.Store.
