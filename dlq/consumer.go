@@ -12,8 +12,9 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/steadfast-go/steadfast/broker"
-	"github.com/steadfast-go/steadfast/dlq/internal/telemetry"
+	"github.com/steadfast-go/steadfast/dlq/internal/metrics"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Retries says where a failed message waits for its next attempt. It is the
@@ -131,11 +132,11 @@ type Config struct {
 	MaxWait time.Duration
 
 	// Logger receives dead-letter events (Warn), failed dead-letter
-	// publishes (Error) and retries (Debug). Default: discarded.
+	// publishes (Error) and retries (Debug). Default slog.Default().
 	Logger *slog.Logger
 	// MeterProvider receives the counters steadfast.dlq.dead_lettered,
 	// steadfast.dlq.retried and steadfast.dlq.dead_letter_failures.
-	// Default otel.GetMeterProvider().
+	// Default: the OpenTelemetry global provider.
 	MeterProvider metric.MeterProvider
 }
 
@@ -173,9 +174,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxWait == 0 {
 		c.MaxWait = DefaultMaxWait
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
+	c.Logger = telemetry.Logger(c.Logger)
 	return c, nil
 }
 
@@ -223,7 +222,7 @@ func (c Config) withDefaults() (Config, error) {
 // handled.
 type Consumer struct {
 	cfg   Config
-	tel   *telemetry.Instruments
+	tel   *metrics.Instruments
 	log   *slog.Logger
 	first firstFailures
 }
@@ -283,7 +282,7 @@ func New(cfg Config) (*Consumer, error) {
 	if err != nil {
 		return nil, err
 	}
-	tel, err := telemetry.New(cfg.MeterProvider)
+	tel, err := metrics.New(cfg.MeterProvider)
 	if err != nil {
 		return nil, fmt.Errorf("dlq: metrics: %w", err)
 	}

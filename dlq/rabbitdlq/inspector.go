@@ -17,7 +17,8 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/dlq"
-	"github.com/steadfast-go/steadfast/dlq/internal/telemetry"
+	"github.com/steadfast-go/steadfast/dlq/internal/metrics"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // InspectorConfig configures an Inspector.
@@ -34,10 +35,10 @@ type InspectorConfig struct {
 	Publisher broker.Publisher
 	// DialTimeout bounds connecting to the broker. Default 10s.
 	DialTimeout time.Duration
-	// Logger receives a line per replay and purge. Default: discarded.
+	// Logger receives a line per replay and purge. Default slog.Default().
 	Logger *slog.Logger
 	// MeterProvider receives steadfast.dlq.replayed and steadfast.dlq.purged.
-	// Default otel.GetMeterProvider().
+	// Default: the OpenTelemetry global provider.
 	MeterProvider metric.MeterProvider
 }
 
@@ -67,7 +68,7 @@ type InspectorConfig struct {
 // the first time of each event, to the second). They replay to that topic.
 type Inspector struct {
 	cfg InspectorConfig
-	tel *telemetry.Instruments
+	tel *metrics.Instruments
 	log *slog.Logger
 
 	mu   sync.Mutex
@@ -93,12 +94,9 @@ func NewInspector(cfg InspectorConfig) (*Inspector, error) {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 10 * time.Second
 	}
-	in := &Inspector{cfg: cfg, log: cfg.Logger}
-	if in.log == nil {
-		in.log = slog.New(slog.DiscardHandler)
-	}
+	in := &Inspector{cfg: cfg, log: telemetry.Logger(cfg.Logger)}
 	var err error
-	if in.tel, err = telemetry.New(cfg.MeterProvider); err != nil {
+	if in.tel, err = metrics.New(cfg.MeterProvider); err != nil {
 		return nil, fmt.Errorf("rabbitdlq: metrics: %w", err)
 	}
 	return in, nil
