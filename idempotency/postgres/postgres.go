@@ -73,6 +73,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/steadfast-go/steadfast/idempotency"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // DB is what functions joining the caller's transaction take. pgx.Tx,
@@ -184,7 +185,7 @@ type Config struct {
 	// (Handler, Acquire). Default: the server's default isolation (READ
 	// COMMITTED unless configured otherwise).
 	TxOptions pgx.TxOptions
-	// Logger receives RunCleanup's failures. Default: discard.
+	// Logger receives RunCleanup's failures. Default slog.Default().
 	Logger *slog.Logger
 }
 
@@ -224,9 +225,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	if cfg.Retention == 0 {
 		cfg.Retention = 7 * 24 * time.Hour
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	cfg.Logger = telemetry.Logger(cfg.Logger)
 	s := &Store{pool: pool, cfg: cfg, t: t, log: cfg.Logger}
 
 	// The advisory lock's first key is the table's OID (so tables, and the
