@@ -20,11 +20,18 @@ const (
 )
 
 // ReservedHeaderPrefix starts the name of every header that steadfast
-// itself writes: adapters' wire headers, dead-letter envelopes, event
-// metadata. It is the one reserved namespace of the library. Adapters remove
-// their own wire headers before delivery, and a user header that happens to
-// start with the prefix round-trips unchanged (escaped on the wire), so no
-// producer can forge what an adapter reads from its own headers.
+// itself writes: adapters' wire headers (the Kafka record ID, RabbitMQ's
+// nanosecond time), dead-letter envelopes (package dlq), event metadata. It
+// is the one reserved namespace of the library, and the rule is the same in
+// every adapter:
+//
+//   - an adapter's own wire headers are removed before delivery;
+//   - a message header whose name starts with the prefix (a dead-letter
+//     envelope, or any header a user chose) is escaped on the wire and
+//     arrives unchanged, so no producer can forge what an adapter reads
+//     from its own wire headers;
+//   - a wire header in the namespace that the adapter did not write
+//     (another client's, or a newer version's) is not delivered.
 const ReservedHeaderPrefix = "steadfast-"
 
 // DefaultMaxMessageBytes is the size limit Message.Validate applies when a

@@ -16,8 +16,9 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 )
 
-// roundTrip: ID, key, payload, headers and time arrive intact, on the first
-// attempt, with the group set.
+// roundTrip: ID, key, payload, headers (those in the reserved namespace
+// included) and time arrive intact, on the first attempt, with the group
+// set.
 func (s *suite) roundTrip(t *testing.T) {
 	e, groups := s.newEnv(t, 1)
 	payload := make([]byte, 256)
@@ -37,6 +38,13 @@ func (s *suite) roundTrip(t *testing.T) {
 			broker.HeaderTraceparent:   "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 			"x-Mixed-Case":             "value with spaces and ünïcode",
 			"empty":                    "",
+			// Message headers in the reserved namespace, named like
+			// adapters' wire headers, arrive unchanged (escaped on the
+			// wire), and do not change the message's ID or time.
+			broker.ReservedHeaderPrefix + "id":      "not the message ID",
+			broker.ReservedHeaderPrefix + "time":    "not the time",
+			broker.ReservedHeaderPrefix + "u-x":     "looks escaped",
+			broker.ReservedHeaderPrefix + "dlq-key": "user value",
 		},
 		Time: time.Now().Add(-time.Hour).Truncate(e.f.TimePrecision),
 	}, {

@@ -10,22 +10,22 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
-// Record headers the adapter reserves. Message.ID travels in HeaderUUID when
-// it is a UUID in canonical lowercase text form (as broker.NewID and the
+// Record headers of the adapter, in the library's reserved namespace
+// (broker.ReservedHeaderPrefix). Message.ID travels in HeaderUUID when it is
+// a UUID in canonical lowercase text form (as broker.NewID and the
 // Publisher make them): the header value is then the UUID's 16 bytes (RFC
 // 9562 binary layout), 20 bytes shorter than the text, and bytes a batch
 // compressor recognizes as incompressible. Any other ID travels as text in
-// HeaderID. A message header whose name starts with ReservedHeaderPrefix is
-// escaped on the wire (its name prefixed with ReservedHeaderPrefix+"u-") and
-// restored by the subscriber, so every Headers map round-trips unchanged.
+// HeaderID. A message header whose name starts with the reserved prefix is
+// escaped on the wire and restored by the subscriber, so every Headers map
+// round-trips unchanged; other reserved record headers are not delivered.
 const (
-	ReservedHeaderPrefix = "steadfast-"
-	HeaderID             = ReservedHeaderPrefix + "id"
-	HeaderUUID           = ReservedHeaderPrefix + "uuid"
-	escapedHeaderPrefix  = ReservedHeaderPrefix + "u-"
+	HeaderID   = broker.ReservedHeaderPrefix + "id"
+	HeaderUUID = broker.ReservedHeaderPrefix + "uuid"
 )
 
 // recordSlot holds a record and, for the common message without headers, its
@@ -107,10 +107,7 @@ func toRecords(msgs []broker.Message, ids *idGen, th []kgo.RecordHeader) []*kgo.
 			r.Headers = make([]kgo.RecordHeader, 1, 1+len(m.Headers)+len(trace))
 			r.Headers[0] = x.h[0]
 			for k, v := range m.Headers {
-				if strings.HasPrefix(k, ReservedHeaderPrefix) {
-					k = escapedHeaderPrefix + k
-				}
-				r.Headers = append(r.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
+				r.Headers = append(r.Headers, kgo.RecordHeader{Key: brokerimpl.WireHeader(k), Value: []byte(v)})
 			}
 			for _, h := range trace {
 				if _, own := m.Headers[h.Key]; !own {
@@ -145,19 +142,19 @@ func fromRecord(r *kgo.Record, a *textArena) broker.Message {
 		m.Key = a.string(r.Key)
 	}
 	for _, h := range r.Headers {
-		if strings.HasPrefix(h.Key, ReservedHeaderPrefix) {
-			switch {
-			case h.Key == HeaderUUID:
+		if strings.HasPrefix(h.Key, broker.ReservedHeaderPrefix) {
+			switch h.Key {
+			case HeaderUUID:
 				if len(h.Value) == uuidLen {
 					m.ID = a.uuid(h.Value)
 				}
 				continue
-			case h.Key == HeaderID:
+			case HeaderID:
 				m.ID = a.string(h.Value)
 				continue
-			case strings.HasPrefix(h.Key, escapedHeaderPrefix):
-				h.Key = h.Key[len(escapedHeaderPrefix):]
-			default:
+			}
+			var ok bool
+			if h.Key, ok = brokerimpl.MessageHeader(h.Key); !ok {
 				continue // reserved for future use
 			}
 		}

@@ -17,9 +17,10 @@
 //   - Message.ID travels in a record header: a UUID in canonical lowercase
 //     form (what broker.NewID and the Publisher generate) as its 16 bytes in
 //     HeaderUUID, any other ID as text in HeaderID. Headers are record
-//     headers; a header whose name starts with ReservedHeaderPrefix is
-//     escaped on the wire and restored on delivery, so the Headers map a
-//     subscriber sees equals the one published.
+//     headers; a header whose name starts with broker.ReservedHeaderPrefix
+//     is escaped on the wire and restored on delivery, so the Headers map a
+//     subscriber sees equals the one published, and a record header of
+//     that namespace that the adapter did not write is not delivered.
 //   - A record produced by another client, without either ID header, is
 //     delivered with the ID "topic/partition/offset".
 //   - A keyed record goes to KeyPartition(key, partitions), the partition

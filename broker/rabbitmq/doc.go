@@ -15,12 +15,13 @@
 // reports them as errors.
 //
 // Message.ID is the AMQP message-id; Time travels in the timestamp property
-// (whole seconds, for other clients) and, with nanoseconds, in an
-// x-steadfast-time header; the headers type, content-type, correlation-id,
+// (whole seconds, for other clients) and, with nanoseconds, in a
+// steadfast-time header; the headers type, content-type, correlation-id,
 // content-encoding, reply-to and app-id use their AMQP properties; other
-// headers are string headers. Headers with the reserved prefix
-// "x-steadfast-" are escaped on the wire, so every message round-trips
-// unchanged. Broker-added headers appear on deliveries as strings:
+// headers are string headers. Headers in the library's reserved namespace
+// (broker.ReservedHeaderPrefix, "steadfast-") are escaped on the wire, so
+// every message round-trips unchanged, and reserved headers the adapter did
+// not write are not delivered. Broker-added headers appear on deliveries as strings:
 // x-death as JSON (see Deaths), x-delivery-count, x-first-death-*.
 //
 // # Guarantees

@@ -101,7 +101,7 @@ func (c PublisherConfig) withDefaults(conn *Conn) (PublisherConfig, error) {
 // consumers deduplicate on Message.ID.
 //
 // Message mapping: ID is the AMQP message-id, Time the timestamp property
-// (seconds) plus an x-steadfast-time header with nanoseconds, the headers
+// (seconds) plus a steadfast-time header with nanoseconds, the headers
 // type, content-type, correlation-id, content-encoding, reply-to and app-id
 // travel in their AMQP properties when non-empty, other headers as string
 // headers. A Subscriber restores the message exactly.

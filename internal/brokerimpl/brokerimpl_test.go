@@ -86,3 +86,23 @@ func TestCheckSubscribe(t *testing.T) {
 		t.Errorf("default concurrency = %d", got)
 	}
 }
+
+// TestHeaderEscaping: every message header survives the wire, and a wire
+// name under the reserved prefix that is not an escaped message header is
+// never delivered.
+func TestHeaderEscaping(t *testing.T) {
+	for _, k := range []string{"plain", "", "steadfast-", "steadfast-x", "steadfast-u-x", "steadfast-u-steadfast-x", "Steadfast-x"} {
+		w := brokerimpl.WireHeader(k)
+		if strings.HasPrefix(k, broker.ReservedHeaderPrefix) == (w == k) {
+			t.Errorf("WireHeader(%q) = %q", k, w)
+		}
+		if got, ok := brokerimpl.MessageHeader(w); !ok || got != k {
+			t.Errorf("MessageHeader(WireHeader(%q)) = %q, %v", k, got, ok)
+		}
+	}
+	for _, w := range []string{"steadfast-id", "steadfast-time", "steadfast-future"} {
+		if got, ok := brokerimpl.MessageHeader(w); ok {
+			t.Errorf("MessageHeader(%q) = %q, true; want it dropped", w, got)
+		}
+	}
+}
