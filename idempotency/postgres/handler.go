@@ -60,7 +60,7 @@ func (s *Store) handle(ctx context.Context, cfg idempotency.ConsumerConfig, rec 
 	tx, err := s.pool.BeginTx(ctx, s.cfg.TxOptions)
 	if err != nil {
 		rec.Record(ctx, outcome.Error, scope, key)
-		return fmt.Errorf("postgres: message %q: begin: %w", d.ID, err)
+		return fmt.Errorf("idempotency/postgres: message %q: begin: %w", d.ID, err)
 	}
 	committed := false
 	defer func() {
@@ -80,10 +80,10 @@ func (s *Store) handle(ctx context.Context, cfg idempotency.ConsumerConfig, rec 
 		rec.Record(ctx, outcome.InProgress, scope, key)
 		rec.Log.DebugContext(ctx, "idempotency: message in progress elsewhere, retry later",
 			"scope", scope, "key", key, "message_id", d.ID)
-		return fmt.Errorf("postgres: message %q: %w", d.ID, err)
+		return fmt.Errorf("idempotency/postgres: message %q: %w", d.ID, err)
 	case err != nil:
 		rec.Record(ctx, outcome.Error, scope, key)
-		return fmt.Errorf("postgres: message %q: %w", d.ID, err)
+		return fmt.Errorf("idempotency/postgres: message %q: %w", d.ID, err)
 	case !claimed:
 		rec.Record(ctx, outcome.Duplicate, scope, key)
 		rec.Log.DebugContext(ctx, "idempotency: duplicate message acknowledged",
@@ -101,7 +101,7 @@ func (s *Store) handle(ctx context.Context, cfg idempotency.ConsumerConfig, rec 
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("postgres: message %q: commit: %w", d.ID, err)
+		return fmt.Errorf("idempotency/postgres: message %q: commit: %w", d.ID, err)
 	}
 	committed, ok = true, true
 	rec.Record(ctx, outcome.Processed, scope, key)
