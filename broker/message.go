@@ -35,8 +35,23 @@ const (
 const ReservedHeaderPrefix = "steadfast-"
 
 // DefaultMaxMessageBytes is the size limit Message.Validate applies when a
-// caller passes no limit of its own, and every adapter's default. It matches Kafka's default message.max.bytes.
-const DefaultMaxMessageBytes = 1 << 20
+// caller passes no limit of its own, and the default of every component
+// that checks one (the adapters' publishers, the outbox store): 1 MiB less
+// 1 KiB, so that a message at the limit also fits, with its record framing
+// and the adapter's headers, a Kafka broker left at its default
+// message.max.bytes (1 MiB). One default everywhere means a message the
+// outbox store accepts is one the publisher accepts too.
+const DefaultMaxMessageBytes = 1<<20 - 1024
+
+// SizeLimiter is implemented by a Publisher that rejects messages above a
+// size (every steadfast adapter), and by other components that check one
+// (the outbox's postgres store): MaxMessageBytes returns the largest
+// Message.Size accepted. Components that hold messages for a publisher to
+// send later ask it, so that one setting rules: the outbox relay parks a
+// row its publisher would refuse without offering it.
+type SizeLimiter interface {
+	MaxMessageBytes() int
+}
 
 // Message is the unit every pattern publishes and consumes.
 //

@@ -102,10 +102,6 @@ type Config struct {
 	// are; this function is consulted in addition, for other adapters'
 	// outage errors.
 	Transient func(error) bool
-	// MaxMessageBytes is the size limit the relay checks before publishing;
-	// larger rows are parked. Default broker.DefaultMaxMessageBytes. Set it
-	// to the broker's limit.
-	MaxMessageBytes int
 	// PublishTimeout bounds one Publish call; a call cut short fails with
 	// context.DeadlineExceeded, which is transient. Keep it below the
 	// adapter's own delivery timeout (30s for broker/kafka) so that a broker
@@ -158,8 +154,6 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: WakeDelay %v < 0", ErrInvalidConfig, c.WakeDelay)
 	case c.CleanupInterval < 0 || c.CleanupBatch < 0:
 		return c, fmt.Errorf("%w: negative cleanup setting", ErrInvalidConfig)
-	case c.MaxMessageBytes < 0:
-		return c, fmt.Errorf("%w: MaxMessageBytes %d < 0", ErrInvalidConfig, c.MaxMessageBytes)
 	}
 	if err := c.Backoff.Validate(); err != nil {
 		return c, fmt.Errorf("%w: Backoff: %w", ErrInvalidConfig, err)
@@ -178,9 +172,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Backoff == (broker.Backoff{}) {
 		c.Backoff = DefaultBackoff()
-	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = broker.DefaultMaxMessageBytes
 	}
 	if c.PublishTimeout == 0 {
 		c.PublishTimeout = DefaultPublishTimeout
@@ -218,9 +209,9 @@ func (c Config) withDefaults() (Config, error) {
 //     refused row). A parked row is the one exception, governed by BlockKeyOnPark.
 //   - Failures: a message the broker refuses is retried with Backoff and
 //     parked after MaxAttempts; its key waits meanwhile, other keys flow. A
-//     row that can never be published (empty topic, over MaxMessageBytes,
-//     malformed, or an error Permanent accepts) is parked at once with the
-//     reason. When the broker is unavailable (the error is transient, see
+//     row that can never be published (empty topic, over the publisher's
+//     size limit, malformed, or an error Permanent accepts) is parked at
+//     once with the reason. When the broker is unavailable (the error is transient, see
 //     Config.Transient) no attempt is charged: rows stay pending, the relay
 //     backs off, and the backlog drains when the broker returns.
 //
@@ -251,6 +242,7 @@ type Relay struct {
 	store Store
 	pub   broker.Publisher
 	cfg   Config
+	max   int // the publisher's size limit: larger rows are parked unsent
 	log   *slog.Logger
 	m     *metrics
 	trace trace.Tracer
@@ -290,15 +282,30 @@ func NewRelay(store Store, pub broker.Publisher, cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbox: metrics: %w", err)
 	}
-	return &Relay{
+	r := &Relay{
 		store: store,
 		pub:   pub,
 		cfg:   cfg,
+		max:   maxMessageBytes(pub),
 		log:   cfg.Logger.With("outbox", cfg.Name),
 		m:     m,
 		trace: telemetry.Tracer(cfg.TracerProvider, scope),
 		wake:  make(chan struct{}, 1),
-	}, nil
+	}
+	if s, ok := store.(broker.SizeLimiter); ok && s.MaxMessageBytes() > r.max {
+		r.log.Warn("outbox: the store accepts messages its publisher refuses; rows in between will be parked, not published: "+
+			"give the store the publisher's size limit", "store_max_bytes", s.MaxMessageBytes(), "publisher_max_bytes", r.max)
+	}
+	return r, nil
+}
+
+// maxMessageBytes is the size limit of pub (broker.SizeLimiter), or
+// broker.DefaultMaxMessageBytes for a publisher that does not say.
+func maxMessageBytes(pub broker.Publisher) int {
+	if l, ok := pub.(broker.SizeLimiter); ok && l.MaxMessageBytes() > 0 {
+		return l.MaxMessageBytes()
+	}
+	return broker.DefaultMaxMessageBytes
 }
 
 // Wake makes a running relay look for rows now instead of at its next poll.
@@ -736,7 +743,7 @@ func (r *Relay) check(rec Record) error {
 	if rec.Malformed != "" {
 		return fmt.Errorf("outbox: malformed row: %s", rec.Malformed)
 	}
-	if err := rec.Message.Validate(r.cfg.MaxMessageBytes); err != nil {
+	if err := rec.Message.Validate(r.max); err != nil {
 		return fmt.Errorf("outbox: invalid message: %w", err)
 	}
 	if rec.Message.ID == "" {

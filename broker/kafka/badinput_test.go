@@ -111,7 +111,7 @@ func TestOversizedRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tooBig := broker.NewMessage(topic, make([]byte, DefaultMaxMessageBytes+1))
+	tooBig := broker.NewMessage(topic, make([]byte, broker.DefaultMaxMessageBytes+1))
 	if err := k.pub.Publish(ctx, tooBig); !errors.Is(err, broker.ErrMessageTooLarge) {
 		t.Errorf("publish above MaxMessageBytes: err = %v, want ErrMessageTooLarge", err)
 	}

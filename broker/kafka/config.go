@@ -253,12 +253,6 @@ func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 	k.l.Log(context.Background(), lv, "franz-go: "+msg, keyvals...)
 }
 
-// DefaultMaxMessageBytes is the default PublisherConfig.MaxMessageBytes: the
-// broker package's limit (Kafka's 1 MiB default) less room for the record
-// framing and the headers the adapter adds, so a message that passes the
-// check also fits a broker left at its default message.max.bytes.
-const DefaultMaxMessageBytes = broker.DefaultMaxMessageBytes - 1024
-
 // PublisherConfig tunes a Publisher.
 type PublisherConfig struct {
 	Config
@@ -276,7 +270,9 @@ type PublisherConfig struct {
 	Compression Compression
 	// MaxMessageBytes is the largest Message.Size that Publish accepts;
 	// larger messages are rejected with broker.ErrMessageTooLarge before
-	// anything is sent. Default DefaultMaxMessageBytes. It must leave room
+	// anything is sent. Default broker.DefaultMaxMessageBytes, which leaves
+	// room for the record framing and the adapter's headers below a
+	// broker's default message.max.bytes. It must leave room
 	// below BatchMaxBytes for the record framing (1 KiB is enough).
 	MaxMessageBytes int
 	// DeliveryTimeout bounds how long a record may wait for the cluster,
@@ -308,7 +304,7 @@ func (c PublisherConfig) withDefaults() (PublisherConfig, error) {
 		c.Compression = DefaultCompression
 	}
 	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = DefaultMaxMessageBytes
+		c.MaxMessageBytes = broker.DefaultMaxMessageBytes
 	}
 	if c.DeliveryTimeout == 0 {
 		c.DeliveryTimeout = DefaultDeliveryTimeout

@@ -160,13 +160,12 @@ func (rc *restartableCluster) restart(ctx context.Context, down time.Duration) e
 func TestConformance(t *testing.T) {
 	t.Parallel()
 	brokertest.Run(t, brokertest.Features{
-		ConsumerGroups:  true,
-		Persistent:      true,
-		PerKeyOrder:     true,
-		ExactlyOnce:     true,
-		Restartable:     true,
-		MaxMessageBytes: DefaultMaxMessageBytes,
-		TimePrecision:   time.Millisecond,
+		ConsumerGroups: true,
+		Persistent:     true,
+		PerKeyOrder:    true,
+		ExactlyOnce:    true,
+		Restartable:    true,
+		TimePrecision:  time.Millisecond,
 	}, func(t *testing.T) brokertest.Backend {
 		if brokertest.RestartCase(t) { // in-process even when STEADFAST_KAFKA_BROKERS is set: it must be restartable
 			rc := newRestartableCluster(t)

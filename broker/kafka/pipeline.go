@@ -57,7 +57,7 @@ type PipelineConfig struct {
 	// defaults.
 	RetryBackoff broker.Backoff
 	// MaxMessageBytes is the largest output Message.Size accepted. Default
-	// DefaultMaxMessageBytes.
+	// broker.DefaultMaxMessageBytes.
 	MaxMessageBytes int
 	// SessionTimeout, RebalanceTimeout and HeartbeatInterval are the
 	// consumer group timings, with the defaults of SubscriberConfig.
@@ -82,7 +82,7 @@ func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
 		c.RetryBackoff = DefaultRetryBackoff()
 	}
 	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = DefaultMaxMessageBytes
+		c.MaxMessageBytes = broker.DefaultMaxMessageBytes
 	}
 	if !fillGroupTimings(&c.SessionTimeout, &c.RebalanceTimeout, &c.HeartbeatInterval) ||
 		c.MaxBatch < 0 || c.TransactionTimeout < 0 || c.MaxMessageBytes < 0 {

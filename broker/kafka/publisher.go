@@ -43,7 +43,10 @@ type Publisher struct {
 	timeoutCause error
 }
 
-var _ broker.Publisher = (*Publisher)(nil)
+var (
+	_ broker.Publisher   = (*Publisher)(nil)
+	_ broker.SizeLimiter = (*Publisher)(nil)
+)
 
 // NewPublisher validates cfg and creates the producer. It does not contact
 // the cluster; the first Publish does.
@@ -68,6 +71,10 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen(), tracer: telemetry.Tracer(cfg.TracerProvider, scope),
 		timeoutCause: fmt.Errorf("%w: %w (DeliveryTimeout %v)", broker.ErrUnavailable, kgo.ErrRecordTimeout, cfg.DeliveryTimeout)}, nil
 }
+
+// MaxMessageBytes returns the largest Message.Size Publish accepts
+// (PublisherConfig.MaxMessageBytes). It implements broker.SizeLimiter.
+func (p *Publisher) MaxMessageBytes() int { return p.cfg.MaxMessageBytes }
 
 // Client returns the underlying franz-go client, for metrics and admin
 // requests. Producing through it bypasses the adapter's mapping.

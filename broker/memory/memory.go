@@ -96,8 +96,9 @@ type Broker struct {
 }
 
 var (
-	_ broker.Publisher  = (*Broker)(nil)
-	_ broker.Subscriber = (*Broker)(nil)
+	_ broker.Publisher   = (*Broker)(nil)
+	_ broker.Subscriber  = (*Broker)(nil)
+	_ broker.SizeLimiter = (*Broker)(nil)
 )
 
 // New returns an empty broker. It never fails, so a test can build one in
@@ -164,6 +165,10 @@ func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) (err error
 	}
 	return nil
 }
+
+// MaxMessageBytes returns the largest Message.Size Publish accepts
+// (Config.MaxMessageBytes). It implements broker.SizeLimiter.
+func (b *Broker) MaxMessageBytes() int { return b.cfg.MaxMessageBytes }
 
 // Published returns a copy of every message published to topic so far, in
 // publish order. Tests use it to assert what a component sent.

@@ -122,7 +122,10 @@ type Publisher struct {
 	inflight sync.WaitGroup
 }
 
-var _ broker.Publisher = (*Publisher)(nil)
+var (
+	_ broker.Publisher   = (*Publisher)(nil)
+	_ broker.SizeLimiter = (*Publisher)(nil)
+)
 
 // NewPublisher returns a publisher on conn. Channels are opened on first
 // use.
@@ -145,6 +148,10 @@ func NewPublisher(conn *Conn, cfg PublisherConfig) (*Publisher, error) {
 	}
 	return p, nil
 }
+
+// MaxMessageBytes returns the largest Message.Size Publish accepts
+// (PublisherConfig.MaxMessageBytes). It implements broker.SizeLimiter.
+func (p *Publisher) MaxMessageBytes() int { return p.cfg.MaxMessageBytes }
 
 // Close stops the publisher: later Publish calls fail with
 // broker.ErrClosed, calls waiting for a reconnect give up with

@@ -86,7 +86,10 @@ type Config struct {
 	// other.
 	LockKeys bool
 	// MaxMessageBytes is the size limit Enqueue enforces (broker.Message
-	// Size). Default broker.DefaultMaxMessageBytes.
+	// Size). Default broker.DefaultMaxMessageBytes, every steadfast
+	// publisher's default, so a message Enqueue accepts is one the relay's
+	// publisher accepts; if you change the publisher's limit, give the
+	// store the same (the relay warns when the store's is larger).
 	MaxMessageBytes int
 	// ClaimTimeout bounds how long a relay may hold a claim (the
 	// transaction that locks a batch) idle; PostgreSQL ends the session after
@@ -158,6 +161,11 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	s.enqueue = s.sql.enqueueSQL(cfg.LockKeys, !cfg.DisableNotify)
 	return s, nil
 }
+
+// MaxMessageBytes returns the largest Message.Size Enqueue accepts
+// (Config.MaxMessageBytes). It implements broker.SizeLimiter, which the
+// relay reads to check that its publisher accepts as much.
+func (s *Store) MaxMessageBytes() int { return s.cfg.MaxMessageBytes }
 
 // Table returns the quoted table name used in SQL.
 func (s *Store) Table() string { return s.t.ident }

@@ -338,7 +338,7 @@ func TestRelayConfig(t *testing.T) {
 	h := newHarness(t, postgres.Config{})
 	b := outboxtest.MemoryBroker(t)
 	for _, cfg := range []outbox.Config{
-		{BatchSize: -1}, {MaxAttempts: -1}, {PollInterval: -1}, {PublishTimeout: -1}, {CleanupBatch: -1}, {MaxMessageBytes: -1},
+		{BatchSize: -1}, {MaxAttempts: -1}, {PollInterval: -1}, {PublishTimeout: -1}, {CleanupBatch: -1},
 		{Backoff: broker.Backoff{Initial: -time.Second}}, {Backoff: broker.Backoff{Initial: time.Hour, Max: time.Second}},
 	} {
 		if _, err := outbox.NewRelay(h.store, b.Publisher, cfg); !errors.Is(err, outbox.ErrInvalidConfig) {
