@@ -17,6 +17,7 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/kafka"
 	"github.com/steadfast-go/steadfast/dlq"
+	"github.com/steadfast-go/steadfast/dlq/internal/inspect"
 	"github.com/steadfast-go/steadfast/dlq/internal/metrics"
 	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
@@ -339,12 +340,12 @@ func (in *Inspector) Replay(ctx context.Context, f dlq.Filter, opts dlq.ReplayOp
 		return 0, err
 	}
 	sel := f.Select(s.pending())
-	msgs, from, errs := dlq.ReplayMessages(sel, opts, time.Now())
+	msgs, from, errs := inspect.ReplayMessages(sel, opts, time.Now())
 	var done []dlq.DeadLetter
-	for i := 0; i < len(msgs); i += dlq.ReplayChunk {
-		j := min(i+dlq.ReplayChunk, len(msgs))
+	for i := 0; i < len(msgs); i += inspect.Chunk {
+		j := min(i+inspect.Chunk, len(msgs))
 		err := in.pub.Publish(ctx, msgs[i:j]...)
-		done = append(done, dlq.Published(from[i:j], err)...)
+		done = append(done, inspect.Published(from[i:j], err)...)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("kafkadlq: replay: %w", err))
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/dlq"
+	"github.com/steadfast-go/steadfast/dlq/internal/inspect"
 	"github.com/steadfast-go/steadfast/dlq/internal/metrics"
 	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
@@ -235,7 +236,7 @@ func (in *Inspector) List(ctx context.Context, f dlq.Filter) ([]dlq.DeadLetter, 
 		return nil, err
 	}
 	defer s.close()
-	dlq.SortByFailure(s.dls)
+	inspect.SortByFailure(s.dls)
 	return f.Select(s.dls), nil
 }
 
@@ -256,14 +257,14 @@ func (in *Inspector) Replay(ctx context.Context, f dlq.Filter, opts dlq.ReplayOp
 		return 0, err
 	}
 	defer s.close()
-	dlq.SortByFailure(s.dls)
+	inspect.SortByFailure(s.dls)
 	sel := f.Select(s.dls)
-	msgs, from, errs := dlq.ReplayMessages(sel, opts, time.Now())
+	msgs, from, errs := inspect.ReplayMessages(sel, opts, time.Now())
 	done := 0
-	for i := 0; i < len(msgs) && ctx.Err() == nil; i += dlq.ReplayChunk {
-		j := min(i+dlq.ReplayChunk, len(msgs))
+	for i := 0; i < len(msgs) && ctx.Err() == nil; i += inspect.Chunk {
+		j := min(i+inspect.Chunk, len(msgs))
 		err := pub.Publish(ctx, msgs[i:j]...)
-		ok := dlq.Published(from[i:j], err)
+		ok := inspect.Published(from[i:j], err)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("rabbitdlq: replay from %q: %w", in.cfg.Queue, err))
 		}
@@ -289,7 +290,7 @@ func (in *Inspector) Purge(ctx context.Context, f dlq.Filter) (int, error) {
 		return 0, err
 	}
 	defer s.close()
-	dlq.SortByFailure(s.dls)
+	inspect.SortByFailure(s.dls)
 	sel := f.Select(s.dls)
 	if err := s.ack(sel); err != nil {
 		return 0, fmt.Errorf("rabbitdlq: purge %q: %w", in.cfg.Queue, err)
