@@ -14,6 +14,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/fault"
 	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
@@ -114,16 +115,20 @@ type Pipeline struct {
 
 	mu    sync.Mutex
 	slots []bool // transactional ID suffixes held by running Run calls
-
-	// crash, when set by tests, simulates a process crash before the
-	// delivery it returns true for (inTxn is the number of inputs already
-	// transformed in the open transaction): the records produced so far are
-	// flushed, and the client is closed without ending the transaction.
-	crash func(d broker.Delivery, inTxn int) bool
 }
 
-// errCrashed is returned by Run after a simulated crash.
-var errCrashed = errors.New("kafka: pipeline crashed (test hook)")
+// pointTransform is the fault point (internal/fault) before each input's
+// Transform; its data is a transformPoint. A fault there ends Run at once
+// with that error, without ending the open transaction, as a process crash
+// would (crash tests flush the records produced so far first).
+const pointTransform = "kafka/pipeline: transform"
+
+// transformPoint is the data of pointTransform.
+type transformPoint struct {
+	cl    *kgo.Client // the transactional producer
+	d     broker.Delivery
+	inTxn int // inputs already transformed in the open transaction
+}
 
 // NewPipeline validates cfg and returns a Pipeline.
 func NewPipeline(cfg PipelineConfig) (*Pipeline, error) {
@@ -184,10 +189,6 @@ func (p *Pipeline) Run(ctx context.Context, sub broker.Subscription, fn Transfor
 	r := &pipelineRun{p: p, cfg: &cfg, sub: sub, fn: fn, sess: sess,
 		hctx: context.WithoutCancel(ctx), attempts: make(map[offsetKey]int)}
 	err = r.loop(ctx)
-	if errors.Is(err, errCrashed) {
-		sess.Client().Close()
-		return err
-	}
 	sess.Close()
 	if errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) {
 		return fmt.Errorf("kafka: pipeline %q/%q as %q: %w: %w", sub.Topic, sub.Group, txnID, ErrFenced, err)
@@ -317,6 +318,7 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 			mu.Unlock()
 		}
 	}
+	inj := fault.From(r.hctx)
 	for i, rec := range recs {
 		k := offsetKey{rec.Partition, rec.Offset}
 		r.attempts[k]++
@@ -328,11 +330,10 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 			Partition:   rec.Partition,
 			Offset:      rec.Offset,
 		}
-		if r.p.crash != nil && r.p.crash(d, i) {
-			ctx, cancel := context.WithTimeout(r.hctx, r.cfg.TransactionTimeout)
-			_ = r.sess.Client().Flush(ctx)
-			cancel()
-			return nil, 0, errCrashed
+		if inj != nil {
+			if err := inj(pointTransform, transformPoint{cl: r.sess.Client(), d: d, inTxn: i}); err != nil {
+				return nil, 0, err
+			}
 		}
 		sctx, span := telemetry.StartProcess(r.hctx, r.p.tracer, system, d)
 		out, err := r.call(sctx, d)

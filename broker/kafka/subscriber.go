@@ -17,6 +17,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/fault"
 	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
@@ -225,7 +226,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h b
 		}
 	}()
 
-	m, err := newMember(s, sub, h, ctx)
+	m, err := newMember(s, sub, h, ctx, new(recordPool))
 	if err != nil {
 		return fmt.Errorf("kafka: subscribe %q/%q: %w", sub.Topic, sub.Group, err)
 	}
@@ -236,10 +237,10 @@ func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h b
 	return nil
 }
 
-// errSimulatedCrash, as the cancel cause of a Subscribe context, makes the
-// member stop like a crashed process: nothing completed since the last
-// periodic commit is committed. Tests use it.
-var errSimulatedCrash = errors.New("kafka: simulated crash")
+// pointStop is the fault point (internal/fault) where a member stops; a
+// fault there makes it stop as a crashed process would: nothing completed
+// since the last periodic commit is committed.
+const pointStop = "kafka/subscriber: stop"
 
 // Item states.
 const (
@@ -321,7 +322,6 @@ type member struct {
 	freeChains []*chain
 	freeItems  []*item
 	seed       maphash.Seed // of key hashes
-	pool       *recordPool
 	parts      map[int32]*partition
 	live       int
 	pollBelow  int // the poll loop waits while live is above it
@@ -332,14 +332,16 @@ type member struct {
 	workers  sync.WaitGroup
 }
 
-func newMember(s *Subscriber, sub broker.Subscription, h broker.Handler, parent context.Context) (*member, error) {
+// newMember returns the member of one Subscribe call. Its client decodes
+// fetched records into slices of pool (a recordPool; tests pass one that
+// counts its reuses).
+func newMember(s *Subscriber, sub broker.Subscription, h broker.Handler, parent context.Context, pool kgo.PoolRecords) (*member, error) {
 	m := &member{
 		s: s, cfg: &s.cfg, sub: sub, h: h,
 		log:         s.cfg.Logger.With("topic", sub.Topic, "group", sub.Group),
 		handlerBase: context.WithoutCancel(parent),
 		parts:       make(map[int32]*partition),
 		seed:        maphash.MakeSeed(),
-		pool:        new(recordPool),
 	}
 	m.work = sync.NewCond(&m.mu)
 	m.space = sync.NewCond(&m.mu)
@@ -358,7 +360,7 @@ func newMember(s *Subscriber, sub broker.Subscription, h broker.Handler, parent 
 		kgo.OnPartitionsAssigned(m.onAssigned),
 		kgo.OnPartitionsRevoked(m.onRevoked),
 		kgo.OnPartitionsLost(m.onLost),
-		kgo.WithPools(m.pool),
+		kgo.WithPools(pool),
 	)
 	opts = append(opts, s.cfg.Options...)
 	cl, err := kgo.NewClient(opts...)
@@ -398,7 +400,7 @@ func (m *member) run(ctx context.Context) {
 		ids = append(ids, id)
 	}
 	m.mu.Unlock()
-	m.release(ids, errors.Is(context.Cause(ctx), errSimulatedCrash))
+	m.release(ids, fault.At(ctx, pointStop, nil) != nil)
 	m.mu.Lock()
 	m.stopping = true
 	m.work.Broadcast()
@@ -675,7 +677,7 @@ func (m *member) finish(it *item, st uint8) {
 		it.timer.Stop()
 		it.timer = nil
 	}
-	it.rec.Recycle() // to m.pool: see recordPool
+	it.rec.Recycle() // to the member's pool: see recordPool
 	it.rec = nil
 	p.live--
 	m.live--
