@@ -108,18 +108,22 @@ func (c HTTPConfig) withDefaults() HTTPConfig {
 }
 
 // Validate reports a configuration error: negative limits, or a scope the
-// stores do not accept. The error wraps ErrInvalidKey for a bad scope.
+// stores do not accept. The error wraps ErrInvalidConfig, and
+// ErrInvalidKey for a bad scope.
 func (c HTTPConfig) Validate() error {
 	c = c.withDefaults()
 	switch {
 	case c.MaxKeyBytes < 0 || c.MaxKeyBytes > MaxKeyBytes:
-		return fmt.Errorf("idempotency: HTTPConfig.MaxKeyBytes %d out of range 1..%d", c.MaxKeyBytes, MaxKeyBytes)
+		return fmt.Errorf("%w: HTTPConfig.MaxKeyBytes %d out of range 1..%d", ErrInvalidConfig, c.MaxKeyBytes, MaxKeyBytes)
 	case c.MaxBodyBytes < 0:
-		return fmt.Errorf("idempotency: HTTPConfig.MaxBodyBytes %d < 0", c.MaxBodyBytes)
+		return fmt.Errorf("%w: HTTPConfig.MaxBodyBytes %d < 0", ErrInvalidConfig, c.MaxBodyBytes)
 	case c.MaxResponseBytes < 0:
-		return fmt.Errorf("idempotency: HTTPConfig.MaxResponseBytes %d < 0", c.MaxResponseBytes)
+		return fmt.Errorf("%w: HTTPConfig.MaxResponseBytes %d < 0", ErrInvalidConfig, c.MaxResponseBytes)
 	}
-	return CheckKey(c.Scope, "k")
+	if err := CheckKey(c.Scope, "k"); err != nil {
+		return fmt.Errorf("%w: HTTPConfig.Scope: %w", ErrInvalidConfig, err)
+	}
+	return nil
 }
 
 // DefaultFingerprint is the SHA-256 of the request's method, escaped path,

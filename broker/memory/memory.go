@@ -34,7 +34,7 @@ import (
 
 // ErrInvalidConfig is wrapped by Config.Validate's errors, which Publish and
 // Subscribe of a Broker made with that Config return.
-var ErrInvalidConfig = errors.New("memory: invalid config")
+var ErrInvalidConfig = errors.New("broker/memory: invalid config")
 
 // DefaultDrainTimeout is the default Config.DrainTimeout.
 const DefaultDrainTimeout = 30 * time.Second
@@ -261,7 +261,7 @@ func (b *Broker) Subscribe(ctx context.Context, sub broker.Subscription, h broke
 	select {
 	case <-b.done:
 		if ctx.Err() == nil {
-			return fmt.Errorf("memory: subscribe %q/%q: %w", sub.Topic, sub.Group, broker.ErrClosed)
+			return fmt.Errorf("broker/memory: subscribe %q/%q: %w", sub.Topic, sub.Group, broker.ErrClosed)
 		}
 	default:
 	}
@@ -308,7 +308,7 @@ func (b *Broker) run(ctx context.Context, h broker.Handler, e *entry) (err error
 	sctx, span := telemetry.StartProcess(hctx, b.tracer, "memory", d)
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("memory: handler panicked: %v", r)
+			err = fmt.Errorf("broker/memory: handler panicked: %v", r)
 		}
 		telemetry.End(span, err)
 	}()

@@ -91,8 +91,11 @@ var (
 	_ DB = (*pgx.Conn)(nil)
 )
 
-// DefaultTable is the table used when Config.Table is empty.
-const DefaultTable = "steadfast_idempotency"
+// Defaults for Config fields left zero.
+const (
+	DefaultTable     = "steadfast_idempotency"
+	DefaultRetention = 7 * 24 * time.Hour
+)
 
 // Sentinel errors.
 var (
@@ -180,7 +183,7 @@ type Config struct {
 	Wait time.Duration
 	// Retention is how long RunCleanup keeps a key. It must exceed your
 	// broker's retry window, or a late redelivery is processed again.
-	// Default 7 days.
+	// Default DefaultRetention (7 days).
 	Retention time.Duration
 	// TxOptions are the options of the transactions the Store begins
 	// (Handler, Acquire). Default: the server's default isolation (READ
@@ -224,7 +227,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("%w: negative Retention %v", ErrInvalidConfig, cfg.Retention)
 	}
 	if cfg.Retention == 0 {
-		cfg.Retention = 7 * 24 * time.Hour
+		cfg.Retention = DefaultRetention
 	}
 	cfg.Logger = telemetry.Logger(cfg.Logger)
 	s := &Store{pool: pool, cfg: cfg, t: t, log: cfg.Logger}
