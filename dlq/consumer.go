@@ -85,8 +85,9 @@ const DefaultMaxWait = 5 * time.Second
 // up rebalances and shutdown). It is not a failure of the message.
 var ErrNotDue = errors.New("dlq: retry not due yet")
 
-// Config configures a Consumer. Publisher is required; everything else has
-// a documented default.
+// Config configures a Consumer. Publisher is required. Zero fields take
+// their documented defaults; a negative value turns a setting off where its
+// field says so, and is rejected elsewhere.
 type Config struct {
 	// Publisher publishes dead letters and, with RetryTopics, retries.
 	// Required.

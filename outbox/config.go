@@ -32,8 +32,9 @@ func DefaultBackoff() broker.Backoff {
 	return broker.Backoff{Initial: time.Second, Max: 5 * time.Minute, Jitter: 0.2}
 }
 
-// Config tunes a Relay. The zero value is ready to use; every field documents
-// its default.
+// Config tunes a Relay. The zero value is ready to use. Zero fields take
+// their documented defaults; a negative value turns a setting off where its
+// field says so, and is rejected elsewhere.
 type Config struct {
 	// Name labels the relay's metrics and logs (attribute outbox.name).
 	// Default "outbox".

@@ -97,7 +97,9 @@ const (
 )
 
 // Config is what every client of the package (Publisher, Subscriber, Admin,
-// Pipeline) needs to reach the cluster.
+// Pipeline) needs to reach the cluster. Zero fields take their documented
+// defaults; a negative value turns a setting off where its field says so,
+// and is rejected elsewhere.
 type Config struct {
 	// Brokers are the seed brokers as host:port. Required. ParseBrokers turns
 	// a comma-separated list into this form.
@@ -253,7 +255,9 @@ func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 	k.l.Log(context.Background(), lv, "franz-go: "+msg, keyvals...)
 }
 
-// PublisherConfig tunes a Publisher.
+// PublisherConfig tunes a Publisher. Zero fields take their documented
+// defaults; a negative value turns a setting off where its field says so,
+// and is rejected elsewhere.
 type PublisherConfig struct {
 	Config
 	// Linger is how long a partition's batch may wait for more records.
@@ -352,7 +356,9 @@ func DefaultRetryBackoff() broker.Backoff {
 	return broker.Backoff{Initial: 10 * time.Millisecond, Max: 5 * time.Second, Jitter: -1}
 }
 
-// SubscriberConfig tunes a Subscriber.
+// SubscriberConfig tunes a Subscriber. Zero fields take their documented
+// defaults; a negative value turns a setting off where its field says so,
+// and is rejected elsewhere.
 type SubscriberConfig struct {
 	Config
 	// Ordering is OrderPerKey (default) or OrderPerPartition.

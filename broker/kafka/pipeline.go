@@ -28,7 +28,9 @@ import (
 // commits atomically with the input offset like any other output.
 type Transform func(ctx context.Context, d broker.Delivery) ([]broker.Message, error)
 
-// PipelineConfig tunes a Pipeline.
+// PipelineConfig tunes a Pipeline. Zero fields take their documented
+// defaults; a negative value turns a setting off where its field says so,
+// and is rejected elsewhere.
 type PipelineConfig struct {
 	Config
 	// TransactionalID identifies the pipeline's transactional producer. Give

@@ -34,8 +34,9 @@ const (
 	DefaultDrainTimeout = 30 * time.Second
 )
 
-// Config configures a connection. URL is required; every other field has a
-// documented default.
+// Config configures a connection. URL is required. Zero fields take their
+// documented defaults; a negative value turns a setting off where its field
+// says so, and is rejected elsewhere.
 type Config struct {
 	// URL is the amqp:// or amqps:// URL of the broker, with credentials
 	// and vhost, e.g. amqp://guest:guest@localhost:5672/. Required.

@@ -18,6 +18,8 @@ import (
 )
 
 // PublisherConfig tunes a Publisher. The zero value is ready to use.
+// Zero fields take their documented defaults; a negative value turns a
+// setting off where its field says so, and is rejected elsewhere.
 type PublisherConfig struct {
 	// Channels is the number of AMQP channels publishes are spread over, so
 	// concurrent Publish calls do not queue behind one channel. Each

@@ -18,6 +18,8 @@ import (
 )
 
 // SubscriberConfig tunes a Subscriber. The zero value is ready to use.
+// Zero fields take their documented defaults; a negative value turns a
+// setting off where its field says so, and is rejected elsewhere.
 type SubscriberConfig struct {
 	// Groups maps topics and groups to exchanges and queues.
 	Groups Groups

@@ -169,7 +169,9 @@ func Migrate(ctx context.Context, db DB, tableName string) error {
 	return nil
 }
 
-// Config tunes a Store. The zero value is ready to use.
+// Config tunes a Store. The zero value is ready to use. Zero fields take
+// their documented defaults; a negative value turns a setting off where its
+// field says so, and is rejected elsewhere.
 type Config struct {
 	// Table holds the keys: "name" or "schema.name", each part a plain
 	// lowercase identifier ([a-z_][a-z0-9_]*), the table name at most 48

@@ -57,7 +57,8 @@ const (
 	DefaultRetention = 24 * time.Hour
 )
 
-// Config tunes a Store. The zero value is ready to use.
+// Config tunes a Store. The zero value is ready to use; zero fields take
+// their documented defaults, negative ones are rejected.
 type Config struct {
 	// Prefix starts every key the store writes. Default "steadfast:idem:".
 	Prefix string

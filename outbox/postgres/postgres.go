@@ -59,7 +59,9 @@ const (
 )
 
 // Config describes an outbox table. The zero value uses a table named
-// "outbox" on the connection's search_path.
+// "outbox" on the connection's search_path. Zero fields take their
+// documented defaults; a negative value turns a setting off where its field
+// says so, and is rejected elsewhere.
 type Config struct {
 	// Table is the outbox table, "name" or "schema.name". Each part is a
 	// plain lowercase identifier ([a-z_][a-z0-9_]*); the schema is at most
