@@ -1,6 +1,7 @@
 package dlq
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -166,15 +167,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.RetrySubscriber == nil {
 		c.RetrySubscriber = c.Subscriber
 	}
-	if c.RetryLevels == 0 {
-		c.RetryLevels = c.Policy.MaxAttempts - 1
-	}
+	c.RetryLevels = cmp.Or(c.RetryLevels, c.Policy.MaxAttempts-1)
 	if c.RetryTopic == nil {
 		c.RetryTopic = RetryTopic
 	}
-	if c.MaxWait == 0 {
-		c.MaxWait = DefaultMaxWait
-	}
+	c.MaxWait = cmp.Or(c.MaxWait, DefaultMaxWait)
 	c.Logger = telemetry.Logger(c.Logger)
 	return c, nil
 }
@@ -469,9 +466,7 @@ func (c *Consumer) start(d broker.Delivery) (broker.Delivery, Envelope, int, boo
 			if env.ID != "" {
 				orig.ID = env.ID
 			}
-			if orig.Topic == "" {
-				orig.Topic = d.Topic
-			}
+			orig.Topic = cmp.Or(orig.Topic, d.Topic)
 			if orig.Time.IsZero() {
 				orig.Time = d.Time
 			}

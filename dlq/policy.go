@@ -1,6 +1,7 @@
 package dlq
 
 import (
+	"cmp"
 	"fmt"
 
 	"github.com/steadfast-go/steadfast/broker"
@@ -26,9 +27,7 @@ type Policy struct {
 
 // WithDefaults returns p with its zero fields set to their defaults.
 func (p Policy) WithDefaults() Policy {
-	if p.MaxAttempts == 0 {
-		p.MaxAttempts = DefaultMaxAttempts
-	}
+	p.MaxAttempts = cmp.Or(p.MaxAttempts, DefaultMaxAttempts)
 	p.Backoff = p.Backoff.WithDefaults()
 	return p
 }

@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"time"
@@ -141,36 +142,16 @@ func (c Config) withDefaults() (Config, error) {
 	if err := c.Backoff.Validate(); err != nil {
 		return c, fmt.Errorf("%w: Backoff: %w", ErrInvalidConfig, err)
 	}
-	if c.Name == "" {
-		c.Name = "outbox"
-	}
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = DefaultPollInterval
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.Backoff == (broker.Backoff{}) {
-		c.Backoff = DefaultBackoff()
-	}
-	if c.PublishTimeout == 0 {
-		c.PublishTimeout = DefaultPublishTimeout
-	}
-	if c.Retention == 0 {
-		c.Retention = DefaultRetention
-	}
-	if c.CleanupInterval == 0 {
-		c.CleanupInterval = DefaultCleanupInterval
-	}
-	if c.CleanupBatch == 0 {
-		c.CleanupBatch = DefaultCleanupBatch
-	}
-	if c.StatsInterval == 0 {
-		c.StatsInterval = DefaultStatsInterval
-	}
+	c.Name = cmp.Or(c.Name, "outbox")
+	c.BatchSize = cmp.Or(c.BatchSize, DefaultBatchSize)
+	c.PollInterval = cmp.Or(c.PollInterval, DefaultPollInterval)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
+	c.Backoff = cmp.Or(c.Backoff, DefaultBackoff())
+	c.PublishTimeout = cmp.Or(c.PublishTimeout, DefaultPublishTimeout)
+	c.Retention = cmp.Or(c.Retention, DefaultRetention)
+	c.CleanupInterval = cmp.Or(c.CleanupInterval, DefaultCleanupInterval)
+	c.CleanupBatch = cmp.Or(c.CleanupBatch, DefaultCleanupBatch)
+	c.StatsInterval = cmp.Or(c.StatsInterval, DefaultStatsInterval)
 	c.Logger = telemetry.Logger(c.Logger)
 	return c, nil
 }

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -182,16 +183,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DialTimeout < 0 || c.StartTimeout < 0 {
 		return c, fmt.Errorf("%w: negative timeout", ErrInvalidConfig)
 	}
-	if c.ClientID == "" {
-		c.ClientID = DefaultClientID
-	}
+	c.ClientID = cmp.Or(c.ClientID, DefaultClientID)
 	c.Logger = telemetry.Logger(c.Logger)
-	if c.DialTimeout == 0 {
-		c.DialTimeout = DefaultDialTimeout
-	}
-	if c.StartTimeout == 0 {
-		c.StartTimeout = DefaultStartTimeout
-	}
+	c.DialTimeout = cmp.Or(c.DialTimeout, DefaultDialTimeout)
+	c.StartTimeout = cmp.Or(c.StartTimeout, DefaultStartTimeout)
 	return c, nil
 }
 
@@ -301,21 +296,11 @@ func (c PublisherConfig) withDefaults() (PublisherConfig, error) {
 	case c.Linger < 0:
 		c.Linger = 0
 	}
-	if c.BatchMaxBytes == 0 {
-		c.BatchMaxBytes = DefaultBatchMaxBytes
-	}
-	if c.Compression == "" {
-		c.Compression = DefaultCompression
-	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = broker.DefaultMaxMessageBytes
-	}
-	if c.DeliveryTimeout == 0 {
-		c.DeliveryTimeout = DefaultDeliveryTimeout
-	}
-	if c.MaxBufferedRecords == 0 {
-		c.MaxBufferedRecords = DefaultPublisherMaxBufferedRecords
-	}
+	c.BatchMaxBytes = cmp.Or(c.BatchMaxBytes, DefaultBatchMaxBytes)
+	c.Compression = cmp.Or(c.Compression, DefaultCompression)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, broker.DefaultMaxMessageBytes)
+	c.DeliveryTimeout = cmp.Or(c.DeliveryTimeout, DefaultDeliveryTimeout)
+	c.MaxBufferedRecords = cmp.Or(c.MaxBufferedRecords, DefaultPublisherMaxBufferedRecords)
 	switch {
 	case c.BatchMaxBytes < 1024:
 		return c, fmt.Errorf("%w: BatchMaxBytes %d < 1024", ErrInvalidConfig, c.BatchMaxBytes)
@@ -414,18 +399,10 @@ func (c SubscriberConfig) withDefaults() (SubscriberConfig, error) {
 	if err := c.RetryBackoff.Validate(); err != nil {
 		return c, fmt.Errorf("%w: RetryBackoff: %w", ErrInvalidConfig, err)
 	}
-	if c.RetryBackoff == (broker.Backoff{}) {
-		c.RetryBackoff = DefaultRetryBackoff()
-	}
-	if c.CommitInterval == 0 {
-		c.CommitInterval = DefaultCommitInterval
-	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = DefaultDrainTimeout
-	}
-	if c.MaxBufferedRecords == 0 {
-		c.MaxBufferedRecords = DefaultSubscriberMaxBufferedRecords
-	}
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, DefaultRetryBackoff())
+	c.CommitInterval = cmp.Or(c.CommitInterval, DefaultCommitInterval)
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, DefaultDrainTimeout)
+	c.MaxBufferedRecords = cmp.Or(c.MaxBufferedRecords, DefaultSubscriberMaxBufferedRecords)
 	if !fillGroupTimings(&c.SessionTimeout, &c.RebalanceTimeout, &c.HeartbeatInterval) ||
 		c.CommitInterval < 0 || c.DrainTimeout < 0 || c.MaxBufferedRecords < 0 {
 		return c, fmt.Errorf("%w: negative subscriber setting", ErrInvalidConfig)

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -72,21 +73,13 @@ func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
 	if c.Config, err = c.Config.withDefaults(); err != nil {
 		return c, err
 	}
-	if c.MaxBatch == 0 {
-		c.MaxBatch = DefaultMaxBatch
-	}
-	if c.TransactionTimeout == 0 {
-		c.TransactionTimeout = DefaultTransactionTimeout
-	}
+	c.MaxBatch = cmp.Or(c.MaxBatch, DefaultMaxBatch)
+	c.TransactionTimeout = cmp.Or(c.TransactionTimeout, DefaultTransactionTimeout)
 	if err := c.RetryBackoff.Validate(); err != nil {
 		return c, fmt.Errorf("%w: RetryBackoff: %w", ErrInvalidConfig, err)
 	}
-	if c.RetryBackoff == (broker.Backoff{}) {
-		c.RetryBackoff = DefaultRetryBackoff()
-	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = broker.DefaultMaxMessageBytes
-	}
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, DefaultRetryBackoff())
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, broker.DefaultMaxMessageBytes)
 	if !fillGroupTimings(&c.SessionTimeout, &c.RebalanceTimeout, &c.HeartbeatInterval) ||
 		c.MaxBatch < 0 || c.TransactionTimeout < 0 || c.MaxMessageBytes < 0 {
 		return c, fmt.Errorf("%w: negative pipeline setting", ErrInvalidConfig)

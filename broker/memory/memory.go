@@ -19,6 +19,7 @@
 package memory
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -109,15 +110,9 @@ func New(cfg Config) *Broker {
 	if b.bad = cfg.Validate(); b.bad != nil {
 		return b
 	}
-	if cfg.MaxMessageBytes == 0 {
-		cfg.MaxMessageBytes = broker.DefaultMaxMessageBytes
-	}
-	if cfg.RedeliveryBackoff == (broker.Backoff{}) {
-		cfg.RedeliveryBackoff = DefaultRedeliveryBackoff()
-	}
-	if cfg.DrainTimeout == 0 {
-		cfg.DrainTimeout = DefaultDrainTimeout
-	}
+	cfg.MaxMessageBytes = cmp.Or(cfg.MaxMessageBytes, broker.DefaultMaxMessageBytes)
+	cfg.RedeliveryBackoff = cmp.Or(cfg.RedeliveryBackoff, DefaultRedeliveryBackoff())
+	cfg.DrainTimeout = cmp.Or(cfg.DrainTimeout, DefaultDrainTimeout)
 	b.cfg = cfg
 	b.tracer = telemetry.Tracer(cfg.TracerProvider, "broker/memory")
 	return b

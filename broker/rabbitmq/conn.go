@@ -1,6 +1,7 @@
 package rabbitmq
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -103,16 +104,12 @@ func (c Config) withDefaults() (Config, error) {
 	if _, err := amqp.ParseURI(c.URL); err != nil {
 		return c, fmt.Errorf("%w: Config.URL: %v", ErrInvalidConfig, err)
 	}
-	if c.Name == "" {
-		c.Name = DefaultName
-	}
+	c.Name = cmp.Or(c.Name, DefaultName)
 	c.Logger = telemetry.Logger(c.Logger)
 	if err := c.Reconnect.Validate(); err != nil {
 		return c, fmt.Errorf("%w: Config.Reconnect: %w", ErrInvalidConfig, err)
 	}
-	if c.Reconnect == (broker.Backoff{}) {
-		c.Reconnect = DefaultReconnectBackoff()
-	}
+	c.Reconnect = cmp.Or(c.Reconnect, DefaultReconnectBackoff())
 	// Filled in, so that Reconnect.Max is the cap the waits use.
 	c.Reconnect = c.Reconnect.WithDefaults()
 	switch {
@@ -123,15 +120,9 @@ func (c Config) withDefaults() (Config, error) {
 	case c.CloseTimeout < 0:
 		return c, fmt.Errorf("%w: Config.CloseTimeout %v < 0", ErrInvalidConfig, c.CloseTimeout)
 	}
-	if c.DialTimeout == 0 {
-		c.DialTimeout = DefaultDialTimeout
-	}
-	if c.Heartbeat == 0 {
-		c.Heartbeat = DefaultHeartbeat
-	}
-	if c.CloseTimeout == 0 {
-		c.CloseTimeout = DefaultCloseTimeout
-	}
+	c.DialTimeout = cmp.Or(c.DialTimeout, DefaultDialTimeout)
+	c.Heartbeat = cmp.Or(c.Heartbeat, DefaultHeartbeat)
+	c.CloseTimeout = cmp.Or(c.CloseTimeout, DefaultCloseTimeout)
 	return c, nil
 }
 

@@ -1,6 +1,7 @@
 package rabbitmq_test
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"os"
@@ -30,10 +31,21 @@ var testReconnect = broker.Backoff{Initial: 50 * time.Millisecond, Max: time.Sec
 // dial connects to url and closes the connection at cleanup.
 func dial(t testing.TB, url string) *rabbitmq.Conn {
 	t.Helper()
+	return dialConfig(t, rabbitmq.Config{URL: url})
+}
+
+// dialConfig connects with cfg, whose Name, Logger and Reconnect default to
+// the test's, and closes the connection at cleanup.
+func dialConfig(t testing.TB, cfg rabbitmq.Config) *rabbitmq.Conn {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: url, Name: t.Name(), Logger: testLogger(),
-		Reconnect: testReconnect})
+	cfg.Name = cmp.Or(cfg.Name, t.Name())
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger()
+	}
+	cfg.Reconnect = cmp.Or(cfg.Reconnect, testReconnect)
+	c, err := rabbitmq.Dial(ctx, cfg)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}

@@ -1,6 +1,7 @@
 package rabbitmq
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -60,24 +61,14 @@ func (c PublisherConfig) withDefaults(conn *Conn) (PublisherConfig, error) {
 	case c.Channels > 1024:
 		return c, fmt.Errorf("%w: PublisherConfig.Channels %d > 1024", ErrInvalidConfig, c.Channels)
 	}
-	if c.Channels == 0 {
-		c.Channels = DefaultChannels
-	}
-	if c.Window == 0 {
-		c.Window = DefaultWindow
-	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = broker.DefaultMaxMessageBytes
-	}
-	if c.ExchangeKind == "" {
-		c.ExchangeKind = ExchangeTopic
-	}
+	c.Channels = cmp.Or(c.Channels, DefaultChannels)
+	c.Window = cmp.Or(c.Window, DefaultWindow)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, broker.DefaultMaxMessageBytes)
+	c.ExchangeKind = cmp.Or(c.ExchangeKind, ExchangeTopic)
 	if err := (Exchange{Name: "x", Kind: c.ExchangeKind}).validate(); err != nil {
 		return c, fmt.Errorf("%w: PublisherConfig.ExchangeKind %q", ErrInvalidConfig, c.ExchangeKind)
 	}
-	if c.MaxChannelErrors == 0 {
-		c.MaxChannelErrors = DefaultMaxChannelErrors
-	}
+	c.MaxChannelErrors = cmp.Or(c.MaxChannelErrors, DefaultMaxChannelErrors)
 	if c.Logger == nil {
 		c.Logger = conn.log
 	}

@@ -89,26 +89,6 @@ type dropHarness struct {
 	mark  func() // counts a drop; call it just before the connection drops
 }
 
-// dialConfig is dial with more of the Config set by the caller.
-func dialConfig(t testing.TB, cfg rabbitmq.Config) *rabbitmq.Conn {
-	t.Helper()
-	if cfg.Name == "" {
-		cfg.Name = t.Name()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger()
-	}
-	cfg.Reconnect = testReconnect
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := rabbitmq.Dial(ctx, cfg)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // holdInFlight makes sure a Publish call is in flight with a message the
 // broker holds and the client does not know it holds: it holds back what
 // the broker sends, starts a probe call and waits until the queue grows.

@@ -1,6 +1,7 @@
 package rabbitmq
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -67,12 +68,8 @@ func (c SubscriberConfig) withDefaults(conn *Conn) (SubscriberConfig, error) {
 	if err := c.RetryBackoff.Validate(); err != nil {
 		return c, fmt.Errorf("%w: SubscriberConfig.RetryBackoff: %w", ErrInvalidConfig, err)
 	}
-	if c.RetryBackoff == (broker.Backoff{}) {
-		c.RetryBackoff = DefaultRetryBackoff()
-	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = DefaultDrainTimeout
-	}
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, DefaultRetryBackoff())
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, DefaultDrainTimeout)
 	if c.Logger == nil {
 		c.Logger = conn.log
 	}
@@ -199,9 +196,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h b
 		return fmt.Errorf("rabbitmq: subscribe %q/%q: %w", sub.Topic, sub.Group, err)
 	}
 	prefetch := s.cfg.Prefetch
-	if prefetch == 0 {
-		prefetch = min(max(4*sub.Concurrency, 64), 65535)
-	}
+	prefetch = cmp.Or(prefetch, min(max(4*sub.Concurrency, 64), 65535))
 	var tag [6]byte
 	_, _ = rand.Read(tag[:])
 	m := &member{
@@ -417,9 +412,7 @@ func (s *session) dispatch(ctx context.Context, deliveries <-chan amqp.Delivery,
 func (s *session) add(d *amqp.Delivery) {
 	j := &job{tag: d.DeliveryTag, redl: d.Redelivered, info: fromDelivery(d, s.m.queue)}
 	key := j.info.msg.Key
-	if key == "" {
-		key = "\x00" + strconv.FormatUint(d.DeliveryTag, 10)
-	}
+	key = cmp.Or(key, "\x00"+strconv.FormatUint(d.DeliveryTag, 10))
 	s.mu.Lock()
 	l := s.lanes[key]
 	start := l == nil

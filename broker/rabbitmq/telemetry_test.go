@@ -21,12 +21,7 @@ func TestSpans(t *testing.T) {
 	url := testenv.RabbitMQURL(t)
 	ctx := ctxT(t)
 	rec := telemetrytest.New(t)
-	conn, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: url, Name: t.Name(), Logger: testLogger(),
-		Reconnect: testReconnect, TracerProvider: rec.Provider})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialConfig(t, rabbitmq.Config{URL: url, TracerProvider: rec.Provider})
 	pub, err := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{})
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@
 package memory
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -70,12 +71,8 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Lease < 0 || cfg.Retention < 0 {
 		return nil, fmt.Errorf("%w: negative Lease %v or Retention %v", ErrInvalidConfig, cfg.Lease, cfg.Retention)
 	}
-	if cfg.Lease == 0 {
-		cfg.Lease = DefaultLease
-	}
-	if cfg.Retention == 0 {
-		cfg.Retention = DefaultRetention
-	}
+	cfg.Lease = cmp.Or(cfg.Lease, DefaultLease)
+	cfg.Retention = cmp.Or(cfg.Retention, DefaultRetention)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}

@@ -58,6 +58,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"errors"
@@ -228,9 +229,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	if cfg.Retention < 0 {
 		return nil, fmt.Errorf("%w: negative Retention %v", ErrInvalidConfig, cfg.Retention)
 	}
-	if cfg.Retention == 0 {
-		cfg.Retention = DefaultRetention
-	}
+	cfg.Retention = cmp.Or(cfg.Retention, DefaultRetention)
 	cfg.Logger = telemetry.Logger(cfg.Logger)
 	s := &Store{pool: pool, cfg: cfg, t: t, log: cfg.Logger}
 

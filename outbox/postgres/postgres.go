@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"encoding/hex"
@@ -138,12 +139,8 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	if cfg.MaxMessageBytes < 0 || cfg.ClaimTimeout < 0 {
 		return nil, fmt.Errorf("%w: negative MaxMessageBytes or ClaimTimeout", ErrInvalidConfig)
 	}
-	if cfg.MaxMessageBytes == 0 {
-		cfg.MaxMessageBytes = broker.DefaultMaxMessageBytes
-	}
-	if cfg.ClaimTimeout == 0 {
-		cfg.ClaimTimeout = DefaultClaimTimeout
-	}
+	cfg.MaxMessageBytes = cmp.Or(cfg.MaxMessageBytes, broker.DefaultMaxMessageBytes)
+	cfg.ClaimTimeout = cmp.Or(cfg.ClaimTimeout, DefaultClaimTimeout)
 	t, err := parseTable(cfg.Table)
 	if err != nil {
 		return nil, err
