@@ -122,7 +122,14 @@ func (s *suite) badInput(t *testing.T) {
 		t.Errorf("publish with empty topic: err = %v, want ErrEmptyTopic", err)
 	}
 	good := broker.NewMessage(e.topic, []byte("must not be sent"))
-	big := broker.NewMessage(e.topic, make([]byte, e.f.MaxMessageBytes+1))
+	limit := e.f.MaxMessageBytes
+	if l, ok := pub.(broker.SizeLimiter); ok && limit <= 0 {
+		limit = l.MaxMessageBytes()
+	}
+	if limit <= 0 {
+		limit = broker.DefaultMaxMessageBytes
+	}
+	big := broker.NewMessage(e.topic, make([]byte, limit+1))
 	if err := pub.Publish(ctx, good, big); !errors.Is(err, broker.ErrMessageTooLarge) {
 		t.Errorf("publish of an oversized message: err = %v, want ErrMessageTooLarge", err)
 	}
