@@ -11,7 +11,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
@@ -104,9 +103,9 @@ func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
 // only when the transaction commits. Inputs are transformed one at a time
 // per member, in partition order.
 type Pipeline struct {
-	cfg    PipelineConfig
-	ids    *idGen
-	tracer trace.Tracer
+	cfg   PipelineConfig
+	ids   *idGen
+	spans telemetry.Spans
 
 	mu    sync.Mutex
 	slots []bool // transactional ID suffixes held by running Run calls
@@ -131,7 +130,7 @@ func NewPipeline(cfg PipelineConfig) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Pipeline{cfg: cfg, ids: newIDGen(), tracer: telemetry.Tracer(cfg.TracerProvider, scope)}, nil
+	return &Pipeline{cfg: cfg, ids: newIDGen(), spans: telemetry.NewSpans(cfg.TracerProvider, scope, system)}, nil
 }
 
 // Run joins sub.Group on sub.Topic and applies fn to every input message in
@@ -330,7 +329,7 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 				return nil, 0, err
 			}
 		}
-		sctx, span := telemetry.StartProcess(r.hctx, r.p.tracer, system, d)
+		sctx, span := r.p.spans.Process(r.hctx, d)
 		out, err := r.call(sctx, d)
 		var outRecs []*kgo.Record
 		if err == nil {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
@@ -35,7 +34,7 @@ type Publisher struct {
 	cfg    PublisherConfig
 	cl     *kgo.Client
 	ids    *idGen
-	tracer trace.Tracer
+	spans  telemetry.Spans
 	closed atomic.Bool
 
 	// timeoutCause is the error a Publish call's context ends with when
@@ -68,7 +67,7 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen(), tracer: telemetry.Tracer(cfg.TracerProvider, scope),
+	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen(), spans: telemetry.NewSpans(cfg.TracerProvider, scope, system),
 		timeoutCause: fmt.Errorf("%w: %w (DeliveryTimeout %v)", broker.ErrUnavailable, kgo.ErrRecordTimeout, cfg.DeliveryTimeout)}, nil
 }
 
@@ -113,7 +112,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 	if len(msgs) == 0 {
 		return nil
 	}
-	ctx, span := telemetry.StartPublishSpan(ctx, p.tracer, system, msgs)
+	ctx, span := p.spans.PublishSpan(ctx, msgs)
 	defer func() { telemetry.End(span, err) }()
 	recs := toRecords(msgs, p.ids, traceHeaders(ctx))
 	// The delivery timeout is a deadline on the call rather than franz-go's

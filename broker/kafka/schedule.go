@@ -234,7 +234,7 @@ func (m *member) handle(it *item, a *textArena) (err error) {
 		Partition:   it.part,
 		Offset:      it.off,
 	}
-	ctx, span := telemetry.StartProcess(it.p.ctx, m.s.tracer, system, d)
+	ctx, span := m.s.spans.Process(it.p.ctx, d)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("kafka: handler panicked: %v", r)

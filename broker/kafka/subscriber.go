@@ -9,7 +9,6 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/internal/brokerimpl"
@@ -55,8 +54,8 @@ type Subscriber struct {
 	members sync.WaitGroup
 	active  map[[2]string]int // {topic, group} -> running members
 
-	reg    metric.Registration
-	tracer trace.Tracer
+	reg   metric.Registration
+	spans telemetry.Spans
 }
 
 var _ broker.Subscriber = (*Subscriber)(nil)
@@ -74,7 +73,7 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 		return nil, err
 	}
 	s := &Subscriber{cfg: cfg, admin: admin, done: make(chan struct{}), active: make(map[[2]string]int),
-		tracer: telemetry.Tracer(cfg.TracerProvider, scope)}
+		spans: telemetry.NewSpans(cfg.TracerProvider, scope, system)}
 	if err := s.registerMetrics(); err != nil {
 		admin.Close()
 		return nil, err

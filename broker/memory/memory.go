@@ -89,7 +89,7 @@ func (c Config) Validate() error {
 type Broker struct {
 	cfg    Config
 	bad    error // Config.Validate's error: every call fails with it
-	tracer trace.Tracer
+	spans  telemetry.Spans
 	mu     sync.Mutex
 	topics map[string]*topic
 	closed bool
@@ -114,7 +114,7 @@ func New(cfg Config) *Broker {
 	cfg.RedeliveryBackoff = cmp.Or(cfg.RedeliveryBackoff, DefaultRedeliveryBackoff())
 	cfg.DrainTimeout = cmp.Or(cfg.DrainTimeout, DefaultDrainTimeout)
 	b.cfg = cfg
-	b.tracer = telemetry.Tracer(cfg.TracerProvider, "broker/memory")
+	b.spans = telemetry.NewSpans(cfg.TracerProvider, "broker/memory", "memory")
 	return b
 }
 
@@ -138,7 +138,7 @@ func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) (err error
 	if err != nil {
 		return err
 	}
-	_, span := telemetry.StartPublish(ctx, b.tracer, "memory", msgs)
+	_, span := b.spans.Publish(ctx, msgs)
 	defer func() { telemetry.End(span, err) }()
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -300,7 +300,7 @@ func (b *Broker) run(ctx context.Context, h broker.Handler, e *entry) (err error
 		Partition:   -1,
 		Offset:      e.offset,
 	}
-	sctx, span := telemetry.StartProcess(hctx, b.tracer, "memory", d)
+	sctx, span := b.spans.Process(hctx, d)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("broker/memory: handler panicked: %v", r)

@@ -18,11 +18,11 @@ const (
 
 var systemAttr = telemetry.System(system)
 
-// instruments holds the tracer and the metric instruments of one
+// instruments holds the spans and the metric instruments of one
 // connection. Spans come from internal/telemetry (StartPublish,
 // StartProcess); the metrics are the adapter's own.
 type instruments struct {
-	tracer     trace.Tracer
+	spans      telemetry.Spans
 	sent       metric.Int64Counter
 	sendDur    metric.Float64Histogram
 	consumed   metric.Int64Counter
@@ -41,7 +41,7 @@ func newInstruments(mp metric.MeterProvider, tp trace.TracerProvider) *instrumen
 		return metric.WithAttributeSet(attribute.NewSet(append([]attribute.KeyValue{systemAttr}, kv...)...))
 	}
 	t := &instruments{
-		tracer:    telemetry.Tracer(tp, scope),
+		spans:     telemetry.NewSpans(tp, scope, system),
 		sys:       set(),
 		sysFailed: set(attribute.String("error.type", "publish_failed")),
 		ack:       set(attribute.String("outcome", "ack")),

@@ -230,7 +230,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 
 	start := time.Now()
 	tel := p.conn.tel
-	ctx, span := telemetry.StartPublish(ctx, tel.tracer, system, msgs)
+	ctx, span := tel.spans.Publish(ctx, msgs)
 	defer func() {
 		failed := 0
 		var pe *broker.PublishError

@@ -526,7 +526,7 @@ func (s *session) call(j *job, attempt int) (err error) {
 		DeliveryTag: j.tag,
 	}
 	tel := s.m.s.tel
-	sctx, span := telemetry.StartProcess(s.hctx, tel.tracer, system, d)
+	sctx, span := tel.spans.Process(s.hctx, d)
 	start := time.Now()
 	defer func() {
 		if r := recover(); r != nil {

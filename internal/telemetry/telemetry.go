@@ -21,6 +21,7 @@ import (
 	"context"
 	"log/slog"
 	"maps"
+	"reflect"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -183,6 +184,59 @@ func StartProcess(ctx context.Context, tr trace.Tracer, system string, d broker.
 	}
 	return ctx, span
 }
+
+// Recording reports whether spans from tp may be recorded, tp being a
+// configured TracerProvider (nil: the OpenTelemetry global provider). It is
+// false only for the global provider while no SDK is installed
+// (otel.SetTracerProvider not called yet), when every span is a no-op.
+// Should a future API version rename its default provider, Recording
+// reports true and spans are started as before: it can cost time, never a
+// span.
+func Recording(tp trace.TracerProvider) bool {
+	if tp != nil {
+		return true
+	}
+	return reflect.TypeOf(otel.GetTracerProvider()).String() != "*global.tracerProvider"
+}
+
+// Spans starts the publish and process spans of one component (an
+// adapter's publisher or subscriber) by the telemetry rule.
+type Spans struct {
+	tp     trace.TracerProvider // as configured: nil means the global one
+	tracer trace.Tracer
+	system string
+}
+
+// NewSpans returns the spans of a component whose Config.TracerProvider is
+// tp, with instrumentation scope scope and messaging.system system.
+func NewSpans(tp trace.TracerProvider, scope, system string) Spans {
+	return Spans{tp: tp, tracer: Tracer(tp, scope), system: system}
+}
+
+// Publish is StartPublish with the component's tracer and system.
+func (s Spans) Publish(ctx context.Context, msgs []broker.Message) (context.Context, trace.Span) {
+	return StartPublish(ctx, s.tracer, s.system, msgs)
+}
+
+// PublishSpan is StartPublishSpan with the component's tracer and system.
+func (s Spans) PublishSpan(ctx context.Context, msgs []broker.Message) (context.Context, trace.Span) {
+	return StartPublishSpan(ctx, s.tracer, s.system, msgs)
+}
+
+// Process is StartProcess with the component's tracer and system, except
+// while no span can be recorded (see Recording): then no span is started,
+// ctx only gains the delivery's remote span context (so the handler's own
+// publishes continue the trace), and the span returned is a no-op. That
+// spares the per-message allocations of a span nobody records.
+func (s Spans) Process(ctx context.Context, d broker.Delivery) (context.Context, trace.Span) {
+	if !Recording(s.tp) {
+		return Extract(ctx, d.Headers), noSpan
+	}
+	return StartProcess(ctx, s.tracer, s.system, d)
+}
+
+// noSpan is the no-op span of a context without one.
+var noSpan = trace.SpanFromContext(context.Background())
 
 // End ends span, first recording err on it (as an event and the span's
 // error status) when err is not nil.
