@@ -71,8 +71,9 @@ func (b Backoff) Validate() error {
 	return nil
 }
 
-// WithDefaults returns b with zero fields set to their defaults and a
-// negative Jitter set to 0.
+// WithDefaults returns b with zero fields set to their defaults. A negative
+// Jitter is kept (no jitter), so WithDefaults is idempotent: a schedule with
+// its defaults filled in is the same schedule.
 func (b Backoff) WithDefaults() Backoff {
 	if b.Initial == 0 {
 		b.Initial = DefaultBackoffInitial
@@ -83,11 +84,8 @@ func (b Backoff) WithDefaults() Backoff {
 	if b.Multiplier == 0 {
 		b.Multiplier = DefaultBackoffMultiplier
 	}
-	switch {
-	case b.Jitter == 0:
+	if b.Jitter == 0 {
 		b.Jitter = DefaultBackoffJitter
-	case b.Jitter < 0:
-		b.Jitter = 0
 	}
 	return b
 }
@@ -131,16 +129,4 @@ func (b Backoff) delay(attempt int, random func() float64) time.Duration {
 		d = ceil
 	}
 	return d
-}
-
-// DoublingBackoff returns a retry backoff for handlers and relays: base
-// after the first failure (attempt 1), doubling with each further attempt,
-// never above max.
-//
-// Deprecated: use Backoff{Initial: base, Max: max, Jitter: -1}.Delay.
-func DoublingBackoff(base, max time.Duration) func(attempt int) time.Duration {
-	if base <= 0 {
-		base = time.Millisecond
-	}
-	return Backoff{Initial: base, Max: max, Jitter: -1}.Delay
 }

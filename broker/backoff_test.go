@@ -48,6 +48,24 @@ func TestBackoffValidate(t *testing.T) {
 	}
 }
 
+// TestBackoffWithDefaultsIdempotent: filling in the defaults of a schedule
+// whose defaults are filled in changes nothing, so "no jitter" survives
+// being passed through a config that fills defaults before handing it on.
+func TestBackoffWithDefaultsIdempotent(t *testing.T) {
+	for _, b := range []Backoff{{}, {Jitter: -1}, {Initial: time.Second, Multiplier: 1.5, Jitter: 0.5}, ConstantBackoff(time.Millisecond)} {
+		once := b.WithDefaults()
+		if twice := once.WithDefaults(); twice != once {
+			t.Errorf("%+v: WithDefaults twice = %+v, once = %+v", b, twice, once)
+		}
+		if once.Delay(3) != b.WithDefaults().Delay(3) && b.Jitter < 0 {
+			t.Errorf("%+v: delays differ after WithDefaults", b)
+		}
+	}
+	if got := (Backoff{Jitter: -1}).WithDefaults().WithDefaults().Delay(2); got != 200*time.Millisecond {
+		t.Errorf("no-jitter schedule after two WithDefaults: Delay(2) = %v, want exactly 200ms", got)
+	}
+}
+
 // FuzzBackoff: whatever the fields and attempt, Delay is within [0, cap].
 func FuzzBackoff(f *testing.F) {
 	f.Add(int64(0), int64(0), 0.0, 0.0, 1)

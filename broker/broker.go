@@ -9,11 +9,16 @@ import (
 // when Subscription.Concurrency is zero.
 const DefaultConcurrency = 16
 
+// MaxConcurrency is the largest Subscription.Concurrency accepted. Each
+// unit is a handler goroutine (and, on RabbitMQ, prefetched deliveries), so
+// a larger value is a mistake, not a tuning choice.
+const MaxConcurrency = 10_000
+
 // Publisher sends messages to a broker.
 //
 // Publish returns nil only after the broker durably accepted every message.
-// Messages are validated first (see Normalize); an invalid batch is rejected
-// whole with an error wrapping ErrEmptyTopic or ErrMessageTooLarge and nothing
+// Messages are validated first (see Message.Validate); an invalid batch is
+// rejected whole with an error wrapping ErrEmptyTopic or ErrMessageTooLarge and nothing
 // is sent. When the broker accepted some messages and not others, the error is
 // a *PublishError listing the failures. Messages of one call that share a Key
 // are accepted in argument order. Publish is safe for concurrent use and honours
@@ -32,12 +37,14 @@ type Subscription struct {
 	// member) share the messages. Required.
 	Group string
 	// Concurrency is the maximum number of handlers this member runs at once.
-	// Zero means DefaultConcurrency. Messages with the same key never run
-	// concurrently, whatever this value.
+	// Zero means DefaultConcurrency; it must not be negative or above
+	// MaxConcurrency. Messages with the same key never run concurrently,
+	// whatever this value.
 	Concurrency int
 }
 
-// Validate reports a missing topic or group or a negative concurrency.
+// Validate reports a missing topic or group, or a concurrency that is
+// negative or above MaxConcurrency.
 func (s Subscription) Validate() error {
 	switch {
 	case s.Topic == "":
@@ -46,16 +53,10 @@ func (s Subscription) Validate() error {
 		return ErrEmptyGroup
 	case s.Concurrency < 0:
 		return fmt.Errorf("%w: concurrency %d < 0", ErrInvalidSubscription, s.Concurrency)
+	case s.Concurrency > MaxConcurrency:
+		return fmt.Errorf("%w: concurrency %d above MaxConcurrency (%d)", ErrInvalidSubscription, s.Concurrency, MaxConcurrency)
 	}
 	return nil
-}
-
-// WithDefaults returns s with zero fields set to their defaults.
-func (s Subscription) WithDefaults() Subscription {
-	if s.Concurrency == 0 {
-		s.Concurrency = DefaultConcurrency
-	}
-	return s
 }
 
 // Subscriber consumes messages.
@@ -91,16 +92,4 @@ func Chain(h Handler, mws ...Middleware) Handler {
 		}
 	}
 	return h
-}
-
-// CheckSubscribe validates the arguments of a Subscribe call. Adapters call
-// it first so every backend rejects bad input with the same errors.
-func CheckSubscribe(sub Subscription, h Handler) error {
-	if h == nil {
-		return ErrNilHandler
-	}
-	if err := sub.Validate(); err != nil {
-		return fmt.Errorf("broker: subscribe %q/%q: %w", sub.Topic, sub.Group, err)
-	}
-	return nil
 }

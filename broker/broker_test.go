@@ -5,80 +5,25 @@ import (
 	"errors"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/google/uuid"
 	"github.com/steadfast-go/steadfast/broker"
 )
 
-func TestNormalize(t *testing.T) {
-	in := []broker.Message{
-		{Topic: "a", Payload: []byte("x")},
-		{ID: "given", Topic: "a", Time: time.Unix(1, 0)},
-	}
-	out, err := broker.Normalize(in, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := uuid.Parse(out[0].ID)
-	if err != nil || id.Version() != 7 {
-		t.Errorf("default ID %q is not a UUIDv7 (%v)", out[0].ID, err)
-	}
-	if out[0].Time.IsZero() {
-		t.Error("zero time not filled")
-	}
-	if out[1].ID != "given" || !out[1].Time.Equal(time.Unix(1, 0)) {
-		t.Errorf("given ID/time changed: %+v", out[1])
-	}
-	if in[0].ID != "" {
-		t.Error("Normalize modified its input")
-	}
-}
-
-func TestNormalizeRejectsWholeBatch(t *testing.T) {
-	_, err := broker.Normalize([]broker.Message{{Topic: "a"}, {Topic: ""}}, 0)
-	if !errors.Is(err, broker.ErrEmptyTopic) || !strings.Contains(err.Error(), "message 1") {
-		t.Fatalf("err = %v, want ErrEmptyTopic naming message 1", err)
+// TestMessageValidate: an empty topic and a message over the limit are
+// rejected with their sentinels; a message at the limit passes.
+func TestMessageValidate(t *testing.T) {
+	if err := (broker.Message{Payload: []byte("x")}).Validate(0); !errors.Is(err, broker.ErrEmptyTopic) {
+		t.Fatalf("err = %v, want ErrEmptyTopic", err)
 	}
 	big := broker.Message{Topic: "a", Key: "k", Payload: make([]byte, 8), Headers: map[string]string{"h": "v"}}
 	if big.Size() != 11 {
 		t.Fatalf("Size = %d, want 11", big.Size())
 	}
-	if _, err := broker.Normalize([]broker.Message{big}, 10); !errors.Is(err, broker.ErrMessageTooLarge) {
+	if err := big.Validate(10); !errors.Is(err, broker.ErrMessageTooLarge) {
 		t.Fatalf("err = %v, want ErrMessageTooLarge", err)
 	}
-	if _, err := broker.Normalize([]broker.Message{big}, 11); err != nil {
+	if err := big.Validate(11); err != nil {
 		t.Fatalf("message at the limit rejected: %v", err)
-	}
-	// ValidateBatch applies the same checks without copying or filling.
-	batch := []broker.Message{{Topic: "a"}, big}
-	if err := broker.ValidateBatch(batch, 10); !errors.Is(err, broker.ErrMessageTooLarge) || !strings.Contains(err.Error(), "message 1") {
-		t.Fatalf("ValidateBatch err = %v, want ErrMessageTooLarge naming message 1", err)
-	}
-	if err := broker.ValidateBatch(batch, 11); err != nil || batch[0].ID != "" || !batch[0].Time.IsZero() {
-		t.Fatalf("ValidateBatch = %v and left %+v; want nil and the batch unchanged", err, batch[0])
-	}
-}
-
-func TestCheckSubscribe(t *testing.T) {
-	h := func(context.Context, broker.Delivery) error { return nil }
-	for _, c := range []struct {
-		sub  broker.Subscription
-		h    broker.Handler
-		want error
-	}{
-		{broker.Subscription{Topic: "t", Group: "g"}, nil, broker.ErrNilHandler},
-		{broker.Subscription{Group: "g"}, h, broker.ErrEmptyTopic},
-		{broker.Subscription{Topic: "t"}, h, broker.ErrEmptyGroup},
-		{broker.Subscription{Topic: "t", Group: "g", Concurrency: -2}, h, broker.ErrInvalidSubscription},
-		{broker.Subscription{Topic: "t", Group: "g"}, h, nil},
-	} {
-		if err := broker.CheckSubscribe(c.sub, c.h); !errors.Is(err, c.want) || (c.want == nil) != (err == nil) {
-			t.Errorf("CheckSubscribe(%+v) = %v, want %v", c.sub, err, c.want)
-		}
-	}
-	if got := (broker.Subscription{}).WithDefaults().Concurrency; got != broker.DefaultConcurrency {
-		t.Errorf("default concurrency = %d", got)
 	}
 }
 

@@ -35,7 +35,7 @@ var (
 type PublishFailure struct {
 	// Index is the message's position in the Publish call's arguments.
 	Index int
-	// ID is the message ID after Normalize filled it.
+	// ID is the message ID, as the publisher filled it when it was empty.
 	ID  string
 	Err error
 }

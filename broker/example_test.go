@@ -34,8 +34,8 @@ func ExampleChain() {
 }
 
 // Bad input is an error callers can test, never a panic.
-func ExampleNormalize() {
-	_, err := broker.Normalize([]broker.Message{{Payload: []byte("no topic")}}, 0)
+func ExampleMessage_Validate() {
+	err := broker.Message{Payload: []byte("no topic")}.Validate(0)
 	fmt.Println(errors.Is(err, broker.ErrEmptyTopic))
 	// Output: true
 }

@@ -20,16 +20,38 @@ const (
 )
 
 // ReservedHeaderPrefix starts the name of every header that steadfast
-// itself writes: adapters' wire headers, dead-letter envelopes, event
-// metadata. It is the one reserved namespace of the library. Adapters remove
-// their own wire headers before delivery, and a user header that happens to
-// start with the prefix round-trips unchanged (escaped on the wire), so no
-// producer can forge what an adapter reads from its own headers.
+// itself writes: adapters' wire headers (the Kafka record ID, RabbitMQ's
+// nanosecond time), dead-letter envelopes (package dlq), event metadata. It
+// is the one reserved namespace of the library, and the rule is the same in
+// every adapter:
+//
+//   - an adapter's own wire headers are removed before delivery;
+//   - a message header whose name starts with the prefix (a dead-letter
+//     envelope, or any header a user chose) is escaped on the wire and
+//     arrives unchanged, so no producer can forge what an adapter reads
+//     from its own wire headers;
+//   - a wire header in the namespace that the adapter did not write
+//     (another client's, or a newer version's) is not delivered.
 const ReservedHeaderPrefix = "steadfast-"
 
-// DefaultMaxMessageBytes is the size limit Normalize applies when a caller
-// passes no limit of its own. It matches Kafka's default message.max.bytes.
-const DefaultMaxMessageBytes = 1 << 20
+// DefaultMaxMessageBytes is the size limit Message.Validate applies when a
+// caller passes no limit of its own, and the default of every component
+// that checks one (the adapters' publishers, the outbox store): 1 MiB less
+// 1 KiB, so that a message at the limit also fits, with its record framing
+// and the adapter's headers, a Kafka broker left at its default
+// message.max.bytes (1 MiB). One default everywhere means a message the
+// outbox store accepts is one the publisher accepts too.
+const DefaultMaxMessageBytes = 1<<20 - 1024
+
+// SizeLimiter is implemented by a Publisher that rejects messages above a
+// size (every steadfast adapter), and by other components that check one
+// (the outbox's postgres store): MaxMessageBytes returns the largest
+// Message.Size accepted. Components that hold messages for a publisher to
+// send later ask it, so that one setting rules: the outbox relay parks a
+// row its publisher would refuse without offering it.
+type SizeLimiter interface {
+	MaxMessageBytes() int
+}
 
 // Message is the unit every pattern publishes and consumes.
 //
@@ -38,8 +60,8 @@ const DefaultMaxMessageBytes = 1 << 20
 // Key are delivered in publish order within a consumer group. An empty Key
 // means the message has no ordering constraint.
 type Message struct {
-	// ID is unique and stable across retries. Normalize fills an empty ID
-	// with a UUIDv7, which sorts by creation time.
+	// ID is unique and stable across retries. Publishers fill an empty ID
+	// with a UUIDv7 (NewID), which sorts by creation time.
 	ID string
 	// Topic names the destination: a Kafka topic, a RabbitMQ exchange routing
 	// key, or a memory broker topic. It must not be empty.
@@ -52,8 +74,8 @@ type Message struct {
 	// Headers carry metadata such as type, content-type, correlation-id,
 	// causation-id and traceparent.
 	Headers map[string]string
-	// Time is when the message was created. Normalize fills a zero Time with
-	// the current time. Brokers keep at least millisecond precision.
+	// Time is when the message was created. Publishers fill a zero Time
+	// with the current time. Brokers keep at least millisecond precision.
 	Time time.Time
 }
 
@@ -100,43 +122,6 @@ func (m Message) Validate(maxBytes int) error {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, s, maxBytes)
 	}
 	return nil
-}
-
-// ValidateBatch validates every message of a batch without copying it. The
-// error names the first bad message's index, ID and topic and wraps the
-// sentinel (ErrEmptyTopic, ErrMessageTooLarge). Adapters that map messages to
-// their wire format in one pass call it instead of Normalize, and then fill
-// empty IDs and times themselves exactly as Normalize does.
-func ValidateBatch(msgs []Message, maxBytes int) error {
-	for i := range msgs {
-		if err := msgs[i].Validate(maxBytes); err != nil {
-			return fmt.Errorf("broker: message %d (id %q, topic %q): %w", i, msgs[i].ID, msgs[i].Topic, err)
-		}
-	}
-	return nil
-}
-
-// Normalize validates every message and returns copies with an empty ID
-// filled by NewID and a zero Time filled with the current time. Adapters call
-// it at the start of Publish, so a batch with one bad message is rejected as a
-// whole before anything is sent. The returned error wraps the sentinel
-// (ErrEmptyTopic, ErrMessageTooLarge) and names the message's index.
-func Normalize(msgs []Message, maxBytes int) ([]Message, error) {
-	if err := ValidateBatch(msgs, maxBytes); err != nil {
-		return nil, err
-	}
-	out := make([]Message, len(msgs))
-	now := time.Now()
-	for i, m := range msgs {
-		if m.ID == "" {
-			m.ID = NewID()
-		}
-		if m.Time.IsZero() {
-			m.Time = now
-		}
-		out[i] = m
-	}
-	return out, nil
 }
 
 // Delivery is a message as a subscriber received it, with what the broker

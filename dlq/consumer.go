@@ -1,6 +1,7 @@
 package dlq
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +13,9 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/steadfast-go/steadfast/broker"
-	"github.com/steadfast-go/steadfast/dlq/internal/telemetry"
+	"github.com/steadfast-go/steadfast/dlq/internal/metrics"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Retries says where a failed message waits for its next attempt. It is the
@@ -83,8 +86,9 @@ const DefaultMaxWait = 5 * time.Second
 // up rebalances and shutdown). It is not a failure of the message.
 var ErrNotDue = errors.New("dlq: retry not due yet")
 
-// Config configures a Consumer. Publisher is required; everything else has
-// a documented default.
+// Config configures a Consumer. Publisher is required. Zero fields take
+// their documented defaults; a negative value turns a setting off where its
+// field says so, and is rejected elsewhere.
 type Config struct {
 	// Publisher publishes dead letters and, with RetryTopics, retries.
 	// Required.
@@ -130,11 +134,11 @@ type Config struct {
 	MaxWait time.Duration
 
 	// Logger receives dead-letter events (Warn), failed dead-letter
-	// publishes (Error) and retries (Debug). Default: discarded.
+	// publishes (Error) and retries (Debug). Default slog.Default().
 	Logger *slog.Logger
 	// MeterProvider receives the counters steadfast.dlq.dead_lettered,
 	// steadfast.dlq.retried and steadfast.dlq.dead_letter_failures.
-	// Default otel.GetMeterProvider().
+	// Default: the OpenTelemetry global provider.
 	MeterProvider metric.MeterProvider
 }
 
@@ -163,18 +167,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.RetrySubscriber == nil {
 		c.RetrySubscriber = c.Subscriber
 	}
-	if c.RetryLevels == 0 {
-		c.RetryLevels = c.Policy.MaxAttempts - 1
-	}
+	c.RetryLevels = cmp.Or(c.RetryLevels, c.Policy.MaxAttempts-1)
 	if c.RetryTopic == nil {
 		c.RetryTopic = RetryTopic
 	}
-	if c.MaxWait == 0 {
-		c.MaxWait = DefaultMaxWait
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
+	c.MaxWait = cmp.Or(c.MaxWait, DefaultMaxWait)
+	c.Logger = telemetry.Logger(c.Logger)
 	return c, nil
 }
 
@@ -222,7 +220,7 @@ func (c Config) withDefaults() (Config, error) {
 // handled.
 type Consumer struct {
 	cfg   Config
-	tel   *telemetry.Instruments
+	tel   *metrics.Instruments
 	log   *slog.Logger
 	first firstFailures
 }
@@ -282,7 +280,7 @@ func New(cfg Config) (*Consumer, error) {
 	if err != nil {
 		return nil, err
 	}
-	tel, err := telemetry.New(cfg.MeterProvider)
+	tel, err := metrics.New(cfg.MeterProvider)
 	if err != nil {
 		return nil, fmt.Errorf("dlq: metrics: %w", err)
 	}
@@ -320,7 +318,7 @@ func (c *Consumer) Topics(topic, group string) []string {
 // Waits between in-process attempts end when ctx is cancelled: the message
 // stays unacknowledged and is delivered again after the restart.
 func (c *Consumer) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
-	if err := broker.CheckSubscribe(sub, h); err != nil {
+	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
 		return err
 	}
 	if c.cfg.Subscriber == nil {
@@ -430,7 +428,7 @@ func (c *Consumer) handle(ctx context.Context, next broker.Handler, d broker.Del
 			}
 			return nil
 		}
-		wait := c.cfg.Policy.Backoff(attempt)
+		wait := c.cfg.Policy.Delay(attempt)
 		c.tel.Retry(ctx, env.Topic, env.Group, c.cfg.Retries.String())
 		c.log.Debug("dlq: handler failed, retrying", "topic", env.Topic, "group", env.Group, "id", orig.ID,
 			"attempt", attempt, "max_attempts", c.cfg.Policy.MaxAttempts, "backoff", wait, "retries", c.cfg.Retries.String(), "err", err)
@@ -468,9 +466,7 @@ func (c *Consumer) start(d broker.Delivery) (broker.Delivery, Envelope, int, boo
 			if env.ID != "" {
 				orig.ID = env.ID
 			}
-			if orig.Topic == "" {
-				orig.Topic = d.Topic
-			}
+			orig.Topic = cmp.Or(orig.Topic, d.Topic)
 			if orig.Time.IsZero() {
 				orig.Time = d.Time
 			}

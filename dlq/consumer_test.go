@@ -19,7 +19,7 @@ import (
 )
 
 // fastPolicy retries quickly so tests do not wait.
-var fastPolicy = dlq.Policy{MaxAttempts: 4, InitialBackoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond}
+var fastPolicy = dlq.Policy{MaxAttempts: 4, Backoff: broker.Backoff{Initial: time.Millisecond, Max: 4 * time.Millisecond}}
 
 // liveness bounds every wait in these tests; it only fires when something
 // is stuck.
@@ -255,7 +255,7 @@ func TestPoisonStreamInProcess(t *testing.T) {
 // memory broker redelivers, the middleware counts Delivery.Attempt.
 func TestPoisonStreamRedeliver(t *testing.T) {
 	t.Parallel()
-	b := memory.New(memory.Config{RedeliveryBackoff: func(int) time.Duration { return time.Millisecond }})
+	b := memory.New(memory.Config{RedeliveryBackoff: broker.ConstantBackoff(time.Millisecond)})
 	defer b.Close()
 	msgs, bad := stream(t, b, "orders", 1000, 10)
 	c := newConsumer(t, dlq.Config{Publisher: b, Subscriber: b, Policy: fastPolicy, Retries: dlq.RetryRedeliver})
@@ -295,7 +295,7 @@ func TestPoisonStreamRetryTopics(t *testing.T) {
 	b := memory.New(memory.Config{})
 	defer b.Close()
 	msgs, bad := stream(t, b, "orders", 1000, 10)
-	policy := dlq.Policy{MaxAttempts: 4, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond, NoJitter: true}
+	policy := dlq.Policy{MaxAttempts: 4, Backoff: broker.Backoff{Initial: 10 * time.Millisecond, Max: 40 * time.Millisecond, Jitter: -1}}
 	c := newConsumer(t, dlq.Config{Publisher: b, Subscriber: b, Policy: policy, Retries: dlq.RetryTopics, Name: "charge"})
 	if got, want := c.Topics("orders", "billing"), []string{"orders.billing.retry.1", "orders.billing.retry.2", "orders.billing.retry.3", "orders.billing.dlq"}; !slices.Equal(got, want) {
 		t.Errorf("Topics = %v, want %v", got, want)
@@ -348,7 +348,7 @@ func TestPoisonStreamRetryTopics(t *testing.T) {
 		starts := rec.at[id]
 		rec.mu.Unlock()
 		for n := 1; n < len(starts); n++ {
-			if gap, min := starts[n].Sub(fails[n-1]), policy.Backoff(n); gap < min {
+			if gap, min := starts[n].Sub(fails[n-1]), policy.Delay(n); gap < min {
 				t.Errorf("message %s attempt %d started %v after the failure, before its backoff %v", id, n+1, gap, min)
 			}
 		}
@@ -370,7 +370,7 @@ func TestRetryTopicsDoNotBlockTheKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newConsumer(t, dlq.Config{Publisher: b, Subscriber: b, Retries: dlq.RetryTopics,
-		Policy: dlq.Policy{MaxAttempts: 3, InitialBackoff: time.Hour, NoJitter: true}, MaxWait: 20 * time.Millisecond})
+		Policy: dlq.Policy{MaxAttempts: 3, Backoff: broker.Backoff{Initial: time.Hour, Jitter: -1}}, MaxWait: 20 * time.Millisecond})
 	rec := newCalls()
 	stop := start(t, func(ctx context.Context) error {
 		return c.Subscribe(ctx, broker.Subscription{Topic: "orders", Group: "g"}, func(_ context.Context, d broker.Delivery) error {
@@ -456,7 +456,7 @@ func TestPermanentErrorSkipsRetries(t *testing.T) {
 // lost. Messages of other keys keep flowing meanwhile.
 func TestDeadLetterPublishFailureKeepsTheMessage(t *testing.T) {
 	t.Parallel()
-	b := memory.New(memory.Config{RedeliveryBackoff: func(int) time.Duration { return time.Millisecond }})
+	b := memory.New(memory.Config{RedeliveryBackoff: broker.ConstantBackoff(time.Millisecond)})
 	defer b.Close()
 	poison := broker.NewMessage("orders", []byte("poison"))
 	poison.Key = "a"
@@ -466,7 +466,7 @@ func TestDeadLetterPublishFailureKeepsTheMessage(t *testing.T) {
 	pub := &dlqtest.FailingPublisher{Publisher: b, Topic: "orders.g.dlq"}
 	pub.Fail.Store(3)
 	mp := dlqtest.NewMeterProvider()
-	c := newConsumer(t, dlq.Config{Publisher: pub, Subscriber: b, Policy: dlq.Policy{MaxAttempts: 2, InitialBackoff: time.Millisecond}, MeterProvider: mp})
+	c := newConsumer(t, dlq.Config{Publisher: pub, Subscriber: b, Policy: dlq.Policy{MaxAttempts: 2, Backoff: broker.Backoff{Initial: time.Millisecond}}, MeterProvider: mp})
 	rec := newCalls()
 	stop := start(t, func(ctx context.Context) error {
 		return c.Subscribe(ctx, broker.Subscription{Topic: "orders", Group: "g"}, func(_ context.Context, d broker.Delivery) error {
@@ -515,7 +515,7 @@ func TestShutdownDuringBackoffLeavesMessageUnacknowledged(t *testing.T) {
 	if err := b.Publish(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
-	c := newConsumer(t, dlq.Config{Publisher: b, Subscriber: b, Policy: dlq.Policy{MaxAttempts: 3, InitialBackoff: time.Hour}})
+	c := newConsumer(t, dlq.Config{Publisher: b, Subscriber: b, Policy: dlq.Policy{MaxAttempts: 3, Backoff: broker.Backoff{Initial: time.Hour}}})
 	rec := newCalls()
 	stop := start(t, func(ctx context.Context) error {
 		return c.Subscribe(ctx, broker.Subscription{Topic: "orders", Group: "g"}, func(_ context.Context, d broker.Delivery) error {
@@ -555,7 +555,7 @@ func TestAttemptsContinueFromDelivery(t *testing.T) {
 	t.Parallel()
 	b := memory.New(memory.Config{})
 	defer b.Close()
-	c := newConsumer(t, dlq.Config{Publisher: b, Policy: dlq.Policy{MaxAttempts: 5, InitialBackoff: time.Millisecond}})
+	c := newConsumer(t, dlq.Config{Publisher: b, Policy: dlq.Policy{MaxAttempts: 5, Backoff: broker.Backoff{Initial: time.Millisecond}}})
 	var seen []int
 	h := c.Middleware()(func(_ context.Context, d broker.Delivery) error {
 		seen = append(seen, d.Attempt)

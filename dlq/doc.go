@@ -56,10 +56,12 @@
 // rabbitdlq implement it; the steadfast-dlq command (dlq/cmd/steadfast-dlq)
 // exposes list, replay and purge for both brokers.
 //
-// # Metrics
+// # Logs and metrics
 //
-// Through the OpenTelemetry API (Config.MeterProvider, default the global
-// provider): steadfast.dlq.dead_lettered (by original topic, group, error
+// By the library's telemetry rule: logs go to Config.Logger (default
+// slog.Default()); metrics through the OpenTelemetry API
+// (Config.MeterProvider, default the global provider):
+// steadfast.dlq.dead_lettered (by original topic, group, error
 // class and reason "exhausted" or "permanent"), steadfast.dlq.retried,
 // steadfast.dlq.dead_letter_failures, and from inspectors
 // steadfast.dlq.replayed and steadfast.dlq.purged.

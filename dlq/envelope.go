@@ -15,47 +15,49 @@ import (
 // headers next to the original message's own headers; its payload is the
 // original payload, unchanged. A message on a retry topic carries the same
 // headers (with HeaderDue) as its retry state. Every name starts with
-// HeaderPrefix; message headers of the application must not.
+// HeaderPrefix, in the library's reserved namespace
+// (broker.ReservedHeaderPrefix), so no application header is taken for
+// one; the broker adapters carry them like any message header.
 const (
-	HeaderPrefix = "dlq-"
+	HeaderPrefix = broker.ReservedHeaderPrefix + "dlq-"
 	// HeaderID is the original Message.ID (the dead letter keeps the same
 	// ID, so deduplicating consumers recognise a replay).
-	HeaderID = "dlq-id"
+	HeaderID = HeaderPrefix + "id"
 	// HeaderTopic, HeaderKey and HeaderTime are the original topic, key
 	// and creation time (RFC 3339 with nanoseconds).
-	HeaderTopic = "dlq-topic"
-	HeaderKey   = "dlq-key"
-	HeaderTime  = "dlq-time"
+	HeaderTopic = HeaderPrefix + "topic"
+	HeaderKey   = HeaderPrefix + "key"
+	HeaderTime  = HeaderPrefix + "time"
 	// HeaderPartition and HeaderOffset locate the original Kafka record;
 	// absent where the broker has none.
-	HeaderPartition = "dlq-partition"
-	HeaderOffset    = "dlq-offset"
+	HeaderPartition = HeaderPrefix + "partition"
+	HeaderOffset    = HeaderPrefix + "offset"
 	// HeaderQueue is the RabbitMQ queue the message was consumed from.
-	HeaderQueue = "dlq-queue"
+	HeaderQueue = HeaderPrefix + "queue"
 	// HeaderGroup is the consumer group and HeaderHandler the handler name
 	// (Config.Name) that failed.
-	HeaderGroup   = "dlq-group"
-	HeaderHandler = "dlq-handler"
+	HeaderGroup   = HeaderPrefix + "group"
+	HeaderHandler = HeaderPrefix + "handler"
 	// HeaderError is the text of the last error, at most MaxErrorBytes.
-	HeaderError = "dlq-error"
+	HeaderError = HeaderPrefix + "error"
 	// HeaderErrorClass is the Class of the last error: "transient" or
 	// "permanent".
-	HeaderErrorClass = "dlq-error-class"
+	HeaderErrorClass = HeaderPrefix + "error-class"
 	// HeaderAttempts is the number of failed attempts.
-	HeaderAttempts = "dlq-attempts"
+	HeaderAttempts = HeaderPrefix + "attempts"
 	// HeaderFirstFailure and HeaderLastFailure are the times of the first
 	// and last failed attempt (RFC 3339 with nanoseconds).
-	HeaderFirstFailure = "dlq-first-failure"
-	HeaderLastFailure  = "dlq-last-failure"
+	HeaderFirstFailure = HeaderPrefix + "first-failure"
+	HeaderLastFailure  = HeaderPrefix + "last-failure"
 	// HeaderDue, on retry-topic messages only, is the earliest time of the
 	// next attempt.
-	HeaderDue = "dlq-due"
+	HeaderDue = HeaderPrefix + "due"
 
 	// HeaderReplayedAt is set on a replayed message: when it was replayed.
 	// HeaderReplays counts the replays of the message so far. They are not
 	// part of the envelope: a replayed message starts with no failures.
-	HeaderReplayedAt = "dlq-replayed-at"
-	HeaderReplays    = "dlq-replays"
+	HeaderReplayedAt = HeaderPrefix + "replayed-at"
+	HeaderReplays    = HeaderPrefix + "replays"
 )
 
 // MaxErrorBytes bounds the error text kept in HeaderError; longer texts are

@@ -29,7 +29,7 @@ func Example() {
 	c, err := dlq.New(dlq.Config{
 		Publisher:  b,
 		Subscriber: b,
-		Policy:     dlq.Policy{MaxAttempts: 3, InitialBackoff: time.Millisecond},
+		Policy:     dlq.Policy{MaxAttempts: 3, Backoff: broker.Backoff{Initial: time.Millisecond}},
 		Name:       "billing.charge",
 	})
 	if err != nil {

@@ -2,7 +2,6 @@ package dlq
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -137,33 +136,11 @@ func NewDeadLetter(m broker.Message, position string) DeadLetter {
 	return DeadLetter{Message: m, Envelope: env, EnvelopeErr: err, Position: position}
 }
 
-// SortByFailure sorts dead letters by last failure time, oldest first,
-// keeping the order of equal times.
-func SortByFailure(dls []DeadLetter) {
-	slices.SortStableFunc(dls, func(a, b DeadLetter) int { return a.FailedAt().Compare(b.FailedAt()) })
-}
-
 // ReplayOptions tune Inspector.Replay.
 type ReplayOptions struct {
 	// Topic, when set, replays to this topic instead of each dead letter's
 	// original topic.
 	Topic string
-}
-
-// ReplayMessages builds the replay message of every dead letter in sel (see
-// ReplayMessage). It returns the messages, the dead letters they replay at
-// the same indices, and the errors of the dead letters that cannot be
-// replayed. Inspectors use it so every backend replays the same way.
-func ReplayMessages(sel []DeadLetter, opts ReplayOptions, now time.Time) (msgs []broker.Message, from []DeadLetter, errs []error) {
-	for _, dl := range sel {
-		m, err := ReplayMessage(dl, opts, now)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		msgs, from = append(msgs, m), append(from, dl)
-	}
-	return msgs, from, errs
 }
 
 // ReplayMessage returns the message that replays dl: the original ID,
@@ -195,33 +172,4 @@ func ReplayMessage(dl DeadLetter, opts ReplayOptions, now time.Time) (broker.Mes
 	h[HeaderReplays] = strconv.Itoa(max(replays, 0) + 1)
 	h[HeaderReplayedAt] = formatTime(now)
 	return broker.Message{ID: dl.ID(), Topic: topic, Key: key, Payload: dl.Message.Payload, Headers: h, Time: t}, nil
-}
-
-// ReplayChunk is how many replay messages an inspector publishes per
-// Publish call.
-const ReplayChunk = 500
-
-// Published returns the dead letters of one Publish call (from, at the
-// indices of the messages published) that reached the broker: all of them
-// when err is nil, those a *broker.PublishError does not name, and none for
-// any other error. Inspectors settle only these.
-func Published(from []DeadLetter, err error) []DeadLetter {
-	if err == nil {
-		return from
-	}
-	var pe *broker.PublishError
-	if !errors.As(err, &pe) {
-		return nil
-	}
-	failed := make(map[int]bool, len(pe.Failures))
-	for _, fl := range pe.Failures {
-		failed[fl.Index] = true
-	}
-	var ok []DeadLetter
-	for k, dl := range from {
-		if !failed[k] {
-			ok = append(ok, dl)
-		}
-	}
-	return ok
 }

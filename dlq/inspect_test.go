@@ -3,7 +3,6 @@ package dlq_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -60,11 +59,6 @@ func TestFilter(t *testing.T) {
 	plain := dlq.NewDeadLetter(broker.Message{ID: "p", Time: t0}, "0/1")
 	if !errors.Is(plain.EnvelopeErr, dlq.ErrNoEnvelope) || !plain.FailedAt().Equal(t0) || plain.ID() != "p" {
 		t.Errorf("plain dead letter %+v", plain)
-	}
-	shuffled := []dlq.DeadLetter{dls[2], dls[0], dls[1]}
-	dlq.SortByFailure(shuffled)
-	if ids(shuffled) != "a,b,c" {
-		t.Errorf("SortByFailure: %s", ids(shuffled))
 	}
 }
 
@@ -148,25 +142,6 @@ func TestReplayAfterFix(t *testing.T) {
 		}
 		if got := len(rec.of(m.ID)); got != want {
 			t.Errorf("message %s handled %d times, want %d", m.ID, got, want)
-		}
-	}
-}
-
-func TestPublished(t *testing.T) {
-	from := []dlq.DeadLetter{{Position: "a"}, {Position: "b"}, {Position: "c"}}
-	pos := func(dls []dlq.DeadLetter) (s string) {
-		for _, dl := range dls {
-			s += dl.Position
-		}
-		return s
-	}
-	pe := &broker.PublishError{Failures: []broker.PublishFailure{{Index: 1, Err: errors.New("nack")}}}
-	for _, c := range []struct {
-		err  error
-		want string
-	}{{nil, "abc"}, {pe, "ac"}, {fmt.Errorf("wrapped: %w", pe), "ac"}, {errors.New("connection lost"), ""}} {
-		if got := pos(dlq.Published(from, c.err)); got != c.want {
-			t.Errorf("Published(%v) = %q, want %q", c.err, got, c.want)
 		}
 	}
 }

@@ -5,38 +5,33 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/steadfast-go/steadfast/broker"
 )
 
 func TestPolicyBackoffExponentialCapped(t *testing.T) {
-	p := Policy{InitialBackoff: 100 * time.Millisecond, MaxBackoff: time.Second, NoJitter: true}
+	p := Policy{Backoff: broker.Backoff{Initial: 100 * time.Millisecond, Max: time.Second, Jitter: -1}}
 	want := []time.Duration{100, 200, 400, 800, 1000, 1000}
 	for i, w := range want {
-		if got := p.Backoff(i + 1); got != w*time.Millisecond {
-			t.Errorf("Backoff(%d) = %v, want %v", i+1, got, w*time.Millisecond)
+		if got := p.Delay(i + 1); got != w*time.Millisecond {
+			t.Errorf("Delay(%d) = %v, want %v", i+1, got, w*time.Millisecond)
 		}
 	}
-	if got := p.Backoff(0); got != 100*time.Millisecond {
-		t.Errorf("Backoff(0) = %v, want the first wait", got)
+	if got := p.Delay(0); got != 100*time.Millisecond {
+		t.Errorf("Delay(0) = %v, want the first wait", got)
 	}
-	if got := p.Backoff(10_000); got != time.Second {
-		t.Errorf("Backoff(10000) = %v, want the cap (no overflow)", got)
+	if got := p.Delay(10_000); got != time.Second {
+		t.Errorf("Delay(10000) = %v, want the cap (no overflow)", got)
 	}
 }
 
 func TestPolicyJitterStaysWithinBounds(t *testing.T) {
-	p := Policy{InitialBackoff: time.Second, MaxBackoff: 10 * time.Second, Jitter: 0.5}.WithDefaults()
-	// The extremes of the random source give the bounds exactly.
-	if got := p.backoff(2, func() float64 { return 0 }); got != 2*time.Second {
-		t.Errorf("no jitter draw = %v, want 2s", got)
-	}
-	if got := p.backoff(2, func() float64 { return 0.999999 }); got < time.Second || got > 1001*time.Millisecond {
-		t.Errorf("full jitter draw = %v, want about 1s", got)
-	}
+	p := Policy{Backoff: broker.Backoff{Initial: time.Second, Max: 10 * time.Second, Jitter: 0.5}}.WithDefaults()
 	seen := map[time.Duration]bool{}
 	for range 1000 {
-		d := p.Backoff(5) // 16s capped to 10s, jittered into [5s, 10s]
+		d := p.Delay(5) // 16s capped to 10s, jittered into [5s, 10s]
 		if d < 5*time.Second || d > 10*time.Second {
-			t.Fatalf("Backoff(5) = %v outside [5s, 10s]", d)
+			t.Fatalf("Delay(5) = %v outside [5s, 10s]", d)
 		}
 		seen[d] = true
 	}
@@ -47,15 +42,17 @@ func TestPolicyJitterStaysWithinBounds(t *testing.T) {
 
 func TestPolicyDefaults(t *testing.T) {
 	p := Policy{}.WithDefaults()
-	if p.MaxAttempts != 5 || p.InitialBackoff != 100*time.Millisecond || p.MaxBackoff != 30*time.Second ||
+	if p.MaxAttempts != 5 || p.Initial != 100*time.Millisecond || p.Max != 30*time.Second ||
 		p.Multiplier != 2 || p.Jitter != 0.2 {
 		t.Errorf("defaults = %+v", p)
 	}
-	if p := (Policy{NoJitter: true}).WithDefaults(); p.Jitter != 0 {
-		t.Errorf("NoJitter kept jitter %v", p.Jitter)
+	// A negative Jitter (none) survives any number of WithDefaults, so a
+	// policy handed on by a consumer keeps its exact schedule.
+	if p := (Policy{Backoff: broker.Backoff{Jitter: -1}}).WithDefaults().WithDefaults(); p.Delay(2) != 200*time.Millisecond {
+		t.Errorf("no-jitter policy: Delay(2) = %v, want exactly 200ms", p.Delay(2))
 	}
-	if p := (Policy{InitialBackoff: time.Minute}).WithDefaults(); p.MaxBackoff != time.Minute {
-		t.Errorf("MaxBackoff default below a large InitialBackoff: %v", p.MaxBackoff)
+	if p := (Policy{Backoff: broker.Backoff{Initial: time.Minute}}).WithDefaults(); p.Max != time.Minute {
+		t.Errorf("Max default below a large Initial: %v", p.Max)
 	}
 	if err := (Policy{}).Validate(); err != nil {
 		t.Errorf("zero policy invalid: %v", err)
@@ -65,17 +62,19 @@ func TestPolicyDefaults(t *testing.T) {
 func TestPolicyValidate(t *testing.T) {
 	bad := []Policy{
 		{MaxAttempts: -1},
-		{InitialBackoff: -time.Second},
-		{MaxBackoff: -time.Second},
-		{Multiplier: 0.5},
-		{Jitter: 1.5},
-		{Jitter: -0.1},
-		{InitialBackoff: time.Second, MaxBackoff: time.Millisecond},
+		{Backoff: broker.Backoff{Initial: -time.Second}},
+		{Backoff: broker.Backoff{Max: -time.Second}},
+		{Backoff: broker.Backoff{Multiplier: 0.5}},
+		{Backoff: broker.Backoff{Jitter: 1.5}},
+		{Backoff: broker.Backoff{Initial: time.Second, Max: time.Millisecond}},
 	}
 	for _, p := range bad {
 		t.Run(fmt.Sprintf("%+v", p), func(t *testing.T) {
 			if err := p.Validate(); !errors.Is(err, ErrInvalidConfig) {
 				t.Errorf("Validate() = %v, want ErrInvalidConfig", err)
+			}
+			if p.MaxAttempts == 0 && !errors.Is(p.Validate(), broker.ErrInvalidBackoff) {
+				t.Errorf("Validate() = %v, want ErrInvalidBackoff too", p.Validate())
 			}
 		})
 	}

@@ -9,7 +9,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/steadfast-go/steadfast/broker"
-	"github.com/steadfast-go/steadfast/idempotency/internal/telemetry"
+	"github.com/steadfast-go/steadfast/idempotency/internal/outcome"
 )
 
 // ConsumerConfig configures the consumer middleware (Consumer) and the
@@ -23,10 +23,11 @@ type ConsumerConfig struct {
 	// Key derives the key of a delivery. Default MessageID.
 	Key KeyFunc
 	// Logger receives one line per failure to end a lease (Warn) and per
-	// duplicate or in-progress delivery (Debug). Default: discard.
+	// duplicate or in-progress delivery (Debug). Default slog.Default().
 	Logger *slog.Logger
 	// MeterProvider receives the steadfast.idempotency.outcomes counter,
-	// tagged with kind=consumer and outcome. Default: no metrics.
+	// tagged with kind=consumer and outcome. Default: the OpenTelemetry
+	// global provider.
 	MeterProvider metric.MeterProvider
 }
 
@@ -88,7 +89,7 @@ func Consumer(store Store, cfg ConsumerConfig) (broker.Middleware, error) {
 	if store == nil {
 		return nil, ErrNilStore
 	}
-	rec := telemetry.New("consumer", cfg.Logger, cfg.MeterProvider)
+	rec := outcome.New("consumer", cfg.Logger, cfg.MeterProvider)
 	return func(next broker.Handler) broker.Handler {
 		return func(ctx context.Context, d broker.Delivery) error {
 			return consume(ctx, store, cfg, rec, next, d)
@@ -96,24 +97,24 @@ func Consumer(store Store, cfg ConsumerConfig) (broker.Middleware, error) {
 	}, nil
 }
 
-func consume(ctx context.Context, store Store, cfg ConsumerConfig, rec *telemetry.Recorder, next broker.Handler, d broker.Delivery) (err error) {
+func consume(ctx context.Context, store Store, cfg ConsumerConfig, rec *outcome.Recorder, next broker.Handler, d broker.Delivery) (err error) {
 	scope, key, err := cfg.KeyOf(d)
 	if err != nil {
-		rec.Record(ctx, telemetry.Error, scope, key)
+		rec.Record(ctx, outcome.Error, scope, key)
 		return err
 	}
 	lease, done, err := store.Acquire(ctx, scope, key, nil)
 	switch {
 	case errors.Is(err, ErrInProgress):
-		rec.Record(ctx, telemetry.InProgress, scope, key)
+		rec.Record(ctx, outcome.InProgress, scope, key)
 		rec.Log.DebugContext(ctx, "idempotency: message in progress elsewhere, retry later",
 			"scope", scope, "key", key, "message_id", d.ID)
 		return fmt.Errorf("idempotency: message %q (scope %q, key %q): %w", d.ID, scope, key, err)
 	case err != nil:
-		rec.Record(ctx, telemetry.Error, scope, key)
+		rec.Record(ctx, outcome.Error, scope, key)
 		return fmt.Errorf("idempotency: acquire message %q (scope %q, key %q): %w", d.ID, scope, key, err)
 	case done != nil:
-		rec.Record(ctx, telemetry.Duplicate, scope, key)
+		rec.Record(ctx, outcome.Duplicate, scope, key)
 		rec.Log.DebugContext(ctx, "idempotency: duplicate message acknowledged",
 			"scope", scope, "key", key, "message_id", d.ID)
 		return nil
@@ -131,7 +132,7 @@ func consume(ctx context.Context, store Store, cfg ConsumerConfig, rec *telemetr
 			rec.Log.WarnContext(ctx, "idempotency: release after failed handler",
 				"scope", scope, "key", key, "message_id", d.ID, "error", rerr)
 		}
-		rec.Record(ctx, telemetry.Failed, scope, key)
+		rec.Record(ctx, outcome.Failed, scope, key)
 	}()
 	if err := next(ctx, d); err != nil {
 		return err
@@ -144,6 +145,6 @@ func consume(ctx context.Context, store Store, cfg ConsumerConfig, rec *telemetr
 		rec.Log.WarnContext(ctx, "idempotency: handler succeeded but the key could not be marked done",
 			"scope", scope, "key", key, "message_id", d.ID, "error", cerr)
 	}
-	rec.Record(ctx, telemetry.Processed, scope, key)
+	rec.Record(ctx, outcome.Processed, scope, key)
 	return nil
 }

@@ -47,8 +47,9 @@
 // store keeps the key (and does not lose it), and that a failure is always
 // retried.
 //
-// Observability: middleware takes a *slog.Logger (default: discard) and an
-// OpenTelemetry metric.MeterProvider (default: none) and counts outcomes in
+// Observability follows the library's telemetry rule: middleware takes a
+// *slog.Logger (default slog.Default()) and an OpenTelemetry
+// metric.MeterProvider (default: the global provider) and counts outcomes in
 // steadfast.idempotency.outcomes; the outcome is also set as an attribute of
 // the current span.
 package idempotency

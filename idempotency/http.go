@@ -15,7 +15,7 @@ import (
 
 	"go.opentelemetry.io/otel/metric"
 
-	"github.com/steadfast-go/steadfast/idempotency/internal/telemetry"
+	"github.com/steadfast-go/steadfast/idempotency/internal/outcome"
 )
 
 // HTTP header names the middleware reads and writes.
@@ -70,10 +70,12 @@ type HTTPConfig struct {
 	// Default: SHA-256 of the method, the path with its query, and the
 	// body.
 	Fingerprint func(r *http.Request, body []byte) []byte
-	// Logger receives a warning for each store failure. Default: discard.
+	// Logger receives a warning for each store failure. Default
+	// slog.Default().
 	Logger *slog.Logger
 	// MeterProvider receives the steadfast.idempotency.outcomes counter,
-	// tagged with kind=http and outcome. Default: no metrics.
+	// tagged with kind=http and outcome. Default: the OpenTelemetry
+	// global provider.
 	MeterProvider metric.MeterProvider
 }
 
@@ -106,18 +108,22 @@ func (c HTTPConfig) withDefaults() HTTPConfig {
 }
 
 // Validate reports a configuration error: negative limits, or a scope the
-// stores do not accept. The error wraps ErrInvalidKey for a bad scope.
+// stores do not accept. The error wraps ErrInvalidConfig, and
+// ErrInvalidKey for a bad scope.
 func (c HTTPConfig) Validate() error {
 	c = c.withDefaults()
 	switch {
 	case c.MaxKeyBytes < 0 || c.MaxKeyBytes > MaxKeyBytes:
-		return fmt.Errorf("idempotency: HTTPConfig.MaxKeyBytes %d out of range 1..%d", c.MaxKeyBytes, MaxKeyBytes)
+		return fmt.Errorf("%w: HTTPConfig.MaxKeyBytes %d out of range 1..%d", ErrInvalidConfig, c.MaxKeyBytes, MaxKeyBytes)
 	case c.MaxBodyBytes < 0:
-		return fmt.Errorf("idempotency: HTTPConfig.MaxBodyBytes %d < 0", c.MaxBodyBytes)
+		return fmt.Errorf("%w: HTTPConfig.MaxBodyBytes %d < 0", ErrInvalidConfig, c.MaxBodyBytes)
 	case c.MaxResponseBytes < 0:
-		return fmt.Errorf("idempotency: HTTPConfig.MaxResponseBytes %d < 0", c.MaxResponseBytes)
+		return fmt.Errorf("%w: HTTPConfig.MaxResponseBytes %d < 0", ErrInvalidConfig, c.MaxResponseBytes)
 	}
-	return CheckKey(c.Scope, "k")
+	if err := CheckKey(c.Scope, "k"); err != nil {
+		return fmt.Errorf("%w: HTTPConfig.Scope: %w", ErrInvalidConfig, err)
+	}
+	return nil
 }
 
 // DefaultFingerprint is the SHA-256 of the request's method, escaped path,
@@ -176,7 +182,7 @@ func HTTP(store Store, cfg HTTPConfig) (func(http.Handler) http.Handler, error) 
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	rec := telemetry.New("http", cfg.Logger, cfg.MeterProvider)
+	rec := outcome.New("http", cfg.Logger, cfg.MeterProvider)
 	return func(next http.Handler) http.Handler {
 		return &httpHandler{store: store, cfg: cfg, rec: rec, next: next}
 	}, nil
@@ -185,7 +191,7 @@ func HTTP(store Store, cfg HTTPConfig) (func(http.Handler) http.Handler, error) 
 type httpHandler struct {
 	store Store
 	cfg   HTTPConfig
-	rec   *telemetry.Recorder
+	rec   *outcome.Recorder
 	next  http.Handler
 }
 
@@ -198,7 +204,7 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	raw, present := r.Header[http.CanonicalHeaderKey(h.cfg.Header)]
 	if !present || len(raw) == 0 || raw[0] == "" {
 		if h.cfg.Required {
-			h.rec.Record(ctx, telemetry.MissingKey, h.cfg.Scope, "")
+			h.rec.Record(ctx, outcome.MissingKey, h.cfg.Scope, "")
 			problem(w, http.StatusBadRequest, "Idempotency-Key is missing",
 				"This operation requires an "+h.cfg.Header+" header.")
 			return
@@ -215,19 +221,19 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		err = CheckKey(h.cfg.Scope, key)
 	}
 	if err != nil {
-		h.rec.Record(ctx, telemetry.MissingKey, h.cfg.Scope, "")
+		h.rec.Record(ctx, outcome.MissingKey, h.cfg.Scope, "")
 		problem(w, http.StatusBadRequest, "Idempotency-Key is invalid", err.Error())
 		return
 	}
 
 	body, err := io.ReadAll(io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
 	if err != nil {
-		h.rec.Record(ctx, telemetry.Error, h.cfg.Scope, key)
+		h.rec.Record(ctx, outcome.Error, h.cfg.Scope, key)
 		problem(w, http.StatusBadRequest, "Request body could not be read", err.Error())
 		return
 	}
 	if int64(len(body)) > h.cfg.MaxBodyBytes {
-		h.rec.Record(ctx, telemetry.Error, h.cfg.Scope, key)
+		h.rec.Record(ctx, outcome.Error, h.cfg.Scope, key)
 		problem(w, http.StatusRequestEntityTooLarge, "Request body too large",
 			fmt.Sprintf("Requests with an idempotency key are limited to %d bytes.", h.cfg.MaxBodyBytes))
 		return
@@ -238,18 +244,18 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	lease, done, err := h.store.Acquire(ctx, h.cfg.Scope, key, fp)
 	switch {
 	case errors.Is(err, ErrInProgress):
-		h.rec.Record(ctx, telemetry.InProgress, h.cfg.Scope, key)
+		h.rec.Record(ctx, outcome.InProgress, h.cfg.Scope, key)
 		problem(w, http.StatusConflict, "A request with this Idempotency-Key is being processed",
 			"Retry after the first request has finished.")
 		return
 	case err != nil:
-		h.rec.Record(ctx, telemetry.Error, h.cfg.Scope, key)
+		h.rec.Record(ctx, outcome.Error, h.cfg.Scope, key)
 		h.rec.Log.WarnContext(ctx, "idempotency: store failed", "scope", h.cfg.Scope, "key", key, "error", err)
 		problem(w, http.StatusServiceUnavailable, "Idempotency store unavailable", "Retry the request later.")
 		return
 	case done != nil:
 		if !bytes.Equal(done.Fingerprint, fp) {
-			h.rec.Record(ctx, telemetry.Mismatch, h.cfg.Scope, key)
+			h.rec.Record(ctx, outcome.Mismatch, h.cfg.Scope, key)
 			problem(w, http.StatusUnprocessableEntity, "Idempotency-Key reused",
 				"This key was used with a different request (method, path or body).")
 			return
@@ -275,7 +281,7 @@ func (h *httpHandler) run(w http.ResponseWriter, r *http.Request, key string, le
 		if err := lease.Release(cctx); err != nil {
 			h.rec.Log.WarnContext(ctx, "idempotency: release after panic", "scope", h.cfg.Scope, "key", key, "error", err)
 		}
-		h.rec.Record(ctx, telemetry.Failed, h.cfg.Scope, key)
+		h.rec.Record(ctx, outcome.Failed, h.cfg.Scope, key)
 	}()
 	h.next.ServeHTTP(rw, r)
 	finished = true
@@ -293,7 +299,7 @@ func (h *httpHandler) run(w http.ResponseWriter, r *http.Request, key string, le
 		if err := lease.Release(cctx); err != nil {
 			h.rec.Log.WarnContext(ctx, "idempotency: release", "scope", h.cfg.Scope, "key", key, "error", err)
 		}
-		h.rec.Record(ctx, telemetry.Failed, h.cfg.Scope, key)
+		h.rec.Record(ctx, outcome.Failed, h.cfg.Scope, key)
 		return
 	}
 	resp, err := json.Marshal(storedResponse{Version: 1, Status: rw.status, Header: rw.header, Body: rw.body.Bytes()})
@@ -303,20 +309,20 @@ func (h *httpHandler) run(w http.ResponseWriter, r *http.Request, key string, le
 	if err != nil {
 		h.rec.Log.WarnContext(ctx, "idempotency: response sent but not stored", "scope", h.cfg.Scope, "key", key, "error", err)
 	}
-	h.rec.Record(ctx, telemetry.Processed, h.cfg.Scope, key)
+	h.rec.Record(ctx, outcome.Processed, h.cfg.Scope, key)
 }
 
 func (h *httpHandler) replay(w http.ResponseWriter, r *http.Request, key string, stored []byte) {
 	ctx := r.Context()
 	var resp storedResponse
 	if err := json.Unmarshal(stored, &resp); err != nil || resp.Version != 1 || resp.Status < 100 || resp.Status > 999 {
-		h.rec.Record(ctx, telemetry.Error, h.cfg.Scope, key)
+		h.rec.Record(ctx, outcome.Error, h.cfg.Scope, key)
 		h.rec.Log.WarnContext(ctx, "idempotency: stored response unreadable", "scope", h.cfg.Scope, "key", key, "error", err)
 		problem(w, http.StatusInternalServerError, "Stored response unreadable",
 			"The response stored for this Idempotency-Key could not be decoded.")
 		return
 	}
-	h.rec.Record(ctx, telemetry.Duplicate, h.cfg.Scope, key)
+	h.rec.Record(ctx, outcome.Duplicate, h.cfg.Scope, key)
 	dst := w.Header()
 	for k, v := range resp.Header {
 		dst[k] = v

@@ -317,3 +317,19 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPConfigValidate: a setting out of range is an error wrapping
+// ErrInvalidConfig (and ErrInvalidKey for a scope the stores refuse).
+func TestHTTPConfigValidate(t *testing.T) {
+	for _, c := range []idempotency.HTTPConfig{{MaxKeyBytes: -1}, {MaxBodyBytes: -1}, {MaxResponseBytes: -1}, {Scope: strings.Repeat("s", 1000)}} {
+		if err := c.Validate(); !errors.Is(err, idempotency.ErrInvalidConfig) {
+			t.Errorf("%+v: Validate = %v, want ErrInvalidConfig", c, err)
+		}
+	}
+	if err := (idempotency.HTTPConfig{Scope: strings.Repeat("s", 1000)}).Validate(); !errors.Is(err, idempotency.ErrInvalidKey) {
+		t.Errorf("long scope: %v, want ErrInvalidKey too", err)
+	}
+	if err := (idempotency.HTTPConfig{}).Validate(); err != nil {
+		t.Errorf("zero config: %v", err)
+	}
+}

@@ -29,6 +29,8 @@ var (
 	ErrNoKey = errors.New("idempotency: no key for delivery")
 	// ErrNilStore: a middleware or helper was given a nil Store.
 	ErrNilStore = errors.New("idempotency: nil store")
+	// ErrInvalidConfig: HTTPConfig.Validate found a setting out of range.
+	ErrInvalidConfig = errors.New("idempotency: invalid config")
 )
 
 // Limits every Store enforces through CheckKey, so a key accepted by one

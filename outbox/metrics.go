@@ -7,9 +7,12 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
-const instrumentationName = "github.com/steadfast-go/steadfast/outbox"
+// scope is the package's instrumentation scope, below telemetry.Module.
+const scope = "outbox"
 
 // Metric names. Every instrument carries the attribute outbox.name
 // (Config.Name).
@@ -58,7 +61,7 @@ type metrics struct {
 }
 
 func newMetrics(mp metric.MeterProvider, name string) (*metrics, error) {
-	m := &metrics{meter: mp.Meter(instrumentationName)}
+	m := &metrics{meter: telemetry.Meter(mp, scope)}
 	nameAttr := attribute.String("outbox.name", name)
 	m.attrs = metric.WithAttributeSet(attribute.NewSet(nameAttr))
 	m.okAttrs = metric.WithAttributeSet(attribute.NewSet(nameAttr, attribute.String("outcome", "ok")))

@@ -49,8 +49,9 @@ type Features struct {
 	// restarted; the factory must then set Backend.Restart for the
 	// BrokerRestart case (see RestartCase). Without it the case is skipped.
 	Restartable bool
-	// MaxMessageBytes is the adapter's size limit; zero means
-	// broker.DefaultMaxMessageBytes.
+	// MaxMessageBytes is the adapter's size limit. Zero means the limit the
+	// publisher reports (broker.SizeLimiter), or broker.DefaultMaxMessageBytes
+	// when it reports none.
 	MaxMessageBytes int
 	// LoadMessages is the message count of the load case. Default 10,000.
 	LoadMessages int
@@ -61,9 +62,6 @@ type Features struct {
 }
 
 func (f Features) withDefaults() Features {
-	if f.MaxMessageBytes <= 0 {
-		f.MaxMessageBytes = broker.DefaultMaxMessageBytes
-	}
 	if f.LoadMessages <= 0 {
 		f.LoadMessages = 10000
 	}

@@ -16,8 +16,9 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 )
 
-// roundTrip: ID, key, payload, headers and time arrive intact, on the first
-// attempt, with the group set.
+// roundTrip: ID, key, payload, headers (those in the reserved namespace
+// included) and time arrive intact, on the first attempt, with the group
+// set.
 func (s *suite) roundTrip(t *testing.T) {
 	e, groups := s.newEnv(t, 1)
 	payload := make([]byte, 256)
@@ -37,6 +38,13 @@ func (s *suite) roundTrip(t *testing.T) {
 			broker.HeaderTraceparent:   "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 			"x-Mixed-Case":             "value with spaces and ünïcode",
 			"empty":                    "",
+			// Message headers in the reserved namespace, named like
+			// adapters' wire headers, arrive unchanged (escaped on the
+			// wire), and do not change the message's ID or time.
+			broker.ReservedHeaderPrefix + "id":      "not the message ID",
+			broker.ReservedHeaderPrefix + "time":    "not the time",
+			broker.ReservedHeaderPrefix + "u-x":     "looks escaped",
+			broker.ReservedHeaderPrefix + "dlq-key": "user value",
 		},
 		Time: time.Now().Add(-time.Hour).Truncate(e.f.TimePrecision),
 	}, {
@@ -114,7 +122,14 @@ func (s *suite) badInput(t *testing.T) {
 		t.Errorf("publish with empty topic: err = %v, want ErrEmptyTopic", err)
 	}
 	good := broker.NewMessage(e.topic, []byte("must not be sent"))
-	big := broker.NewMessage(e.topic, make([]byte, e.f.MaxMessageBytes+1))
+	limit := e.f.MaxMessageBytes
+	if l, ok := pub.(broker.SizeLimiter); ok && limit <= 0 {
+		limit = l.MaxMessageBytes()
+	}
+	if limit <= 0 {
+		limit = broker.DefaultMaxMessageBytes
+	}
+	big := broker.NewMessage(e.topic, make([]byte, limit+1))
 	if err := pub.Publish(ctx, good, big); !errors.Is(err, broker.ErrMessageTooLarge) {
 		t.Errorf("publish of an oversized message: err = %v, want ErrMessageTooLarge", err)
 	}
@@ -136,6 +151,7 @@ func (s *suite) badInput(t *testing.T) {
 		{"empty topic", broker.Subscription{Group: groups[0]}, h, broker.ErrEmptyTopic},
 		{"empty group", broker.Subscription{Topic: e.topic}, h, broker.ErrEmptyGroup},
 		{"negative concurrency", broker.Subscription{Topic: e.topic, Group: groups[0], Concurrency: -1}, h, broker.ErrInvalidSubscription},
+		{"absurd concurrency", broker.Subscription{Topic: e.topic, Group: groups[0], Concurrency: 1 << 40}, h, broker.ErrInvalidSubscription},
 	} {
 		done := make(chan error, 1)
 		go func() { done <- e.b.Subscriber.Subscribe(ctx, c.sub, c.h) }()

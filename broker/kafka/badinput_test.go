@@ -40,6 +40,14 @@ func TestInvalidConfig(t *testing.T) {
 			_, err := NewPipeline(PipelineConfig{Config: Config{Brokers: []string{"x:1"}}, HeartbeatInterval: -1})
 			return err
 		},
+		"subscriber negative retry backoff": func() error {
+			_, err := NewSubscriber(SubscriberConfig{Config: Config{Brokers: []string{"x:1"}}, RetryBackoff: broker.Backoff{Initial: -time.Second}})
+			return err
+		},
+		"pipeline retry backoff below its start": func() error {
+			_, err := NewPipeline(PipelineConfig{Config: Config{Brokers: []string{"x:1"}}, RetryBackoff: broker.Backoff{Initial: time.Minute, Max: time.Second}})
+			return err
+		},
 		"unknown ordering": func() error {
 			_, err := NewSubscriber(SubscriberConfig{Config: Config{Brokers: []string{"x:1"}}, Ordering: 7})
 			return err
@@ -103,7 +111,7 @@ func TestOversizedRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tooBig := broker.NewMessage(topic, make([]byte, DefaultMaxMessageBytes+1))
+	tooBig := broker.NewMessage(topic, make([]byte, broker.DefaultMaxMessageBytes+1))
 	if err := k.pub.Publish(ctx, tooBig); !errors.Is(err, broker.ErrMessageTooLarge) {
 		t.Errorf("publish above MaxMessageBytes: err = %v, want ErrMessageTooLarge", err)
 	}

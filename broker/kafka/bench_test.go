@@ -437,10 +437,7 @@ func syntheticBatch(b *testing.B, size int) []byte {
 	for i := range msgs {
 		msgs[i] = broker.Message{Topic: "bench", Key: "key-" + strconv.Itoa(i%benchKeys), Payload: benchPayload(i, size)}
 	}
-	recs, err := toRecords(msgs, 0, newIDGen())
-	if err != nil {
-		b.Fatal(err)
-	}
+	recs := toRecords(msgs, newIDGen(), nil)
 	ts := recs[0].Timestamp.UnixMilli()
 	var raw []byte
 	for i, r := range recs {

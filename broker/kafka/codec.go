@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"context"
 	"strconv"
 	"strings"
 	"time"
@@ -9,21 +10,22 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
-// Record headers the adapter reserves. Message.ID travels in HeaderUUID when
-// it is a UUID in canonical lowercase text form (as broker.NewID and the
+// Record headers of the adapter, in the library's reserved namespace
+// (broker.ReservedHeaderPrefix). Message.ID travels in HeaderUUID when it is
+// a UUID in canonical lowercase text form (as broker.NewID and the
 // Publisher make them): the header value is then the UUID's 16 bytes (RFC
 // 9562 binary layout), 20 bytes shorter than the text, and bytes a batch
 // compressor recognizes as incompressible. Any other ID travels as text in
-// HeaderID. A message header whose name starts with ReservedHeaderPrefix is
-// escaped on the wire (its name prefixed with ReservedHeaderPrefix+"u-") and
-// restored by the subscriber, so every Headers map round-trips unchanged.
+// HeaderID. A message header whose name starts with the reserved prefix is
+// escaped on the wire and restored by the subscriber, so every Headers map
+// round-trips unchanged; other reserved record headers are not delivered.
 const (
-	ReservedHeaderPrefix = "steadfast-"
-	HeaderID             = ReservedHeaderPrefix + "id"
-	HeaderUUID           = ReservedHeaderPrefix + "uuid"
-	escapedHeaderPrefix  = ReservedHeaderPrefix + "u-"
+	HeaderID   = broker.ReservedHeaderPrefix + "id"
+	HeaderUUID = broker.ReservedHeaderPrefix + "uuid"
 )
 
 // recordSlot holds a record and, for the common message without headers, its
@@ -33,19 +35,31 @@ type recordSlot struct {
 	h [1]kgo.RecordHeader
 }
 
-// toRecords validates msgs (broker.ValidateBatch with maxBytes) and maps
-// them to records in one pass, without copying the messages: Topic, Key
-// (empty means no key), Payload as the value, Time as the record timestamp
-// (milliseconds; a zero Time becomes now), ID and Headers as record headers.
-// The ID header always comes first; an empty ID is filled from ids, exactly
-// where broker.Normalize would fill one. All records, keys and IDs of the
-// batch share three allocations.
-func toRecords(msgs []broker.Message, maxBytes int, ids *idGen) ([]*kgo.Record, error) {
-	if err := broker.ValidateBatch(msgs, maxBytes); err != nil {
-		return nil, err
+// traceHeaders returns the record headers of ctx's trace context
+// (telemetry.TraceHeaders), shared by every record of a call, or nil.
+func traceHeaders(ctx context.Context) []kgo.RecordHeader {
+	th := telemetry.TraceHeaders(ctx, nil)
+	if len(th) == 0 {
+		return nil
 	}
+	hs := make([]kgo.RecordHeader, 0, len(th))
+	for k, v := range th {
+		hs = append(hs, kgo.RecordHeader{Key: k, Value: []byte(v)})
+	}
+	return hs
+}
+
+// toRecords maps msgs, which brokerimpl.ValidateBatch accepted, to records
+// in one pass, without copying the messages: Topic, Key (empty means no
+// key), Payload as the value, Time as the record timestamp (milliseconds; a
+// zero Time becomes now), ID and Headers as record headers, and the trace
+// headers th on every message without a traceparent of its own. The ID
+// header always comes first; an empty ID is filled from ids, exactly where
+// brokerimpl.Normalize would fill one. All records, keys and IDs of the
+// batch share three allocations.
+func toRecords(msgs []broker.Message, ids *idGen, th []kgo.RecordHeader) []*kgo.Record {
 	if len(msgs) == 0 {
-		return nil, nil
+		return nil
 	}
 	// One buffer holds every key and ID of the batch, new IDs at its end.
 	size, missing := 0, 0
@@ -85,19 +99,25 @@ func toRecords(msgs []broker.Message, maxBytes int, ids *idGen) ([]*kgo.Record, 
 		}
 		x.h[0] = id
 		r.Headers = x.h[:]
-		if len(m.Headers) > 0 {
-			r.Headers = make([]kgo.RecordHeader, 1, 1+len(m.Headers))
+		trace := th
+		if trace != nil && m.Headers[broker.HeaderTraceparent] != "" {
+			trace = nil
+		}
+		if len(m.Headers) > 0 || trace != nil {
+			r.Headers = make([]kgo.RecordHeader, 1, 1+len(m.Headers)+len(trace))
 			r.Headers[0] = x.h[0]
 			for k, v := range m.Headers {
-				if strings.HasPrefix(k, ReservedHeaderPrefix) {
-					k = escapedHeaderPrefix + k
+				r.Headers = append(r.Headers, kgo.RecordHeader{Key: brokerimpl.WireHeader(k), Value: []byte(v)})
+			}
+			for _, h := range trace {
+				if _, own := m.Headers[h.Key]; !own {
+					r.Headers = append(r.Headers, h)
 				}
-				r.Headers = append(r.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
 			}
 		}
 		recs[i] = r
 	}
-	return recs, nil
+	return recs
 }
 
 // recordID is the message ID toRecords put in r.
@@ -122,19 +142,19 @@ func fromRecord(r *kgo.Record, a *textArena) broker.Message {
 		m.Key = a.string(r.Key)
 	}
 	for _, h := range r.Headers {
-		if strings.HasPrefix(h.Key, ReservedHeaderPrefix) {
-			switch {
-			case h.Key == HeaderUUID:
+		if strings.HasPrefix(h.Key, broker.ReservedHeaderPrefix) {
+			switch h.Key {
+			case HeaderUUID:
 				if len(h.Value) == uuidLen {
 					m.ID = a.uuid(h.Value)
 				}
 				continue
-			case h.Key == HeaderID:
+			case HeaderID:
 				m.ID = a.string(h.Value)
 				continue
-			case strings.HasPrefix(h.Key, escapedHeaderPrefix):
-				h.Key = h.Key[len(escapedHeaderPrefix):]
-			default:
+			}
+			var ok bool
+			if h.Key, ok = brokerimpl.MessageHeader(h.Key); !ok {
 				continue // reserved for future use
 			}
 		}

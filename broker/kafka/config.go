@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,10 +10,18 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
+)
+
+// The adapter's instrumentation scope (below telemetry.Module) and its
+// messaging.system attribute.
+const (
+	scope  = "broker/kafka"
+	system = "kafka"
 )
 
 // Sentinel errors of the adapter, in addition to the broker package's.
@@ -64,25 +73,61 @@ func (c Compression) codec() (kgo.CompressionCodec, error) {
 	return kgo.NoCompression(), fmt.Errorf("%w: unknown compression %q", ErrInvalidConfig, string(c))
 }
 
+// Defaults for the fields of Config, PublisherConfig, SubscriberConfig and
+// PipelineConfig left zero.
+const (
+	DefaultClientID     = "steadfast"
+	DefaultDialTimeout  = 10 * time.Second
+	DefaultStartTimeout = 15 * time.Second
+
+	DefaultLinger                      = 5 * time.Millisecond
+	DefaultBatchMaxBytes               = 1 << 20
+	DefaultCompression                 = CompressionSnappy
+	DefaultDeliveryTimeout             = 30 * time.Second
+	DefaultPublisherMaxBufferedRecords = 100_000
+
+	DefaultCommitInterval               = time.Second
+	DefaultDrainTimeout                 = 30 * time.Second
+	DefaultSubscriberMaxBufferedRecords = 10_000
+	DefaultSessionTimeout               = 45 * time.Second
+	DefaultRebalanceTimeout             = 60 * time.Second
+	DefaultHeartbeatInterval            = 3 * time.Second
+
+	DefaultMaxBatch           = 500
+	DefaultTransactionTimeout = 30 * time.Second
+)
+
 // Config is what every client of the package (Publisher, Subscriber, Admin,
-// Pipeline) needs to reach the cluster.
+// Pipeline) needs to reach the cluster. Zero fields take their documented
+// defaults; a negative value turns a setting off where its field says so,
+// and is rejected elsewhere.
 type Config struct {
 	// Brokers are the seed brokers as host:port. Required. ParseBrokers turns
 	// a comma-separated list into this form.
 	Brokers []string
-	// ClientID is sent to the brokers with every request. Default "steadfast".
+	// ClientID is sent to the brokers with every request. Default
+	// DefaultClientID ("steadfast").
 	ClientID string
 	// Logger receives the adapter's logs and franz-go's warnings and errors.
-	// Default: logs are discarded.
+	// Default slog.Default(); pass a logger with a discarding handler to
+	// silence it.
 	Logger *slog.Logger
-	// MeterProvider provides the meter for the consumer-lag gauge. Default
-	// otel.GetMeterProvider().
+	// MeterProvider provides the meter for the consumer-lag gauge. Default:
+	// the OpenTelemetry global provider.
 	MeterProvider metric.MeterProvider
-	// DialTimeout bounds each connection attempt. Default 10s.
+	// TracerProvider receives a "publish <topic>" producer span per Publish
+	// call and a "process <topic>" consumer span per handler (or Transform)
+	// call, parented by the record's traceparent header, which Publish sets
+	// from its ctx. Default: the OpenTelemetry global provider, which
+	// records nothing until the application installs an SDK.
+	TracerProvider trace.TracerProvider
+	// DialTimeout bounds each connection attempt. Default
+	// DefaultDialTimeout (10s).
 	DialTimeout time.Duration
 	// StartTimeout bounds how long Subscribe, Pipeline.Run and the Admin
 	// helpers wait for the cluster to answer the first metadata request;
-	// after it they fail with ErrUnreachable. Default 15s.
+	// after it they fail with ErrUnreachable. Default DefaultStartTimeout
+	// (15s).
 	StartTimeout time.Duration
 	// AllowAutoTopicCreation asks the cluster to create topics that do not
 	// exist when they are first produced to or consumed (the cluster's
@@ -138,21 +183,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DialTimeout < 0 || c.StartTimeout < 0 {
 		return c, fmt.Errorf("%w: negative timeout", ErrInvalidConfig)
 	}
-	if c.ClientID == "" {
-		c.ClientID = "steadfast"
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.MeterProvider == nil {
-		c.MeterProvider = otel.GetMeterProvider()
-	}
-	if c.DialTimeout == 0 {
-		c.DialTimeout = 10 * time.Second
-	}
-	if c.StartTimeout == 0 {
-		c.StartTimeout = 15 * time.Second
-	}
+	c.ClientID = cmp.Or(c.ClientID, DefaultClientID)
+	c.Logger = telemetry.Logger(c.Logger)
+	c.DialTimeout = cmp.Or(c.DialTimeout, DefaultDialTimeout)
+	c.StartTimeout = cmp.Or(c.StartTimeout, DefaultStartTimeout)
 	return c, nil
 }
 
@@ -216,37 +250,38 @@ func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 	k.l.Log(context.Background(), lv, "franz-go: "+msg, keyvals...)
 }
 
-// DefaultMaxMessageBytes is the default PublisherConfig.MaxMessageBytes: the
-// broker package's limit (Kafka's 1 MiB default) less room for the record
-// framing and the headers the adapter adds, so a message that passes the
-// check also fits a broker left at its default message.max.bytes.
-const DefaultMaxMessageBytes = broker.DefaultMaxMessageBytes - 1024
-
-// PublisherConfig tunes a Publisher.
+// PublisherConfig tunes a Publisher. Zero fields take their documented
+// defaults; a negative value turns a setting off where its field says so,
+// and is rejected elsewhere.
 type PublisherConfig struct {
 	Config
 	// Linger is how long a partition's batch may wait for more records.
 	// Publish sends the partitions its own records went to as soon as all of
 	// them are buffered, so the linger only gathers records of concurrent
-	// calls while earlier batches are in flight. Default 5ms; a negative
-	// value disables lingering.
+	// calls while earlier batches are in flight. Default DefaultLinger
+	// (5ms); negative disables lingering.
 	Linger time.Duration
-	// BatchMaxBytes bounds one record batch. Default 1 MiB (1,048,576),
-	// which fits Kafka's default message.max.bytes.
+	// BatchMaxBytes bounds one record batch. Default DefaultBatchMaxBytes
+	// (1 MiB, 1,048,576), which fits Kafka's default message.max.bytes.
 	BatchMaxBytes int32
-	// Compression is the batch codec. Default CompressionSnappy.
+	// Compression is the batch codec. Default DefaultCompression
+	// (CompressionSnappy).
 	Compression Compression
 	// MaxMessageBytes is the largest Message.Size that Publish accepts;
 	// larger messages are rejected with broker.ErrMessageTooLarge before
-	// anything is sent. Default DefaultMaxMessageBytes. It must leave room
+	// anything is sent. Default broker.DefaultMaxMessageBytes, which leaves
+	// room for the record framing and the adapter's headers below a
+	// broker's default message.max.bytes. It must leave room
 	// below BatchMaxBytes for the record framing (1 KiB is enough).
 	MaxMessageBytes int
 	// DeliveryTimeout bounds how long a record may wait for the cluster,
 	// retries included, before it fails (Kafka's delivery.timeout.ms).
-	// Publish also honours its context. Default 30s.
+	// Publish also honours its context. Default DefaultDeliveryTimeout
+	// (30s).
 	DeliveryTimeout time.Duration
 	// MaxBufferedRecords bounds the records waiting to be sent across all
-	// Publish calls; a full buffer makes Publish wait. Default 100,000.
+	// Publish calls; a full buffer makes Publish wait. Default
+	// DefaultPublisherMaxBufferedRecords (100,000).
 	MaxBufferedRecords int
 }
 
@@ -257,25 +292,15 @@ func (c PublisherConfig) withDefaults() (PublisherConfig, error) {
 	}
 	switch {
 	case c.Linger == 0:
-		c.Linger = 5 * time.Millisecond
+		c.Linger = DefaultLinger
 	case c.Linger < 0:
 		c.Linger = 0
 	}
-	if c.BatchMaxBytes == 0 {
-		c.BatchMaxBytes = 1 << 20
-	}
-	if c.Compression == "" {
-		c.Compression = CompressionSnappy
-	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = DefaultMaxMessageBytes
-	}
-	if c.DeliveryTimeout == 0 {
-		c.DeliveryTimeout = 30 * time.Second
-	}
-	if c.MaxBufferedRecords == 0 {
-		c.MaxBufferedRecords = 100_000
-	}
+	c.BatchMaxBytes = cmp.Or(c.BatchMaxBytes, DefaultBatchMaxBytes)
+	c.Compression = cmp.Or(c.Compression, DefaultCompression)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, broker.DefaultMaxMessageBytes)
+	c.DeliveryTimeout = cmp.Or(c.DeliveryTimeout, DefaultDeliveryTimeout)
+	c.MaxBufferedRecords = cmp.Or(c.MaxBufferedRecords, DefaultPublisherMaxBufferedRecords)
 	switch {
 	case c.BatchMaxBytes < 1024:
 		return c, fmt.Errorf("%w: BatchMaxBytes %d < 1024", ErrInvalidConfig, c.BatchMaxBytes)
@@ -309,50 +334,57 @@ const (
 	OrderPerPartition
 )
 
-// DefaultRetryBackoff is the SubscriberConfig.RetryBackoff used when none is
-// set: 10ms after the first failure, doubling, at most 5s.
-func DefaultRetryBackoff(attempt int) time.Duration { return retryBackoff(attempt) }
+// DefaultRetryBackoff returns the schedule SubscriberConfig.RetryBackoff
+// and PipelineConfig.RetryBackoff use when zero: 10ms after the first
+// failure, doubling, at most 5s, without jitter.
+func DefaultRetryBackoff() broker.Backoff {
+	return broker.Backoff{Initial: 10 * time.Millisecond, Max: 5 * time.Second, Jitter: -1}
+}
 
-var retryBackoff = broker.DoublingBackoff(10*time.Millisecond, 5*time.Second)
-
-// SubscriberConfig tunes a Subscriber.
+// SubscriberConfig tunes a Subscriber. Zero fields take their documented
+// defaults; a negative value turns a setting off where its field says so,
+// and is rejected elsewhere.
 type SubscriberConfig struct {
 	Config
 	// Ordering is OrderPerKey (default) or OrderPerPartition.
 	Ordering Ordering
-	// RetryBackoff returns how long a message whose handler failed waits
-	// before its next attempt; attempt is the number of attempts so far.
-	// The message's key (its partition, with OrderPerPartition) stays
-	// blocked meanwhile, so order holds; other keys keep flowing. A message
-	// is retried until it succeeds or its partition is released; bound the
-	// attempts with retry or dead-letter middleware. Default
-	// DefaultRetryBackoff.
-	RetryBackoff func(attempt int) time.Duration
+	// RetryBackoff is how long a message whose handler failed waits before
+	// its next attempt, by the number of attempts so far. The message's key
+	// (its partition, with OrderPerPartition) stays blocked meanwhile, so
+	// order holds; other keys keep flowing. A message is retried until it
+	// succeeds or its partition is released; bound the attempts with retry
+	// or dead-letter middleware. Zero means DefaultRetryBackoff(); otherwise
+	// zero fields take broker.Backoff's defaults.
+	RetryBackoff broker.Backoff
 	// ReadCommitted makes subscribers skip records of aborted transactions
 	// and wait for open ones to end (isolation.level=read_committed).
 	// Default false: read_uncommitted, as Kafka consumers default to.
 	ReadCommitted bool
 	// CommitInterval is how often completed offsets are committed while
 	// consuming. Offsets are also committed synchronously when partitions
-	// are released and at shutdown. Default 1s.
+	// are released and at shutdown. Default DefaultCommitInterval (1s).
 	CommitInterval time.Duration
 	// DrainTimeout bounds how long a released partition or a stopping
 	// subscription waits for running handlers before cancelling their
 	// context; their results are still recorded when they return. Default
-	// 30s. Keep it below RebalanceTimeout.
+	// DefaultDrainTimeout (30s). Keep it below RebalanceTimeout.
 	DrainTimeout time.Duration
 	// MaxBufferedRecords bounds the records a member has taken from
 	// franz-go and not yet finished handling: the member takes fetched
 	// records only while fewer are unfinished, and never more than the
 	// bound. franz-go buffers up to FetchMaxBytes (50 MiB by default) of
-	// fetched records beyond these. Default 10,000.
+	// fetched records beyond these. Default
+	// DefaultSubscriberMaxBufferedRecords (10,000).
 	MaxBufferedRecords int
-	// SessionTimeout is Kafka's session.timeout.ms. Default 45s.
+	// SessionTimeout is Kafka's session.timeout.ms. Default
+	// DefaultSessionTimeout (45s).
 	SessionTimeout time.Duration
 	// RebalanceTimeout is Kafka's rebalance.timeout.ms: how long a member
-	// may take to drain and commit released partitions. Default 60s.
+	// may take to drain and commit released partitions. Default
+	// DefaultRebalanceTimeout (60s).
 	RebalanceTimeout time.Duration
-	// HeartbeatInterval is Kafka's heartbeat.interval.ms. Default 3s.
+	// HeartbeatInterval is Kafka's heartbeat.interval.ms. Default
+	// DefaultHeartbeatInterval (3s).
 	HeartbeatInterval time.Duration
 }
 
@@ -364,18 +396,13 @@ func (c SubscriberConfig) withDefaults() (SubscriberConfig, error) {
 	if c.Ordering != OrderPerKey && c.Ordering != OrderPerPartition {
 		return c, fmt.Errorf("%w: unknown ordering %d", ErrInvalidConfig, c.Ordering)
 	}
-	if c.RetryBackoff == nil {
-		c.RetryBackoff = DefaultRetryBackoff
+	if err := c.RetryBackoff.Validate(); err != nil {
+		return c, fmt.Errorf("%w: RetryBackoff: %w", ErrInvalidConfig, err)
 	}
-	if c.CommitInterval == 0 {
-		c.CommitInterval = time.Second
-	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 30 * time.Second
-	}
-	if c.MaxBufferedRecords == 0 {
-		c.MaxBufferedRecords = 10_000
-	}
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, DefaultRetryBackoff())
+	c.CommitInterval = cmp.Or(c.CommitInterval, DefaultCommitInterval)
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, DefaultDrainTimeout)
+	c.MaxBufferedRecords = cmp.Or(c.MaxBufferedRecords, DefaultSubscriberMaxBufferedRecords)
 	if !fillGroupTimings(&c.SessionTimeout, &c.RebalanceTimeout, &c.HeartbeatInterval) ||
 		c.CommitInterval < 0 || c.DrainTimeout < 0 || c.MaxBufferedRecords < 0 {
 		return c, fmt.Errorf("%w: negative subscriber setting", ErrInvalidConfig)
@@ -384,13 +411,14 @@ func (c SubscriberConfig) withDefaults() (SubscriberConfig, error) {
 }
 
 // fillGroupTimings gives zero consumer-group timings Kafka's defaults
-// (session 45s, rebalance 60s, heartbeat 3s) and reports whether all three
+// (DefaultSessionTimeout, DefaultRebalanceTimeout,
+// DefaultHeartbeatInterval) and reports whether all three
 // are then valid (not negative). Subscriber and Pipeline members share them.
 func fillGroupTimings(session, rebalance, heartbeat *time.Duration) bool {
 	for _, t := range []struct {
 		d   *time.Duration
 		def time.Duration
-	}{{session, 45 * time.Second}, {rebalance, 60 * time.Second}, {heartbeat, 3 * time.Second}} {
+	}{{session, DefaultSessionTimeout}, {rebalance, DefaultRebalanceTimeout}, {heartbeat, DefaultHeartbeatInterval}} {
 		if *t.d == 0 {
 			*t.d = t.def
 		}

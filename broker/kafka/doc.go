@@ -17,9 +17,10 @@
 //   - Message.ID travels in a record header: a UUID in canonical lowercase
 //     form (what broker.NewID and the Publisher generate) as its 16 bytes in
 //     HeaderUUID, any other ID as text in HeaderID. Headers are record
-//     headers; a header whose name starts with ReservedHeaderPrefix is
-//     escaped on the wire and restored on delivery, so the Headers map a
-//     subscriber sees equals the one published.
+//     headers; a header whose name starts with broker.ReservedHeaderPrefix
+//     is escaped on the wire and restored on delivery, so the Headers map a
+//     subscriber sees equals the one published, and a record header of
+//     that namespace that the adapter did not write is not delivered.
 //   - A record produced by another client, without either ID header, is
 //     delivered with the ID "topic/partition/offset".
 //   - A keyed record goes to KeyPartition(key, partitions), the partition
@@ -47,9 +48,13 @@
 // again, so a handler may keep it. Keeping a small Payload keeps its whole
 // batch's bytes in memory, though: copy it if you keep many for long.
 //
-// Config.Logger receives the adapter's logs (default: discarded);
-// Config.MeterProvider (default: the global one) receives the
-// LagMetric gauge.
+// Telemetry follows the library's rule: Config.Logger (default
+// slog.Default()) receives the adapter's logs and franz-go's warnings;
+// Config.MeterProvider (default: the OpenTelemetry global one) receives the
+// LagMetric gauge; Config.TracerProvider (default: the global one) receives
+// a "publish <topic>" producer span per Publish call, whose trace context
+// travels in each record's traceparent header, and a "process <topic>"
+// consumer span per handler or Transform call, parented by it.
 //
 // # Connecting
 //

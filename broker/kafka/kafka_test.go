@@ -11,12 +11,13 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/brokertest"
 	"github.com/steadfast-go/steadfast/internal/testenv"
 )
 
 // testBackoff keeps retries quick in tests.
-func testBackoff(attempt int) time.Duration { return time.Duration(attempt) * 5 * time.Millisecond }
+var testBackoff = broker.Backoff{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, Jitter: -1}
 
 // testSubConfig is the subscriber configuration tests use: quick heartbeats
 // so rebalances settle fast, quick retries.
@@ -159,13 +160,12 @@ func (rc *restartableCluster) restart(ctx context.Context, down time.Duration) e
 func TestConformance(t *testing.T) {
 	t.Parallel()
 	brokertest.Run(t, brokertest.Features{
-		ConsumerGroups:  true,
-		Persistent:      true,
-		PerKeyOrder:     true,
-		ExactlyOnce:     true,
-		Restartable:     true,
-		MaxMessageBytes: DefaultMaxMessageBytes,
-		TimePrecision:   time.Millisecond,
+		ConsumerGroups: true,
+		Persistent:     true,
+		PerKeyOrder:    true,
+		ExactlyOnce:    true,
+		Restartable:    true,
+		TimePrecision:  time.Millisecond,
 	}, func(t *testing.T) brokertest.Backend {
 		if brokertest.RestartCase(t) { // in-process even when STEADFAST_KAFKA_BROKERS is set: it must be restartable
 			rc := newRestartableCluster(t)

@@ -73,7 +73,7 @@ func TestPublisherPlacesKeysLikeJava(t *testing.T) {
 	for i := range 50 {
 		m := broker.NewMessage(topic, nil)
 		m.Key = fmt.Sprintf("order-%d", i)
-		m.Headers = map[string]string{"steadfast-id": "user value", ReservedHeaderPrefix + "u-x": "nested", "plain": ""}
+		m.Headers = map[string]string{"steadfast-id": "user value", broker.ReservedHeaderPrefix + "u-x": "nested", "plain": ""}
 		m.Time = time.UnixMilli(1700000000123 + int64(i))
 		msgs = append(msgs, m)
 	}
@@ -123,7 +123,7 @@ func TestPublisherPlacesKeysLikeJava(t *testing.T) {
 func TestForeignRecord(t *testing.T) {
 	t.Parallel()
 	m := fromRecord(&kgo.Record{Topic: "t", Partition: 3, Offset: 42, Key: []byte("k"), Value: []byte("v"),
-		Headers: []kgo.RecordHeader{{Key: ReservedHeaderPrefix + "future", Value: []byte("x")}}}, nil)
+		Headers: []kgo.RecordHeader{{Key: broker.ReservedHeaderPrefix + "future", Value: []byte("x")}}}, nil)
 	if m.ID != "t/3/42" || m.Key != "k" || string(m.Payload) != "v" || m.Headers != nil {
 		t.Errorf("foreign record decoded as %+v", m)
 	}
@@ -178,10 +178,7 @@ func TestIDEncoding(t *testing.T) {
 			Headers: map[string]string{HeaderUUID: "user"}}
 	}
 	msgs[1].Headers = nil
-	recs, err := toRecords(msgs, 0, ids)
-	if err != nil {
-		t.Fatal(err)
-	}
+	recs := toRecords(msgs, ids, nil)
 	for i, c := range cases {
 		r := recs[i]
 		if h := r.Headers[0]; h.Key != c.header || len(h.Value) != c.wireLen {

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/fault"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Transform turns one consumed message into the messages to produce for it.
@@ -24,7 +28,9 @@ import (
 // commits atomically with the input offset like any other output.
 type Transform func(ctx context.Context, d broker.Delivery) ([]broker.Message, error)
 
-// PipelineConfig tunes a Pipeline.
+// PipelineConfig tunes a Pipeline. Zero fields take their documented
+// defaults; a negative value turns a setting off where its field says so,
+// and is rejected elsewhere.
 type PipelineConfig struct {
 	Config
 	// TransactionalID identifies the pipeline's transactional producer. Give
@@ -42,16 +48,19 @@ type PipelineConfig struct {
 	// restart. Default: a random ID per Run call.
 	TransactionalID string
 	// MaxBatch bounds the input messages handled in one transaction.
-	// Default 500.
+	// Default DefaultMaxBatch (500).
 	MaxBatch int
 	// TransactionTimeout is how long the cluster keeps a transaction open
-	// without hearing from its producer before aborting it. Default 30s.
+	// without hearing from its producer before aborting it. Default
+	// DefaultTransactionTimeout (30s).
 	TransactionTimeout time.Duration
-	// RetryBackoff returns how long to wait after attempt failed before
-	// consuming the aborted batch again. Default DefaultRetryBackoff.
-	RetryBackoff func(attempt int) time.Duration
+	// RetryBackoff is how long to wait after a failed attempt, by its
+	// number, before consuming the aborted batch again. Zero means
+	// DefaultRetryBackoff(); otherwise zero fields take broker.Backoff's
+	// defaults.
+	RetryBackoff broker.Backoff
 	// MaxMessageBytes is the largest output Message.Size accepted. Default
-	// DefaultMaxMessageBytes.
+	// broker.DefaultMaxMessageBytes.
 	MaxMessageBytes int
 	// SessionTimeout, RebalanceTimeout and HeartbeatInterval are the
 	// consumer group timings, with the defaults of SubscriberConfig.
@@ -63,18 +72,13 @@ func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
 	if c.Config, err = c.Config.withDefaults(); err != nil {
 		return c, err
 	}
-	if c.MaxBatch == 0 {
-		c.MaxBatch = 500
+	c.MaxBatch = cmp.Or(c.MaxBatch, DefaultMaxBatch)
+	c.TransactionTimeout = cmp.Or(c.TransactionTimeout, DefaultTransactionTimeout)
+	if err := c.RetryBackoff.Validate(); err != nil {
+		return c, fmt.Errorf("%w: RetryBackoff: %w", ErrInvalidConfig, err)
 	}
-	if c.TransactionTimeout == 0 {
-		c.TransactionTimeout = 30 * time.Second
-	}
-	if c.RetryBackoff == nil {
-		c.RetryBackoff = DefaultRetryBackoff
-	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = DefaultMaxMessageBytes
-	}
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, DefaultRetryBackoff())
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, broker.DefaultMaxMessageBytes)
 	if !fillGroupTimings(&c.SessionTimeout, &c.RebalanceTimeout, &c.HeartbeatInterval) ||
 		c.MaxBatch < 0 || c.TransactionTimeout < 0 || c.MaxMessageBytes < 0 {
 		return c, fmt.Errorf("%w: negative pipeline setting", ErrInvalidConfig)
@@ -99,21 +103,26 @@ func (c PipelineConfig) withDefaults() (PipelineConfig, error) {
 // only when the transaction commits. Inputs are transformed one at a time
 // per member, in partition order.
 type Pipeline struct {
-	cfg PipelineConfig
-	ids *idGen
+	cfg   PipelineConfig
+	ids   *idGen
+	spans telemetry.Spans
 
 	mu    sync.Mutex
 	slots []bool // transactional ID suffixes held by running Run calls
-
-	// crash, when set by tests, simulates a process crash before the
-	// delivery it returns true for (inTxn is the number of inputs already
-	// transformed in the open transaction): the records produced so far are
-	// flushed, and the client is closed without ending the transaction.
-	crash func(d broker.Delivery, inTxn int) bool
 }
 
-// errCrashed is returned by Run after a simulated crash.
-var errCrashed = errors.New("kafka: pipeline crashed (test hook)")
+// pointTransform is the fault point (internal/fault) before each input's
+// Transform; its data is a transformPoint. A fault there ends Run at once
+// with that error, without ending the open transaction, as a process crash
+// would (crash tests flush the records produced so far first).
+const pointTransform = "kafka/pipeline: transform"
+
+// transformPoint is the data of pointTransform.
+type transformPoint struct {
+	cl    *kgo.Client // the transactional producer
+	d     broker.Delivery
+	inTxn int // inputs already transformed in the open transaction
+}
 
 // NewPipeline validates cfg and returns a Pipeline.
 func NewPipeline(cfg PipelineConfig) (*Pipeline, error) {
@@ -121,7 +130,7 @@ func NewPipeline(cfg PipelineConfig) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Pipeline{cfg: cfg, ids: newIDGen()}, nil
+	return &Pipeline{cfg: cfg, ids: newIDGen(), spans: telemetry.NewSpans(cfg.TracerProvider, scope, system)}, nil
 }
 
 // Run joins sub.Group on sub.Topic and applies fn to every input message in
@@ -138,7 +147,7 @@ func (p *Pipeline) Run(ctx context.Context, sub broker.Subscription, fn Transfor
 	if fn == nil {
 		return broker.ErrNilHandler
 	}
-	if err := broker.CheckSubscribe(sub, func(context.Context, broker.Delivery) error { return nil }); err != nil {
+	if err := brokerimpl.CheckSubscribe(sub, func(context.Context, broker.Delivery) error { return nil }); err != nil {
 		return err
 	}
 	cfg := p.cfg
@@ -174,10 +183,6 @@ func (p *Pipeline) Run(ctx context.Context, sub broker.Subscription, fn Transfor
 	r := &pipelineRun{p: p, cfg: &cfg, sub: sub, fn: fn, sess: sess,
 		hctx: context.WithoutCancel(ctx), attempts: make(map[offsetKey]int)}
 	err = r.loop(ctx)
-	if errors.Is(err, errCrashed) {
-		sess.Client().Close()
-		return err
-	}
 	sess.Close()
 	if errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) {
 		return fmt.Errorf("kafka: pipeline %q/%q as %q: %w: %w", sub.Topic, sub.Group, txnID, ErrFenced, err)
@@ -286,7 +291,7 @@ func (r *pipelineRun) loop(ctx context.Context) error {
 		log.Debug("kafka: pipeline transaction aborted", "partition", failed.Partition, "offset", failed.Offset, "attempt", failedAttempt)
 		select {
 		case <-ctx.Done():
-		case <-time.After(r.cfg.RetryBackoff(failedAttempt)):
+		case <-time.After(r.cfg.RetryBackoff.Delay(failedAttempt)):
 		}
 	}
 	return nil
@@ -307,6 +312,7 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 			mu.Unlock()
 		}
 	}
+	inj := fault.From(r.hctx)
 	for i, rec := range recs {
 		k := offsetKey{rec.Partition, rec.Offset}
 		r.attempts[k]++
@@ -318,17 +324,20 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 			Partition:   rec.Partition,
 			Offset:      rec.Offset,
 		}
-		if r.p.crash != nil && r.p.crash(d, i) {
-			ctx, cancel := context.WithTimeout(r.hctx, r.cfg.TransactionTimeout)
-			_ = r.sess.Client().Flush(ctx)
-			cancel()
-			return nil, 0, errCrashed
+		if inj != nil {
+			if err := inj(pointTransform, transformPoint{cl: r.sess.Client(), d: d, inTxn: i}); err != nil {
+				return nil, 0, err
+			}
 		}
-		out, err := r.call(d)
+		sctx, span := r.p.spans.Process(r.hctx, d)
+		out, err := r.call(sctx, d)
 		var outRecs []*kgo.Record
 		if err == nil {
-			outRecs, err = toRecords(out, r.cfg.MaxMessageBytes, r.p.ids)
+			if err = brokerimpl.ValidateBatch(out, r.cfg.MaxMessageBytes); err == nil {
+				outRecs = toRecords(out, r.p.ids, traceHeaders(sctx))
+			}
 		}
+		telemetry.End(span, err)
 		if err != nil {
 			r.cfg.Logger.Debug("kafka: transform failed", "partition", rec.Partition, "offset", rec.Offset, "attempt", d.Attempt, "error", err)
 			return rec, d.Attempt, nil
@@ -352,11 +361,11 @@ func (r *pipelineRun) transform(recs []*kgo.Record) (*kgo.Record, int, error) {
 	return nil, 0, nil
 }
 
-func (r *pipelineRun) call(d broker.Delivery) (out []broker.Message, err error) {
+func (r *pipelineRun) call(ctx context.Context, d broker.Delivery) (out []broker.Message, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("kafka: transform panicked: %v", v)
 		}
 	}()
-	return r.fn(r.hctx, d)
+	return r.fn(ctx, d)
 }

@@ -136,15 +136,15 @@ func TestPipelineExactlyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	crashed := false
-	p1.crash = func(d broker.Delivery, inTxn int) bool {
+	crashCtx := crashPipeline(ctx, func(d broker.Delivery, inTxn int) bool {
 		mu.Lock()
 		defer mu.Unlock()
 		if !crashed && calls >= n/2 && inTxn >= 5 && len(attempts[failID]) >= 2 {
 			crashed = true
 		}
 		return crashed
-	}
-	if err := p1.Run(ctx, sub, transform); !errors.Is(err, errCrashed) {
+	})
+	if err := p1.Run(crashCtx, sub, transform); !errors.Is(err, errCrashed) {
 		t.Fatalf("first incarnation returned %v, want the simulated crash", err)
 	}
 	mu.Lock()
@@ -332,14 +332,13 @@ func TestPipelineRestartReusesTransactionalID(t *testing.T) {
 	}
 	sub := broker.Subscription{Topic: in, Group: testenv.Name(t, "g")}
 	seen := 0
-	p.crash = func(_ broker.Delivery, inTxn int) bool {
+	crashCtx := crashPipeline(ctx, func(_ broker.Delivery, inTxn int) bool {
 		seen++
 		return seen > n/2 && inTxn >= 3
-	}
-	if err := p.Run(ctx, sub, fn); !errors.Is(err, errCrashed) {
+	})
+	if err := p.Run(crashCtx, sub, fn); !errors.Is(err, errCrashed) {
 		t.Fatalf("first Run returned %v, want the simulated crash", err)
 	}
-	p.crash = nil
 
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)

@@ -2,7 +2,6 @@ package kafka
 
 import (
 	"sync"
-	"sync/atomic"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -21,14 +20,12 @@ import (
 // are not pooled. A record is read again only to retry its message, and a
 // message waiting for a retry is not finished.
 type recordPool struct {
-	p      sync.Pool    // of *[]kgo.Record
-	reused atomic.Int64 // slices lent again; tests check the pool is used
+	p sync.Pool // of *[]kgo.Record
 }
 
 // GetRecords returns an empty slice of capacity at least n.
 func (rp *recordPool) GetRecords(n int) []kgo.Record {
 	if s, ok := rp.p.Get().(*[]kgo.Record); ok && cap(*s) >= n {
-		rp.reused.Add(1)
 		return (*s)[:0]
 	}
 	return make([]kgo.Record, 0, roundUp(n))

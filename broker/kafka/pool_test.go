@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 	"github.com/steadfast-go/steadfast/internal/testenv"
 )
 
@@ -21,8 +22,8 @@ func newTestMember(t *testing.T, parts ...int32) *member {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
-	m, err := newMember(s, broker.Subscription{Topic: "t", Group: "g"}.WithDefaults(),
-		func(context.Context, broker.Delivery) error { return nil }, context.Background())
+	m, err := newMember(s, brokerimpl.WithDefaults(broker.Subscription{Topic: "t", Group: "g"}),
+		func(context.Context, broker.Delivery) error { return nil }, context.Background(), new(recordPool))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,9 +47,15 @@ func TestRecordPool(t *testing.T) {
 	}
 	rp.PutRecords(s[:100])
 	// sync.Pool may drop what it holds at any time (a collection, another
-	// P), so only a slice that comes back is checked.
-	if again := rp.GetRecords(120); rp.reused.Load() == 1 && &again[:1][0] != &s[:1][0] {
-		t.Fatal("reuse counted for a slice that was not put back")
+	// P), so only a slice that comes back is checked: emptied.
+	if again := rp.GetRecords(120); &again[:1][0] == &s[:1][0] && len(again) != 0 {
+		t.Fatalf("the slice put back is lent again with length %d", len(again))
+	}
+	var cp countingPool
+	first := cp.GetRecords(10)
+	cp.PutRecords(first)
+	if again := cp.GetRecords(10); (cp.Reused() == 1) != (&again[:1][0] == &first[:1][0]) {
+		t.Fatalf("countingPool counted %d reuses; the slice came back: %v", cp.Reused(), &again[:1][0] == &first[:1][0])
 	}
 	if big := rp.GetRecords(200); cap(big) < 200 {
 		t.Fatalf("GetRecords(200) has capacity %d", cap(big))
@@ -96,8 +103,9 @@ func TestDeliveriesStayIntact(t *testing.T) {
 		done = make(map[string]bool)
 		all  = make(chan struct{})
 	)
-	// Run the member the way Subscribe does, keeping hold of its pool.
-	m, err := newMember(k.sub, broker.Subscription{Topic: topic, Group: testenv.Name(t, "g")}.WithDefaults(),
+	// Run the member the way Subscribe does, with a pool that counts reuses.
+	pool := new(countingPool)
+	m, err := newMember(k.sub, brokerimpl.WithDefaults(broker.Subscription{Topic: topic, Group: testenv.Name(t, "g")}),
 		func(_ context.Context, d broker.Delivery) error {
 			mu.Lock()
 			defer mu.Unlock()
@@ -110,7 +118,7 @@ func TestDeliveriesStayIntact(t *testing.T) {
 				close(all)
 			}
 			return nil
-		}, ctx)
+		}, ctx, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +142,7 @@ func TestDeliveriesStayIntact(t *testing.T) {
 	}
 	cancel()
 	<-stopped
-	if reused := m.pool.reused.Load(); reused == 0 {
+	if reused := pool.Reused(); reused == 0 {
 		t.Fatal("no record slice was reused: the test did not exercise the pool")
 	} else {
 		t.Logf("record slices reused %d times", reused)

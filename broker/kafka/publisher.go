@@ -12,6 +12,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Publisher publishes messages with an idempotent producer and acks=all.
@@ -32,6 +34,7 @@ type Publisher struct {
 	cfg    PublisherConfig
 	cl     *kgo.Client
 	ids    *idGen
+	spans  telemetry.Spans
 	closed atomic.Bool
 
 	// timeoutCause is the error a Publish call's context ends with when
@@ -39,7 +42,10 @@ type Publisher struct {
 	timeoutCause error
 }
 
-var _ broker.Publisher = (*Publisher)(nil)
+var (
+	_ broker.Publisher   = (*Publisher)(nil)
+	_ broker.SizeLimiter = (*Publisher)(nil)
+)
 
 // NewPublisher validates cfg and creates the producer. It does not contact
 // the cluster; the first Publish does.
@@ -61,9 +67,13 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen(),
+	return &Publisher{cfg: cfg, cl: cl, ids: newIDGen(), spans: telemetry.NewSpans(cfg.TracerProvider, scope, system),
 		timeoutCause: fmt.Errorf("%w: %w (DeliveryTimeout %v)", broker.ErrUnavailable, kgo.ErrRecordTimeout, cfg.DeliveryTimeout)}, nil
 }
+
+// MaxMessageBytes returns the largest Message.Size Publish accepts
+// (PublisherConfig.MaxMessageBytes). It implements broker.SizeLimiter.
+func (p *Publisher) MaxMessageBytes() int { return p.cfg.MaxMessageBytes }
 
 // Client returns the underlying franz-go client, for metrics and admin
 // requests. Producing through it bypasses the adapter's mapping.
@@ -71,7 +81,7 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 
 // Publish sends msgs and waits until the cluster acknowledged every one.
 //
-// The batch is validated first (broker.ValidateBatch with MaxMessageBytes): an
+// The batch is validated first (broker.Message.Validate with MaxMessageBytes): an
 // empty topic or an oversized message rejects the whole call with an error
 // wrapping broker.ErrEmptyTopic or broker.ErrMessageTooLarge, and nothing is
 // sent. Otherwise every message is produced at once and the call waits for
@@ -89,20 +99,22 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 //
 // Records of one Publish call are sent without waiting for the linger;
 // concurrent calls share batches.
-func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) error {
+func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("kafka: publish: %w", err)
 	}
 	if p.closed.Load() {
 		return fmt.Errorf("kafka: publish: %w", broker.ErrClosed)
 	}
-	recs, err := toRecords(msgs, p.cfg.MaxMessageBytes, p.ids)
-	if err != nil {
+	if err := brokerimpl.ValidateBatch(msgs, p.cfg.MaxMessageBytes); err != nil {
 		return fmt.Errorf("kafka: publish: %w", err)
 	}
-	if len(recs) == 0 {
+	if len(msgs) == 0 {
 		return nil
 	}
+	ctx, span := p.spans.PublishSpan(ctx, msgs)
+	defer func() { telemetry.End(span, err) }()
+	recs := toRecords(msgs, p.ids, traceHeaders(ctx))
 	// The delivery timeout is a deadline on the call rather than franz-go's
 	// record timeout, which counts from the record timestamp (Message.Time).
 	ctx, cancel := context.WithTimeoutCause(ctx, p.cfg.DeliveryTimeout, p.timeoutCause)

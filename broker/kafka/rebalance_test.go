@@ -116,7 +116,11 @@ func testRebalance(t *testing.T, crash bool) {
 	}
 	defer other.Close()
 
-	leaverCtx, leave := context.WithCancelCause(ctx)
+	leaverBase := ctx
+	if crash {
+		leaverBase = crashOnStop(ctx)
+	}
+	leaverCtx, leave := context.WithCancel(leaverBase)
 	survivorCtx, stopSurvivor := context.WithCancel(ctx)
 	leaverDone, survivorDone := make(chan error, 1), make(chan error, 1)
 	go func() { leaverDone <- k.sub.Subscribe(leaverCtx, sub, o.handler(0, &work)) }()
@@ -169,11 +173,7 @@ func testRebalance(t *testing.T, crash bool) {
 	leaverParts := len(o.byMember[0])
 	handledAtLeave := o.total
 	o.mu.Unlock()
-	if crash {
-		leave(errSimulatedCrash)
-	} else {
-		leave(nil)
-	}
+	leave()
 	if err := <-leaverDone; err != nil {
 		t.Fatalf("leaving member: Subscribe returned %v", err)
 	}

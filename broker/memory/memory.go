@@ -19,40 +19,77 @@
 package memory
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
-// Config tunes a Broker. The zero value is ready to use.
+// ErrInvalidConfig is wrapped by Config.Validate's errors, which Publish and
+// Subscribe of a Broker made with that Config return.
+var ErrInvalidConfig = errors.New("broker/memory: invalid config")
+
+// DefaultDrainTimeout is the default Config.DrainTimeout.
+const DefaultDrainTimeout = 30 * time.Second
+
+// DefaultRedeliveryBackoff returns the schedule used when
+// Config.RedeliveryBackoff is zero: 5ms after the first failure, doubling,
+// at most 1s, without jitter.
+func DefaultRedeliveryBackoff() broker.Backoff {
+	return broker.Backoff{Initial: 5 * time.Millisecond, Max: time.Second, Jitter: -1}
+}
+
+// Config tunes a Broker. The zero value is ready to use; zero fields take
+// the documented defaults and negative values are invalid.
 type Config struct {
 	// MaxMessageBytes is the largest Message.Size accepted by Publish.
 	// Default broker.DefaultMaxMessageBytes.
 	MaxMessageBytes int
-	// RedeliveryBackoff returns how long a failed message waits before its
-	// next delivery; attempt is the number of deliveries so far (1 after the
-	// first failure). Default: 5ms doubling per attempt, capped at 1s.
-	RedeliveryBackoff func(attempt int) time.Duration
+	// RedeliveryBackoff is how long a failed message waits before its next
+	// delivery, by the number of deliveries so far (1 after the first
+	// failure). Zero means DefaultRedeliveryBackoff(); otherwise zero fields
+	// take broker.Backoff's defaults.
+	RedeliveryBackoff broker.Backoff
 	// DrainTimeout bounds how long a stopping subscription waits for running
 	// handlers before cancelling their context. Their results are still
-	// recorded when they return. Default 30s.
+	// recorded when they return. Default DefaultDrainTimeout (30s).
 	DrainTimeout time.Duration
+	// TracerProvider receives a "publish <topic>" producer span per Publish
+	// call and a "process <topic>" consumer span per handler call, parented
+	// by the message's traceparent, which Publish sets from its ctx.
+	// Default: the OpenTelemetry global provider.
+	TracerProvider trace.TracerProvider
 }
 
-// DefaultRedeliveryBackoff is the backoff used when Config.RedeliveryBackoff
-// is nil.
-func DefaultRedeliveryBackoff(attempt int) time.Duration { return redeliveryBackoff(attempt) }
-
-// redeliveryBackoff is 5ms after the first failure, doubling, at most 1s.
-var redeliveryBackoff = broker.DoublingBackoff(5*time.Millisecond, time.Second)
+// Validate reports a field out of range with an error wrapping
+// ErrInvalidConfig (and broker.ErrInvalidBackoff for RedeliveryBackoff).
+func (c Config) Validate() error {
+	switch {
+	case c.MaxMessageBytes < 0:
+		return fmt.Errorf("%w: MaxMessageBytes %d < 0", ErrInvalidConfig, c.MaxMessageBytes)
+	case c.DrainTimeout < 0:
+		return fmt.Errorf("%w: DrainTimeout %v < 0", ErrInvalidConfig, c.DrainTimeout)
+	}
+	if err := c.RedeliveryBackoff.Validate(); err != nil {
+		return fmt.Errorf("%w: RedeliveryBackoff: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
 
 // Broker is an in-process broker. It implements broker.Publisher and
 // broker.Subscriber and is safe for concurrent use. Create it with New.
 type Broker struct {
 	cfg    Config
+	bad    error // Config.Validate's error: every call fails with it
+	spans  telemetry.Spans
 	mu     sync.Mutex
 	topics map[string]*topic
 	closed bool
@@ -60,22 +97,25 @@ type Broker struct {
 }
 
 var (
-	_ broker.Publisher  = (*Broker)(nil)
-	_ broker.Subscriber = (*Broker)(nil)
+	_ broker.Publisher   = (*Broker)(nil)
+	_ broker.Subscriber  = (*Broker)(nil)
+	_ broker.SizeLimiter = (*Broker)(nil)
 )
 
-// New returns an empty broker.
+// New returns an empty broker. It never fails, so a test can build one in
+// an expression; a cfg that Config.Validate rejects makes every Publish and
+// Subscribe call of the broker return that error.
 func New(cfg Config) *Broker {
-	if cfg.MaxMessageBytes <= 0 {
-		cfg.MaxMessageBytes = broker.DefaultMaxMessageBytes
+	b := &Broker{topics: make(map[string]*topic), done: make(chan struct{})}
+	if b.bad = cfg.Validate(); b.bad != nil {
+		return b
 	}
-	if cfg.RedeliveryBackoff == nil {
-		cfg.RedeliveryBackoff = DefaultRedeliveryBackoff
-	}
-	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = 30 * time.Second
-	}
-	return &Broker{cfg: cfg, topics: make(map[string]*topic), done: make(chan struct{})}
+	cfg.MaxMessageBytes = cmp.Or(cfg.MaxMessageBytes, broker.DefaultMaxMessageBytes)
+	cfg.RedeliveryBackoff = cmp.Or(cfg.RedeliveryBackoff, DefaultRedeliveryBackoff())
+	cfg.DrainTimeout = cmp.Or(cfg.DrainTimeout, DefaultDrainTimeout)
+	b.cfg = cfg
+	b.spans = telemetry.NewSpans(cfg.TracerProvider, "broker/memory", "memory")
+	return b
 }
 
 type topic struct {
@@ -85,15 +125,21 @@ type topic struct {
 
 // Publish appends msgs to their topics and makes them available to every
 // group. It returns broker.ErrClosed after Close and ctx.Err() when ctx is
-// already done; otherwise all messages are accepted atomically.
-func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) error {
+// already done; otherwise all messages are accepted atomically. Messages
+// without a traceparent header get the publish span's.
+func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) (err error) {
+	if b.bad != nil {
+		return b.bad
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	msgs, err := broker.Normalize(msgs, b.cfg.MaxMessageBytes)
+	msgs, err = brokerimpl.Normalize(msgs, b.cfg.MaxMessageBytes)
 	if err != nil {
 		return err
 	}
+	_, span := b.spans.Publish(ctx, msgs)
+	defer func() { telemetry.End(span, err) }()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -114,6 +160,10 @@ func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) error {
 	}
 	return nil
 }
+
+// MaxMessageBytes returns the largest Message.Size Publish accepts
+// (Config.MaxMessageBytes). It implements broker.SizeLimiter.
+func (b *Broker) MaxMessageBytes() int { return b.cfg.MaxMessageBytes }
 
 // Published returns a copy of every message published to topic so far, in
 // publish order. Tests use it to assert what a component sent.
@@ -171,10 +221,13 @@ func (b *Broker) topic(name string) *topic {
 // broker is closed (returns broker.ErrClosed). See package doc for the
 // delivery guarantees.
 func (b *Broker) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
-	if err := broker.CheckSubscribe(sub, h); err != nil {
+	if b.bad != nil {
+		return b.bad
+	}
+	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
 		return err
 	}
-	sub = sub.WithDefaults()
+	sub = brokerimpl.WithDefaults(sub)
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -203,7 +256,7 @@ func (b *Broker) Subscribe(ctx context.Context, sub broker.Subscription, h broke
 	select {
 	case <-b.done:
 		if ctx.Err() == nil {
-			return fmt.Errorf("memory: subscribe %q/%q: %w", sub.Topic, sub.Group, broker.ErrClosed)
+			return fmt.Errorf("broker/memory: subscribe %q/%q: %w", sub.Topic, sub.Group, broker.ErrClosed)
 		}
 	default:
 	}
@@ -219,7 +272,7 @@ func (b *Broker) work(ctx context.Context, g *group, h broker.Handler) {
 			return
 		}
 		err := b.run(ctx, h, e)
-		g.complete(e, err, b.cfg.RedeliveryBackoff)
+		g.complete(e, err, b.cfg.RedeliveryBackoff.Delay)
 	}
 }
 
@@ -239,17 +292,20 @@ func (b *Broker) run(ctx context.Context, h broker.Handler, e *entry) (err error
 		}
 	})
 	defer stop()
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("memory: handler panicked: %v", r)
-		}
-	}()
-	return h(hctx, broker.Delivery{
+	d := broker.Delivery{
 		Message:     e.msg,
 		Attempt:     e.attempt,
 		Redelivered: e.attempt > 1,
 		Group:       e.group,
 		Partition:   -1,
 		Offset:      e.offset,
-	})
+	}
+	sctx, span := b.spans.Process(hctx, d)
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("broker/memory: handler panicked: %v", r)
+		}
+		telemetry.End(span, err)
+	}()
+	return h(sctx, d)
 }

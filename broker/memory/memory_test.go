@@ -7,9 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/brokertest"
 	"github.com/steadfast-go/steadfast/broker/memory"
+	"github.com/steadfast-go/steadfast/internal/telemetry/telemetrytest"
 )
 
 func TestConformance(t *testing.T) {
@@ -59,7 +62,7 @@ func TestCloseStopsSubscribers(t *testing.T) {
 }
 
 func TestHandlerPanicRedelivers(t *testing.T) {
-	b := memory.New(memory.Config{RedeliveryBackoff: func(int) time.Duration { return time.Millisecond }})
+	b := memory.New(memory.Config{RedeliveryBackoff: broker.ConstantBackoff(time.Millisecond)})
 	defer b.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -120,5 +123,58 @@ func TestDrainTimeoutCancelsHandlerContext(t *testing.T) {
 	// The handler failed, so the message is still pending.
 	if p := b.Pending("t", "g"); p != 1 {
 		t.Fatalf("pending = %d, want 1", p)
+	}
+}
+
+// TestInvalidConfig: a config out of range (a negative backoff, a negative
+// timeout) is rejected with ErrInvalidConfig by every call, never used.
+func TestInvalidConfig(t *testing.T) {
+	h := func(context.Context, broker.Delivery) error { return nil }
+	for _, cfg := range []memory.Config{
+		{RedeliveryBackoff: broker.Backoff{Initial: -time.Second}},
+		{RedeliveryBackoff: broker.Backoff{Initial: time.Minute, Max: time.Second}},
+		{DrainTimeout: -1},
+		{MaxMessageBytes: -1},
+	} {
+		if err := cfg.Validate(); !errors.Is(err, memory.ErrInvalidConfig) {
+			t.Errorf("%+v: Validate = %v, want ErrInvalidConfig", cfg, err)
+		}
+		b := memory.New(cfg)
+		if err := b.Publish(context.Background(), broker.NewMessage("t", nil)); !errors.Is(err, memory.ErrInvalidConfig) {
+			t.Errorf("%+v: Publish = %v, want ErrInvalidConfig", cfg, err)
+		}
+		if err := b.Subscribe(context.Background(), broker.Subscription{Topic: "t", Group: "g"}, h); !errors.Is(err, memory.ErrInvalidConfig) {
+			t.Errorf("%+v: Subscribe = %v, want ErrInvalidConfig", cfg, err)
+		}
+	}
+	if err := (memory.Config{RedeliveryBackoff: broker.Backoff{Initial: -1}}).Validate(); !errors.Is(err, broker.ErrInvalidBackoff) {
+		t.Errorf("negative backoff: %v, want ErrInvalidBackoff too", err)
+	}
+}
+
+// TestSpans: Publish emits a producer span under the caller's, and the
+// handler runs in a consumer span parented by it through the message's
+// traceparent (the telemetry rule every adapter follows).
+func TestSpans(t *testing.T) {
+	rec := telemetrytest.New(t)
+	b := memory.New(memory.Config{TracerProvider: rec.Provider})
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pctx, caller := rec.Caller(ctx)
+	if err := b.Publish(pctx, broker.NewMessage("traced", []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	caller.End()
+	seen := make(chan trace.SpanContext, 1)
+	go b.Subscribe(ctx, broker.Subscription{Topic: "traced", Group: "g"}, func(hctx context.Context, _ broker.Delivery) error {
+		seen <- trace.SpanContextFromContext(hctx)
+		return nil
+	})
+	select {
+	case sc := <-seen:
+		rec.CheckPublishProcess(t, "memory", "traced", caller.SpanContext(), sc)
+	case <-time.After(10 * time.Second):
+		t.Fatal("message not delivered")
 	}
 }

@@ -1,6 +1,7 @@
 package rabbitmq
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -11,39 +12,57 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
-// Config configures a connection. URL is required; every other field has a
-// documented default.
+// Defaults for the fields of Config, PublisherConfig and SubscriberConfig
+// left zero.
+const (
+	DefaultName         = "steadfast"
+	DefaultDialTimeout  = 10 * time.Second
+	DefaultHeartbeat    = 10 * time.Second
+	DefaultCloseTimeout = time.Second
+
+	DefaultChannels         = 4
+	DefaultWindow           = 1000
+	DefaultMaxChannelErrors = 3
+
+	DefaultDrainTimeout = 30 * time.Second
+)
+
+// Config configures a connection. URL is required. Zero fields take their
+// documented defaults; a negative value turns a setting off where its field
+// says so, and is rejected elsewhere.
 type Config struct {
 	// URL is the amqp:// or amqps:// URL of the broker, with credentials
 	// and vhost, e.g. amqp://guest:guest@localhost:5672/. Required.
 	URL string
 	// Name is the connection name shown by the management UI and
-	// rabbitmqctl list_connections. Default "steadfast".
+	// rabbitmqctl list_connections. Default DefaultName ("steadfast").
 	Name string
 	// Logger receives connection-lifecycle events (lost, reconnected,
-	// topology re-declared). Default: a logger that discards everything.
+	// topology re-declared). Default slog.Default(); pass a logger with a
+	// discarding handler to silence it.
 	Logger *slog.Logger
-	// ReconnectMin and ReconnectMax bound the exponential backoff (with
-	// jitter) between reconnection attempts. Every failed attempt of an
-	// outage waits the next interval: a dial that fails, a new connection
-	// lost while the topology is declared again on it, and a connection
-	// lost less than ReconnectMax after it was established (the first
-	// redial after a connection that held longer is immediate). Defaults
-	// 100ms and 5s.
-	ReconnectMin, ReconnectMax time.Duration
-	// DialTimeout bounds one TCP connect plus AMQP handshake. Default 10s.
+	// Reconnect is the schedule of waits between reconnection attempts.
+	// Every failed attempt of an outage waits the next interval: a dial that
+	// fails, a new connection lost while the topology is declared again on
+	// it, and a connection lost less than Reconnect.Max after it was
+	// established (the first redial after a connection that held longer is
+	// immediate). Zero means DefaultReconnectBackoff(); otherwise zero
+	// fields take broker.Backoff's defaults.
+	Reconnect broker.Backoff
+	// DialTimeout bounds one TCP connect plus AMQP handshake. Default
+	// DefaultDialTimeout (10s).
 	DialTimeout time.Duration
 	// Heartbeat is the AMQP heartbeat interval; a broker silent for 1.5
 	// intervals counts as lost (amqp091 sends and checks every half
-	// interval, and allows three checks). Default 10s.
+	// interval, and allows three checks). Default DefaultHeartbeat (10s).
 	Heartbeat time.Duration
 	// CloseTimeout bounds how long Close waits for the broker to
 	// acknowledge the closing of the connection, and how long
@@ -58,16 +77,24 @@ type Config struct {
 	// connection ends. Nothing is lost without the answer: a Publish call
 	// whose messages were not confirmed returns an error for them, never
 	// nil, and deliveries not acknowledged go back to their queue when the
-	// broker drops the channel. Default 1s.
+	// broker drops the channel. Default DefaultCloseTimeout (1s).
 	CloseTimeout time.Duration
 	// TLS configures amqps:// connections. Default: the system roots and
 	// the URL's host name.
 	TLS *tls.Config
 	// MeterProvider and TracerProvider receive the metrics and spans of
-	// the publishers and subscribers built on the connection. Default: no-op
-	// providers (nothing is recorded; no global provider is consulted).
+	// the publishers and subscribers built on the connection. Default: the
+	// OpenTelemetry global providers, which record nothing until the
+	// application installs an SDK.
 	MeterProvider  metric.MeterProvider
 	TracerProvider trace.TracerProvider
+}
+
+// DefaultReconnectBackoff returns the schedule Config.Reconnect uses when
+// zero: 100ms after the first failed attempt, growing by half at each
+// further one, at most 5s, each wait shortened by up to half at random.
+func DefaultReconnectBackoff() broker.Backoff {
+	return broker.Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second, Multiplier: 1.5, Jitter: 0.5}
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -77,30 +104,25 @@ func (c Config) withDefaults() (Config, error) {
 	if _, err := amqp.ParseURI(c.URL); err != nil {
 		return c, fmt.Errorf("%w: Config.URL: %v", ErrInvalidConfig, err)
 	}
-	if c.Name == "" {
-		c.Name = "steadfast"
+	c.Name = cmp.Or(c.Name, DefaultName)
+	c.Logger = telemetry.Logger(c.Logger)
+	if err := c.Reconnect.Validate(); err != nil {
+		return c, fmt.Errorf("%w: Config.Reconnect: %w", ErrInvalidConfig, err)
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
+	c.Reconnect = cmp.Or(c.Reconnect, DefaultReconnectBackoff())
+	// Filled in, so that Reconnect.Max is the cap the waits use.
+	c.Reconnect = c.Reconnect.WithDefaults()
+	switch {
+	case c.DialTimeout < 0:
+		return c, fmt.Errorf("%w: Config.DialTimeout %v < 0", ErrInvalidConfig, c.DialTimeout)
+	case c.Heartbeat < 0:
+		return c, fmt.Errorf("%w: Config.Heartbeat %v < 0", ErrInvalidConfig, c.Heartbeat)
+	case c.CloseTimeout < 0:
+		return c, fmt.Errorf("%w: Config.CloseTimeout %v < 0", ErrInvalidConfig, c.CloseTimeout)
 	}
-	if c.ReconnectMin <= 0 {
-		c.ReconnectMin = 100 * time.Millisecond
-	}
-	if c.ReconnectMax <= 0 {
-		c.ReconnectMax = 5 * time.Second
-	}
-	if c.ReconnectMax < c.ReconnectMin {
-		return c, fmt.Errorf("%w: ReconnectMax %v < ReconnectMin %v", ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
-	}
-	if c.DialTimeout <= 0 {
-		c.DialTimeout = 10 * time.Second
-	}
-	if c.Heartbeat <= 0 {
-		c.Heartbeat = 10 * time.Second
-	}
-	if c.CloseTimeout <= 0 {
-		c.CloseTimeout = time.Second
-	}
+	c.DialTimeout = cmp.Or(c.DialTimeout, DefaultDialTimeout)
+	c.Heartbeat = cmp.Or(c.Heartbeat, DefaultHeartbeat)
+	c.CloseTimeout = cmp.Or(c.CloseTimeout, DefaultCloseTimeout)
 	return c, nil
 }
 
@@ -117,7 +139,7 @@ func (c Config) withDefaults() (Config, error) {
 type Conn struct {
 	cfg  Config
 	log  *slog.Logger
-	tel  *telemetry
+	tel  *instruments
 	done chan struct{}
 	stop context.CancelFunc // ends the supervisor's context; Close calls it
 	wg   sync.WaitGroup
@@ -148,12 +170,12 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	c := &Conn{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "steadfast/rabbitmq", "connection", cfg.Name),
-		tel:     newTelemetry(cfg.MeterProvider, cfg.TracerProvider),
+		tel:     newInstruments(cfg.MeterProvider, cfg.TracerProvider),
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
 		topo:    make(chan struct{}, 1),
 	}
-	conn, sock, err := c.dialRetry(ctx, c.newBackoff())
+	conn, sock, err := c.dialRetry(ctx, c.newRetries())
 	if err != nil {
 		return nil, err
 	}
@@ -358,14 +380,23 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func (c *Conn) newBackoff() *backoff.ExponentialBackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = c.cfg.ReconnectMin
-	b.MaxInterval = c.cfg.ReconnectMax
-	b.MaxElapsedTime = 0
-	b.Reset()
-	return b
+// retries counts the failed attempts of one outage and gives the wait
+// after each from Config.Reconnect.
+type retries struct {
+	b broker.Backoff
+	n int
 }
+
+func (c *Conn) newRetries() *retries { return &retries{b: c.cfg.Reconnect} }
+
+// next returns the wait after one more failed attempt.
+func (r *retries) next() time.Duration {
+	r.n = min(r.n+1, 1<<20)
+	return r.b.Delay(r.n)
+}
+
+// reset starts a new outage.
+func (r *retries) reset() { r.n = 0 }
 
 // permanent reports dial errors that retrying cannot fix.
 func permanent(err error) bool {
@@ -380,7 +411,7 @@ func permanent(err error) bool {
 // attempts the intervals b gives. It dials nothing once ctx is done, and
 // returns as soon as ctx is done, whether waiting or dialing, with an error
 // wrapping ctx's. Refused credentials fail at once.
-func (c *Conn) dialRetry(ctx context.Context, b backoff.BackOff) (*amqp.Connection, net.Conn, error) {
+func (c *Conn) dialRetry(ctx context.Context, b *retries) (*amqp.Connection, net.Conn, error) {
 	var last error // of the previous attempt
 	aborted := func() error {
 		if last == nil {
@@ -403,7 +434,7 @@ func (c *Conn) dialRetry(ctx context.Context, b backoff.BackOff) (*amqp.Connecti
 			return nil, nil, fmt.Errorf("rabbitmq: dial %s: %w", redact(c.cfg.URL), err)
 		}
 		last = err
-		wait := b.NextBackOff()
+		wait := b.next()
 		lvl := slog.LevelDebug
 		if attempt == 1 {
 			lvl = slog.LevelWarn
@@ -426,16 +457,16 @@ func redact(u string) string {
 }
 
 // supervise watches conn and replaces it when it is lost, until ctx ends
-// (Close). An outage has one backoff (see Config.ReconnectMin), whose next
+// (Close). An outage has one backoff (see Config.Reconnect), whose next
 // interval every failed attempt waits before the next dial: a dial that
 // fails, a new connection lost while the topology is declared again on it,
-// and a connection lost less than ReconnectMax after it was handed out,
+// and a connection lost less than Reconnect.Max after it was handed out,
 // which does not end the outage. So a broker that accepts connections and
 // drops them is not redialled in a tight loop. Every wait, dial and
 // re-declaration ends as soon as ctx does.
 func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 	defer c.wg.Done()
-	b := c.newBackoff()
+	b := c.newRetries()
 	for {
 		up := time.Now()
 		var lost *amqp.Error
@@ -469,11 +500,11 @@ func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 		}
 		c.setDown()
 		c.tel.reconnects.Add(ctx, 1)
-		if held := time.Since(up); held >= c.cfg.ReconnectMax {
-			b.Reset()
+		if held := time.Since(up); held >= c.cfg.Reconnect.Max {
+			b.reset()
 			c.log.Warn("rabbitmq: connection lost", "err", lost)
 		} else {
-			wait := b.NextBackOff()
+			wait := b.next()
 			c.log.Warn("rabbitmq: connection lost soon after it was established, reconnecting after a backoff", "err", lost, "up", held, "in", wait)
 			if sleep(ctx, wait) != nil {
 				return
@@ -490,7 +521,7 @@ func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 					return
 				}
 				c.log.Error("rabbitmq: reconnect failed", "err", err)
-				if sleep(ctx, c.cfg.ReconnectMax) != nil {
+				if sleep(ctx, c.cfg.Reconnect.Max) != nil {
 					return
 				}
 				continue
@@ -500,7 +531,7 @@ func (c *Conn) supervise(ctx context.Context, conn *amqp.Connection) {
 				if ctx.Err() != nil {
 					return
 				}
-				wait := b.NextBackOff()
+				wait := b.next()
 				c.log.Warn("rabbitmq: topology re-declaration interrupted, reconnecting after a backoff", "in", wait, "err", err)
 				if sleep(ctx, wait) != nil {
 					return
@@ -783,7 +814,7 @@ func (c *Conn) unlockTopology() { <-c.topo }
 
 // pause waits a little before a retry.
 func (c *Conn) pause(ctx context.Context) error {
-	t := time.NewTimer(c.cfg.ReconnectMin)
+	t := time.NewTimer(c.cfg.Reconnect.Initial)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

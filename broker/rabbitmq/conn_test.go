@@ -19,7 +19,11 @@ func TestDialErrors(t *testing.T) {
 	for _, cfg := range []rabbitmq.Config{
 		{},
 		{URL: "http://localhost/"},
-		{URL: "amqp://localhost/", ReconnectMin: time.Second, ReconnectMax: time.Millisecond},
+		{URL: "amqp://localhost/", Reconnect: broker.Backoff{Initial: time.Second, Max: time.Millisecond}},
+		{URL: "amqp://localhost/", Reconnect: broker.Backoff{Initial: -time.Second}},
+		{URL: "amqp://localhost/", DialTimeout: -time.Second},
+		{URL: "amqp://localhost/", Heartbeat: -time.Second},
+		{URL: "amqp://localhost/", CloseTimeout: -time.Second},
 	} {
 		if _, err := rabbitmq.Dial(ctx, cfg); !errors.Is(err, rabbitmq.ErrInvalidConfig) {
 			t.Errorf("Dial(%+v) = %v, want ErrInvalidConfig", cfg, err)
@@ -403,7 +407,7 @@ func TestSilentFromTheStart(t *testing.T) {
 	ex, q := boundQueue(t, url, dial(t, url), "k")
 	px.trap(true, connectionOpenOK) // the connection freezes once open-ok reached the client
 	conn := dialConfig(t, rabbitmq.Config{URL: px.url, Heartbeat: heartbeat,
-		ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
+		Reconnect: testReconnect})
 	px.untrap() // the next connection goes through
 	if px.tripped.Load() != 1 {
 		t.Fatalf("%d connections froze, want 1", px.tripped.Load())

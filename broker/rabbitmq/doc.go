@@ -15,12 +15,13 @@
 // reports them as errors.
 //
 // Message.ID is the AMQP message-id; Time travels in the timestamp property
-// (whole seconds, for other clients) and, with nanoseconds, in an
-// x-steadfast-time header; the headers type, content-type, correlation-id,
+// (whole seconds, for other clients) and, with nanoseconds, in a
+// steadfast-time header; the headers type, content-type, correlation-id,
 // content-encoding, reply-to and app-id use their AMQP properties; other
-// headers are string headers. Headers with the reserved prefix
-// "x-steadfast-" are escaped on the wire, so every message round-trips
-// unchanged. Broker-added headers appear on deliveries as strings:
+// headers are string headers. Headers in the library's reserved namespace
+// (broker.ReservedHeaderPrefix, "steadfast-") are escaped on the wire, so
+// every message round-trips unchanged, and reserved headers the adapter did
+// not write are not delivered. Broker-added headers appear on deliveries as strings:
 // x-death as JSON (see Deaths), x-delivery-count, x-first-death-*.
 //
 // # Guarantees
@@ -71,11 +72,13 @@
 //
 // # Observability
 //
-// Conn, Publisher and Subscriber log through the *slog.Logger of Config
-// (default: discard). Metrics and spans go to the OpenTelemetry providers of
-// Config (default: no-op; no global provider is consulted). A Publish call
-// propagates the W3C trace context of its ctx in the traceparent header of
-// messages that have none, and handlers receive the sender's span context.
+// Telemetry follows the library's rule. Conn, Publisher and Subscriber log
+// through the *slog.Logger of Config (default slog.Default()). Metrics and
+// spans go to the OpenTelemetry providers of Config (default: the global
+// ones). A Publish call runs in a "publish <topic>" producer span whose
+// trace context travels in the traceparent header of messages that have
+// none; each handler call runs in a "process <topic>" consumer span
+// parented by the message's traceparent.
 //
 // # Costs
 //

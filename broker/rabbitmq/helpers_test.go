@@ -1,6 +1,7 @@
 package rabbitmq_test
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"os"
@@ -18,18 +19,33 @@ import (
 // set, and discards otherwise.
 func testLogger() *slog.Logger {
 	if os.Getenv("STEADFAST_TEST_LOG") == "" {
-		return nil
+		return slog.New(slog.DiscardHandler)
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+// testReconnect is the reconnect schedule of test connections: quick, and
+// the default's shape (growing by half, up to half of each wait random).
+var testReconnect = broker.Backoff{Initial: 50 * time.Millisecond, Max: time.Second, Multiplier: 1.5, Jitter: 0.5}
+
 // dial connects to url and closes the connection at cleanup.
 func dial(t testing.TB, url string) *rabbitmq.Conn {
 	t.Helper()
+	return dialConfig(t, rabbitmq.Config{URL: url})
+}
+
+// dialConfig connects with cfg, whose Name, Logger and Reconnect default to
+// the test's, and closes the connection at cleanup.
+func dialConfig(t testing.TB, cfg rabbitmq.Config) *rabbitmq.Conn {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: url, Name: t.Name(), Logger: testLogger(),
-		ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
+	cfg.Name = cmp.Or(cfg.Name, t.Name())
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger()
+	}
+	cfg.Reconnect = cmp.Or(cfg.Reconnect, testReconnect)
+	c, err := rabbitmq.Dial(ctx, cfg)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}

@@ -10,17 +10,18 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
-// Header names this package reserves. Headers starting with ReservedPrefix
-// carry what AMQP properties cannot (nanosecond time) and are removed on
-// receipt; a user header that happens to start with the prefix is escaped on
-// the wire and arrives unchanged.
+// The adapter's wire headers, in the library's reserved namespace
+// (broker.ReservedHeaderPrefix). They carry what AMQP properties cannot
+// (nanosecond time) and are removed on receipt; a message header that
+// happens to start with the prefix is escaped on the wire and arrives
+// unchanged, and a reserved header the adapter did not write is not
+// delivered.
 const (
-	ReservedPrefix = "x-steadfast-"
-	headerTime     = ReservedPrefix + "time" // int64 Unix nanoseconds
-	headerSeq      = ReservedPrefix + "seq"  // tells apart returned duplicates
-	headerEscape   = ReservedPrefix + "esc-"
+	headerTime = broker.ReservedHeaderPrefix + "time" // int64 Unix nanoseconds
+	headerSeq  = broker.ReservedHeaderPrefix + "seq"  // tells apart returned duplicates
 )
 
 // HeaderDeath is the Delivery header holding the broker's x-death history
@@ -67,10 +68,7 @@ func toPublishing(m broker.Message, deliveryMode uint8) amqp.Publishing {
 				continue
 			}
 		}
-		if strings.HasPrefix(k, ReservedPrefix) {
-			k = headerEscape + k
-		}
-		h[k] = v
+		h[brokerimpl.WireHeader(k)] = v
 	}
 	if !m.Time.IsZero() {
 		h[headerTime] = m.Time.UnixNano()
@@ -124,10 +122,11 @@ func fromDelivery(d *amqp.Delivery, queue string) delivered {
 		case k == headerTime:
 			nanos, haveNanos = toInt64(v)
 			continue
-		case strings.HasPrefix(k, headerEscape):
-			k = strings.TrimPrefix(k, headerEscape)
-		case strings.HasPrefix(k, ReservedPrefix):
-			continue
+		case strings.HasPrefix(k, broker.ReservedHeaderPrefix):
+			var ok bool
+			if k, ok = brokerimpl.MessageHeader(k); !ok {
+				continue
+			}
 		case k == HeaderDeath:
 			if deaths, ok := v.([]any); ok {
 				for _, e := range deaths {

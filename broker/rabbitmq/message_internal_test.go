@@ -19,8 +19,9 @@ func TestMessageMappingRoundTrip(t *testing.T) {
 			broker.HeaderContentType:   "application/json",
 			broker.HeaderCorrelationID: "c-1",
 			"reply-to":                 "replies",
-			"x-steadfast-time":         "user value under the reserved prefix",
-			"x-steadfast-esc-nested":   "twice",
+			"steadfast-time":           "user value under the reserved prefix",
+			"steadfast-u-nested":       "twice",
+			"x-steadfast-time":         "the old namespace is a plain header now",
 			broker.HeaderCausationID:   "",
 			"content-encoding":         "", // empty: stays a header
 			"plain":                    "v",
@@ -34,7 +35,7 @@ func TestMessageMappingRoundTrip(t *testing.T) {
 	if _, ok := p.Headers[broker.HeaderType]; ok {
 		t.Errorf("type travels in both the property and a header")
 	}
-	if v := p.Headers["x-steadfast-esc-x-steadfast-time"]; v != "user value under the reserved prefix" {
+	if v := p.Headers["steadfast-u-steadfast-time"]; v != "user value under the reserved prefix" {
 		t.Errorf("reserved-prefix user header not escaped: %v", p.Headers)
 	}
 	if p.Headers[headerTime] != when.UnixNano() {

@@ -1,6 +1,7 @@
 package rabbitmq
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,21 +12,25 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	"go.opentelemetry.io/otel/codes"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // PublisherConfig tunes a Publisher. The zero value is ready to use.
+// Zero fields take their documented defaults; a negative value turns a
+// setting off where its field says so, and is rejected elsewhere.
 type PublisherConfig struct {
 	// Channels is the number of AMQP channels publishes are spread over, so
 	// concurrent Publish calls do not queue behind one channel. Each
 	// Publish call uses one channel for all its messages, which keeps their
-	// order. Default 4.
+	// order. Default DefaultChannels (4).
 	Channels int
 	// Window is the largest number of messages a channel has sent but the
 	// broker has not yet confirmed. Publish streams a batch up to this
-	// window instead of waiting for each confirm. Default 1000.
+	// window instead of waiting for each confirm. Default DefaultWindow
+	// (1000).
 	Window int
 	// MaxMessageBytes is the largest broker.Message.Size accepted. Default
 	// broker.DefaultMaxMessageBytes.
@@ -43,7 +48,7 @@ type PublisherConfig struct {
 	// MaxChannelErrors bounds how often one message is sent again after
 	// the broker closed its channel with an error (a refused property, a
 	// deleted exchange) while the connection stayed up. Connection losses
-	// are retried until ctx ends. Default 3.
+	// are retried until ctx ends. Default DefaultMaxChannelErrors (3).
 	MaxChannelErrors int
 	// Logger overrides the connection's logger.
 	Logger *slog.Logger
@@ -56,24 +61,14 @@ func (c PublisherConfig) withDefaults(conn *Conn) (PublisherConfig, error) {
 	case c.Channels > 1024:
 		return c, fmt.Errorf("%w: PublisherConfig.Channels %d > 1024", ErrInvalidConfig, c.Channels)
 	}
-	if c.Channels == 0 {
-		c.Channels = 4
-	}
-	if c.Window == 0 {
-		c.Window = 1000
-	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = broker.DefaultMaxMessageBytes
-	}
-	if c.ExchangeKind == "" {
-		c.ExchangeKind = ExchangeTopic
-	}
+	c.Channels = cmp.Or(c.Channels, DefaultChannels)
+	c.Window = cmp.Or(c.Window, DefaultWindow)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, broker.DefaultMaxMessageBytes)
+	c.ExchangeKind = cmp.Or(c.ExchangeKind, ExchangeTopic)
 	if err := (Exchange{Name: "x", Kind: c.ExchangeKind}).validate(); err != nil {
 		return c, fmt.Errorf("%w: PublisherConfig.ExchangeKind %q", ErrInvalidConfig, c.ExchangeKind)
 	}
-	if c.MaxChannelErrors == 0 {
-		c.MaxChannelErrors = 3
-	}
+	c.MaxChannelErrors = cmp.Or(c.MaxChannelErrors, DefaultMaxChannelErrors)
 	if c.Logger == nil {
 		c.Logger = conn.log
 	}
@@ -99,7 +94,7 @@ func (c PublisherConfig) withDefaults(conn *Conn) (PublisherConfig, error) {
 // consumers deduplicate on Message.ID.
 //
 // Message mapping: ID is the AMQP message-id, Time the timestamp property
-// (seconds) plus an x-steadfast-time header with nanoseconds, the headers
+// (seconds) plus a steadfast-time header with nanoseconds, the headers
 // type, content-type, correlation-id, content-encoding, reply-to and app-id
 // travel in their AMQP properties when non-empty, other headers as string
 // headers. A Subscriber restores the message exactly.
@@ -120,7 +115,10 @@ type Publisher struct {
 	inflight sync.WaitGroup
 }
 
-var _ broker.Publisher = (*Publisher)(nil)
+var (
+	_ broker.Publisher   = (*Publisher)(nil)
+	_ broker.SizeLimiter = (*Publisher)(nil)
+)
 
 // NewPublisher returns a publisher on conn. Channels are opened on first
 // use.
@@ -143,6 +141,10 @@ func NewPublisher(conn *Conn, cfg PublisherConfig) (*Publisher, error) {
 	}
 	return p, nil
 }
+
+// MaxMessageBytes returns the largest Message.Size Publish accepts
+// (PublisherConfig.MaxMessageBytes). It implements broker.SizeLimiter.
+func (p *Publisher) MaxMessageBytes() int { return p.cfg.MaxMessageBytes }
 
 // Close stops the publisher: later Publish calls fail with
 // broker.ErrClosed, calls waiting for a reconnect give up with
@@ -214,7 +216,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("rabbitmq: publish: %w", err)
 	}
-	msgs, err = broker.Normalize(msgs, p.cfg.MaxMessageBytes)
+	msgs, err = brokerimpl.Normalize(msgs, p.cfg.MaxMessageBytes)
 	if err != nil {
 		return err
 	}
@@ -228,7 +230,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 
 	start := time.Now()
 	tel := p.conn.tel
-	ctx, span := tel.startPublish(ctx, msgs)
+	ctx, span := tel.spans.Publish(ctx, msgs)
 	defer func() {
 		failed := 0
 		var pe *broker.PublishError
@@ -240,11 +242,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 			tel.sent.Add(ctx, int64(failed), tel.sysFailed)
 		}
 		tel.sendDur.Record(ctx, time.Since(start).Seconds(), tel.sys)
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
-		}
-		span.End()
+		telemetry.End(span, err)
 	}()
 
 	// wctx also ends when the publisher closes: waits for a reconnect or

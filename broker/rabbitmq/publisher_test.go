@@ -97,7 +97,7 @@ func TestPublishUnroutable(t *testing.T) {
 			t.Fatalf("get: %v %v", ok, err)
 		}
 		for k := range d.Headers {
-			if k != "x-steadfast-time" && strings.HasPrefix(k, rabbitmq.ReservedPrefix) {
+			if k != "steadfast-time" && strings.HasPrefix(k, broker.ReservedHeaderPrefix) {
 				if d.MessageId != "same-id" {
 					t.Errorf("message %s carries %s", d.MessageId, k)
 				}

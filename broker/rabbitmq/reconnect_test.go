@@ -89,26 +89,6 @@ type dropHarness struct {
 	mark  func() // counts a drop; call it just before the connection drops
 }
 
-// dialConfig is dial with more of the Config set by the caller.
-func dialConfig(t testing.TB, cfg rabbitmq.Config) *rabbitmq.Conn {
-	t.Helper()
-	if cfg.Name == "" {
-		cfg.Name = t.Name()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger()
-	}
-	cfg.ReconnectMin, cfg.ReconnectMax = 50*time.Millisecond, time.Second
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := rabbitmq.Dial(ctx, cfg)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // holdInFlight makes sure a Publish call is in flight with a message the
 // broker holds and the client does not know it holds: it holds back what
 // the broker sends, starts a probe call and waits until the queue grows.
@@ -508,7 +488,7 @@ func TestRedeclareAfterReconnect(t *testing.T) {
 // (redeclare) or right after the handshake, on a Conn with no topology to
 // declare again, so that the connection is handed out and lost at once
 // (handshake). Either way each failed attempt waits the next interval of
-// the reconnect backoff (ReconnectMin 50ms, ReconnectMax 1s here), so only
+// the reconnect backoff (testReconnect: 50ms, growing by half, at most 1s), so only
 // a handful of dials happen within seconds. Once the broker behaves again,
 // the Conn recovers and publishing works.
 func TestReconnectBackoff(t *testing.T) {

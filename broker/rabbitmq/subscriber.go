@@ -1,6 +1,7 @@
 package rabbitmq
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,12 +12,15 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	"go.opentelemetry.io/otel/codes"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // SubscriberConfig tunes a Subscriber. The zero value is ready to use.
+// Zero fields take their documented defaults; a negative value turns a
+// setting off where its field says so, and is rejected elsewhere.
 type SubscriberConfig struct {
 	// Groups maps topics and groups to exchanges and queues.
 	Groups Groups
@@ -32,22 +36,24 @@ type SubscriberConfig struct {
 	// means no limit without Groups.Retry, and 1 with it (every failure
 	// goes down the retry chain at once).
 	MaxAttempts int
-	// RetryBackoff returns the wait before attempt+1 after attempt failed
-	// in process. Default: 5ms doubling per attempt, capped at 1s.
-	RetryBackoff func(attempt int) time.Duration
+	// RetryBackoff is the wait before the next in-process attempt, by the
+	// number of the attempt that failed. Zero means DefaultRetryBackoff();
+	// otherwise zero fields take broker.Backoff's defaults.
+	RetryBackoff broker.Backoff
 	// DrainTimeout bounds how long a stopping member waits for running
 	// handlers before cancelling their context. Their results are still
-	// recorded when they return. Default 30s.
+	// recorded when they return. Default DefaultDrainTimeout (30s).
 	DrainTimeout time.Duration
 	// Logger overrides the connection's logger.
 	Logger *slog.Logger
 }
 
-// DefaultRetryBackoff is the RetryBackoff used when none is configured:
-// 5ms after the first failure, doubling, at most 1s.
-func DefaultRetryBackoff(attempt int) time.Duration { return retryBackoff(attempt) }
-
-var retryBackoff = broker.DoublingBackoff(5*time.Millisecond, time.Second)
+// DefaultRetryBackoff returns the schedule SubscriberConfig.RetryBackoff
+// uses when zero: 5ms after the first failure, doubling, at most 1s,
+// without jitter.
+func DefaultRetryBackoff() broker.Backoff {
+	return broker.Backoff{Initial: 5 * time.Millisecond, Max: time.Second, Jitter: -1}
+}
 
 func (c SubscriberConfig) withDefaults(conn *Conn) (SubscriberConfig, error) {
 	if c.Prefetch < 0 || c.Prefetch > 65535 || c.MaxAttempts < 0 || c.DrainTimeout < 0 {
@@ -59,12 +65,11 @@ func (c SubscriberConfig) withDefaults(conn *Conn) (SubscriberConfig, error) {
 	if c.MaxAttempts == 0 && c.Groups.Retry != nil {
 		c.MaxAttempts = 1
 	}
-	if c.RetryBackoff == nil {
-		c.RetryBackoff = DefaultRetryBackoff
+	if err := c.RetryBackoff.Validate(); err != nil {
+		return c, fmt.Errorf("%w: SubscriberConfig.RetryBackoff: %w", ErrInvalidConfig, err)
 	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 30 * time.Second
-	}
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, DefaultRetryBackoff())
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, DefaultDrainTimeout)
 	if c.Logger == nil {
 		c.Logger = conn.log
 	}
@@ -103,7 +108,7 @@ type Subscriber struct {
 	conn *Conn
 	cfg  SubscriberConfig
 	log  *slog.Logger
-	tel  *telemetry
+	tel  *instruments
 	life context.Context
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -166,10 +171,10 @@ func (s *Subscriber) Topology(topic string, groups ...string) (Topology, error) 
 // declaration error. A ctx that ends while the broker does not answer a
 // declaration or the start of consuming ends the call as well.
 func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
-	if err := broker.CheckSubscribe(sub, h); err != nil {
+	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
 		return err
 	}
-	sub = sub.WithDefaults()
+	sub = brokerimpl.WithDefaults(sub)
 	s.mu.Lock()
 	if s.done {
 		s.mu.Unlock()
@@ -191,9 +196,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h b
 		return fmt.Errorf("rabbitmq: subscribe %q/%q: %w", sub.Topic, sub.Group, err)
 	}
 	prefetch := s.cfg.Prefetch
-	if prefetch == 0 {
-		prefetch = min(max(4*sub.Concurrency, 64), 65535)
-	}
+	prefetch = cmp.Or(prefetch, min(max(4*sub.Concurrency, 64), 65535))
 	var tag [6]byte
 	_, _ = rand.Read(tag[:])
 	m := &member{
@@ -409,9 +412,7 @@ func (s *session) dispatch(ctx context.Context, deliveries <-chan amqp.Delivery,
 func (s *session) add(d *amqp.Delivery) {
 	j := &job{tag: d.DeliveryTag, redl: d.Redelivered, info: fromDelivery(d, s.m.queue)}
 	key := j.info.msg.Key
-	if key == "" {
-		key = "\x00" + strconv.FormatUint(d.DeliveryTag, 10)
-	}
+	key = cmp.Or(key, "\x00"+strconv.FormatUint(d.DeliveryTag, 10))
 	s.mu.Lock()
 	l := s.lanes[key]
 	start := l == nil
@@ -501,7 +502,7 @@ func (s *session) process(j *job) bool {
 		}
 		tel.consumed.Add(context.Background(), 1, tel.retry)
 		s.m.s.log.Debug("rabbitmq: handler failed, retrying", "queue", s.m.queue, "id", j.info.msg.ID, "attempt", attempt, "err", err)
-		t := time.NewTimer(cfg.RetryBackoff(attempt))
+		t := time.NewTimer(cfg.RetryBackoff.Delay(attempt))
 		select {
 		case <-t.C:
 		case <-s.stopCh:
@@ -525,18 +526,14 @@ func (s *session) call(j *job, attempt int) (err error) {
 		DeliveryTag: j.tag,
 	}
 	tel := s.m.s.tel
-	sctx, span := tel.startProcess(s.hctx, d)
+	sctx, span := tel.spans.Process(s.hctx, d)
 	start := time.Now()
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("rabbitmq: handler panicked: %v", r)
 		}
 		tel.processDur.Record(context.Background(), time.Since(start).Seconds(), tel.sys)
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
-		}
-		span.End()
+		telemetry.End(span, err)
 	}()
 	return s.m.h(sctx, d)
 }

@@ -276,7 +276,7 @@ func publish(t *testing.T, p broker.Publisher, msgs ...broker.Message) {
 
 // streamPolicy retries fast, with deterministic waits so due times can be
 // checked.
-var streamPolicy = dlq.Policy{MaxAttempts: 3, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, NoJitter: true}
+var streamPolicy = dlq.Policy{MaxAttempts: 3, Backoff: broker.Backoff{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond, Jitter: -1}}
 
 // checkEnvelope asserts that dl carries orig unchanged plus a correct
 // envelope.
@@ -376,7 +376,7 @@ func (s *suite) poisonStream(t *testing.T, retries dlq.Retries) {
 		starts, fails := rec.starts[m.ID], rec.fails[m.ID]
 		rec.mu.Unlock()
 		for n := 1; n < len(starts) && n <= len(fails); n++ {
-			if gap, due := starts[n].Sub(fails[n-1]), streamPolicy.Backoff(n); gap < due-s.f.DelayPrecision {
+			if gap, due := starts[n].Sub(fails[n-1]), streamPolicy.Delay(n); gap < due-s.f.DelayPrecision {
 				t.Errorf("poison message %s: attempt %d started %v after attempt %d failed, before its backoff %v", m.ID, n+1, gap, n, due)
 			}
 		}
@@ -410,7 +410,7 @@ func (s *suite) permanent(t *testing.T, retries dlq.Retries) {
 	b := s.factory(t)
 	topic, group := Name("dlqt"), "g"
 	mp := NewMeterProvider()
-	policy := dlq.Policy{MaxAttempts: 5, InitialBackoff: 20 * time.Millisecond, NoJitter: true}
+	policy := dlq.Policy{MaxAttempts: 5, Backoff: broker.Backoff{Initial: 20 * time.Millisecond, Jitter: -1}}
 	c := b.Consumer(t, dlq.Config{Policy: policy, Retries: retries, MeterProvider: mp}, topic, group)
 	in := b.Inspector(t, topic, group, nil)
 	msgs, _ := stream(topic, 5, 0)
@@ -504,7 +504,7 @@ func (s *suite) publishFails(t *testing.T) {
 	topic, group := Name("dlqt"), "g"
 	r := s.setUpRefusal(t, topic, group,
 		&FailingPublisher{Topic: dlq.DeadLetterTopic(dlq.Envelope{Topic: topic, Group: group})},
-		dlq.Config{Policy: dlq.Policy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond}, Retries: s.f.Retries[0]})
+		dlq.Config{Policy: dlq.Policy{MaxAttempts: 2, Backoff: broker.Backoff{Initial: 5 * time.Millisecond}}, Retries: s.f.Retries[0]})
 	poison := r.msgs[0]
 	rec := newRecorder()
 	stop := s.run(t, r.c, broker.Subscription{Topic: topic, Group: group}, func(_ context.Context, d broker.Delivery) error {
@@ -540,7 +540,7 @@ func (s *suite) retryPublishFails(t *testing.T) {
 	r := s.setUpRefusal(t, topic, group,
 		// Every retry level: a redelivered message goes to the next level.
 		&FailingPublisher{Topic: strings.TrimSuffix(dlq.RetryTopic(topic, group, 1), "1"), Prefix: true},
-		dlq.Config{Policy: dlq.Policy{MaxAttempts: 10, InitialBackoff: 5 * time.Millisecond}, Retries: dlq.RetryTopics})
+		dlq.Config{Policy: dlq.Policy{MaxAttempts: 10, Backoff: broker.Backoff{Initial: 5 * time.Millisecond}}, Retries: dlq.RetryTopics})
 	flaky := r.msgs[0]
 	rec := newRecorder()
 	stop := s.run(t, r.c, broker.Subscription{Topic: topic, Group: group}, func(_ context.Context, d broker.Delivery) error {
@@ -574,7 +574,7 @@ func (s *suite) retryPublishFails(t *testing.T) {
 func (s *suite) replayAndPurge(t *testing.T) {
 	b := s.factory(t)
 	topic, group := Name("dlqt"), "g"
-	c := b.Consumer(t, dlq.Config{Policy: dlq.Policy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond}, Retries: s.f.Retries[0]}, topic, group)
+	c := b.Consumer(t, dlq.Config{Policy: dlq.Policy{MaxAttempts: 2, Backoff: broker.Backoff{Initial: 5 * time.Millisecond}}, Retries: s.f.Retries[0]}, topic, group)
 	in := b.Inspector(t, topic, group, nil)
 	msgs, bad := stream(topic, 60, 6)
 	var fixed atomic.Bool
@@ -778,7 +778,7 @@ func (s *suite) shutdownDuringRetry(t *testing.T) {
 	// An adapter that sees the failure before it notices the shutdown may
 	// retry the message once more while stopping (each such try is a real
 	// attempt); MaxAttempts leaves room for that.
-	c := b.Consumer(t, dlq.Config{Retries: dlq.RetryInProcess, Policy: dlq.Policy{MaxAttempts: 10, InitialBackoff: time.Hour}}, topic, group)
+	c := b.Consumer(t, dlq.Config{Retries: dlq.RetryInProcess, Policy: dlq.Policy{MaxAttempts: 10, Backoff: broker.Backoff{Initial: time.Hour}}}, topic, group)
 	in := b.Inspector(t, topic, group, nil)
 	m := broker.NewMessage(topic, []byte("x"))
 	publish(t, b.Publisher, m)

@@ -58,7 +58,7 @@ type Consumer struct {
 // after it becomes due.
 func RetrySubscriberConfig(cfg kafka.SubscriberConfig) kafka.SubscriberConfig {
 	cfg.Ordering = kafka.OrderPerPartition
-	cfg.RetryBackoff = broker.DoublingBackoff(50*time.Millisecond, time.Second)
+	cfg.RetryBackoff = broker.Backoff{Initial: 50 * time.Millisecond, Max: time.Second, Jitter: -1}
 	return cfg
 }
 
@@ -75,8 +75,9 @@ func NewConsumer(cfg Config) (*Consumer, error) {
 		return nil, err
 	}
 	mainCfg := cfg.Subscriber
-	if cfg.DLQ.Retries == dlq.RetryRedeliver && mainCfg.RetryBackoff == nil {
-		mainCfg.RetryBackoff = cfg.DLQ.Policy.Backoff
+	if cfg.DLQ.Retries == dlq.RetryRedeliver && mainCfg.RetryBackoff == (broker.Backoff{}) {
+		// Filled in: a zero Backoff would mean the subscriber's own default.
+		mainCfg.RetryBackoff = cfg.DLQ.Policy.Backoff.WithDefaults()
 	}
 	c := &Consumer{}
 	var err error

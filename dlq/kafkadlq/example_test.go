@@ -23,7 +23,7 @@ func ExampleNewConsumer() {
 		Subscriber: kafka.SubscriberConfig{Config: kafka.Config{Brokers: []string{"localhost:9092"}}},
 		DLQ: dlq.Config{
 			Retries: dlq.RetryTopics, // non-blocking: a failed order leaves its key's order
-			Policy:  dlq.Policy{MaxAttempts: 3, InitialBackoff: time.Second},
+			Policy:  dlq.Policy{MaxAttempts: 3, Backoff: broker.Backoff{Initial: time.Second}},
 			Name:    "billing.charge",
 		},
 	})

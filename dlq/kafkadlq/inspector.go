@@ -17,7 +17,9 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/kafka"
 	"github.com/steadfast-go/steadfast/dlq"
-	"github.com/steadfast-go/steadfast/dlq/internal/telemetry"
+	"github.com/steadfast-go/steadfast/dlq/internal/inspect"
+	"github.com/steadfast-go/steadfast/dlq/internal/metrics"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // Marker record headers. A Kafka log cannot lose one record in the middle,
@@ -74,7 +76,7 @@ type Inspector struct {
 	adm  *kadm.Client
 	pub  broker.Publisher
 	own  *kafka.Publisher
-	tel  *telemetry.Instruments
+	tel  *metrics.Instruments
 	log  *slog.Logger
 	opts []kgo.Opt
 }
@@ -101,12 +103,9 @@ func NewInspector(cfg InspectorConfig) (*Inspector, error) {
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 15 * time.Second
 	}
-	in := &Inspector{cfg: cfg, pub: cfg.Publisher, log: cfg.Logger}
-	if in.log == nil {
-		in.log = slog.New(slog.DiscardHandler)
-	}
+	in := &Inspector{cfg: cfg, pub: cfg.Publisher, log: telemetry.Logger(cfg.Logger)}
 	var err error
-	if in.tel, err = telemetry.New(cfg.MeterProvider); err != nil {
+	if in.tel, err = metrics.New(cfg.MeterProvider); err != nil {
 		return nil, fmt.Errorf("kafkadlq: metrics: %w", err)
 	}
 	if in.opts, err = cfg.Config.ClientOpts(); err != nil {
@@ -341,12 +340,12 @@ func (in *Inspector) Replay(ctx context.Context, f dlq.Filter, opts dlq.ReplayOp
 		return 0, err
 	}
 	sel := f.Select(s.pending())
-	msgs, from, errs := dlq.ReplayMessages(sel, opts, time.Now())
+	msgs, from, errs := inspect.ReplayMessages(sel, opts, time.Now())
 	var done []dlq.DeadLetter
-	for i := 0; i < len(msgs); i += dlq.ReplayChunk {
-		j := min(i+dlq.ReplayChunk, len(msgs))
+	for i := 0; i < len(msgs); i += inspect.Chunk {
+		j := min(i+inspect.Chunk, len(msgs))
 		err := in.pub.Publish(ctx, msgs[i:j]...)
-		done = append(done, dlq.Published(from[i:j], err)...)
+		done = append(done, inspect.Published(from[i:j], err)...)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("kafkadlq: replay: %w", err))
 		}

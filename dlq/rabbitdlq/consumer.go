@@ -11,6 +11,7 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/dlq"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
 // Config configures a Consumer.
@@ -60,18 +61,18 @@ type Consumer struct {
 }
 
 // RetryChain returns the retry chain that waits p's backoffs: one retry
-// queue per retry, with delays p.Backoff(1) ... p.Backoff(MaxAttempts-1)
+// queue per retry, with delays p.Delay(1) ... p.Delay(MaxAttempts-1)
 // without jitter (a queue's TTL is one value) and at least 1ms. It returns
 // nil when p allows a single attempt.
 func RetryChain(p dlq.Policy) *rabbitmq.RetryChain {
 	p = p.WithDefaults()
-	p.Jitter, p.NoJitter = 0, true
+	p.Jitter = -1
 	if p.MaxAttempts < 2 {
 		return nil
 	}
 	delays := make([]time.Duration, p.MaxAttempts-1)
 	for i := range delays {
-		delays[i] = max(p.Backoff(i+1), time.Millisecond)
+		delays[i] = max(p.Delay(i+1), time.Millisecond)
 	}
 	return &rabbitmq.RetryChain{Delays: delays}
 }
@@ -104,8 +105,9 @@ func NewConsumer(cfg Config) (*Consumer, error) {
 	case sc.MaxAttempts != 0:
 		return nil, fmt.Errorf("%w: Subscriber.MaxAttempts %d without a retry chain lets the broker drop messages the middleware has not dead-lettered; leave it zero",
 			dlq.ErrInvalidConfig, sc.MaxAttempts)
-	case cfg.DLQ.Retries == dlq.RetryRedeliver && sc.RetryBackoff == nil:
-		sc.RetryBackoff = cfg.DLQ.Policy.Backoff
+	case cfg.DLQ.Retries == dlq.RetryRedeliver && sc.RetryBackoff == (broker.Backoff{}):
+		// Filled in: a zero Backoff would mean the subscriber's own default.
+		sc.RetryBackoff = cfg.DLQ.Policy.Backoff.WithDefaults()
 	}
 	if cfg.DLQ.Logger == nil {
 		cfg.DLQ.Logger = sc.Logger
@@ -178,7 +180,7 @@ func (c *Consumer) Setup(ctx context.Context, topic string, groups ...string) er
 // Subscribe declares sub's topology (Setup) and consumes it with h wrapped
 // in the retry and dead-letter middleware (see dlq.Consumer.Subscribe).
 func (c *Consumer) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
-	if err := broker.CheckSubscribe(sub, h); err != nil {
+	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
 		return err
 	}
 	if err := c.Setup(ctx, sub.Topic, sub.Group); err != nil {

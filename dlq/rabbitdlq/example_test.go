@@ -23,7 +23,7 @@ func ExampleNewConsumer() {
 		log.Fatal(err)
 	}
 	defer conn.Close()
-	policy := dlq.Policy{MaxAttempts: 4, InitialBackoff: time.Second}
+	policy := dlq.Policy{MaxAttempts: 4, Backoff: broker.Backoff{Initial: time.Second}}
 	c, err := rabbitdlq.NewConsumer(rabbitdlq.Config{
 		Conn:       conn,
 		Subscriber: rabbitmq.SubscriberConfig{Groups: rabbitmq.Groups{Retry: rabbitdlq.RetryChain(policy)}},

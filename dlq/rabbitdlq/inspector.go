@@ -17,7 +17,9 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/dlq"
-	"github.com/steadfast-go/steadfast/dlq/internal/telemetry"
+	"github.com/steadfast-go/steadfast/dlq/internal/inspect"
+	"github.com/steadfast-go/steadfast/dlq/internal/metrics"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // InspectorConfig configures an Inspector.
@@ -34,10 +36,10 @@ type InspectorConfig struct {
 	Publisher broker.Publisher
 	// DialTimeout bounds connecting to the broker. Default 10s.
 	DialTimeout time.Duration
-	// Logger receives a line per replay and purge. Default: discarded.
+	// Logger receives a line per replay and purge. Default slog.Default().
 	Logger *slog.Logger
 	// MeterProvider receives steadfast.dlq.replayed and steadfast.dlq.purged.
-	// Default otel.GetMeterProvider().
+	// Default: the OpenTelemetry global provider.
 	MeterProvider metric.MeterProvider
 }
 
@@ -67,7 +69,7 @@ type InspectorConfig struct {
 // the first time of each event, to the second). They replay to that topic.
 type Inspector struct {
 	cfg InspectorConfig
-	tel *telemetry.Instruments
+	tel *metrics.Instruments
 	log *slog.Logger
 
 	mu   sync.Mutex
@@ -93,12 +95,9 @@ func NewInspector(cfg InspectorConfig) (*Inspector, error) {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 10 * time.Second
 	}
-	in := &Inspector{cfg: cfg, log: cfg.Logger}
-	if in.log == nil {
-		in.log = slog.New(slog.DiscardHandler)
-	}
+	in := &Inspector{cfg: cfg, log: telemetry.Logger(cfg.Logger)}
 	var err error
-	if in.tel, err = telemetry.New(cfg.MeterProvider); err != nil {
+	if in.tel, err = metrics.New(cfg.MeterProvider); err != nil {
 		return nil, fmt.Errorf("rabbitdlq: metrics: %w", err)
 	}
 	return in, nil
@@ -237,7 +236,7 @@ func (in *Inspector) List(ctx context.Context, f dlq.Filter) ([]dlq.DeadLetter, 
 		return nil, err
 	}
 	defer s.close()
-	dlq.SortByFailure(s.dls)
+	inspect.SortByFailure(s.dls)
 	return f.Select(s.dls), nil
 }
 
@@ -258,14 +257,14 @@ func (in *Inspector) Replay(ctx context.Context, f dlq.Filter, opts dlq.ReplayOp
 		return 0, err
 	}
 	defer s.close()
-	dlq.SortByFailure(s.dls)
+	inspect.SortByFailure(s.dls)
 	sel := f.Select(s.dls)
-	msgs, from, errs := dlq.ReplayMessages(sel, opts, time.Now())
+	msgs, from, errs := inspect.ReplayMessages(sel, opts, time.Now())
 	done := 0
-	for i := 0; i < len(msgs) && ctx.Err() == nil; i += dlq.ReplayChunk {
-		j := min(i+dlq.ReplayChunk, len(msgs))
+	for i := 0; i < len(msgs) && ctx.Err() == nil; i += inspect.Chunk {
+		j := min(i+inspect.Chunk, len(msgs))
 		err := pub.Publish(ctx, msgs[i:j]...)
-		ok := dlq.Published(from[i:j], err)
+		ok := inspect.Published(from[i:j], err)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("rabbitdlq: replay from %q: %w", in.cfg.Queue, err))
 		}
@@ -291,7 +290,7 @@ func (in *Inspector) Purge(ctx context.Context, f dlq.Filter) (int, error) {
 		return 0, err
 	}
 	defer s.close()
-	dlq.SortByFailure(s.dls)
+	inspect.SortByFailure(s.dls)
 	sel := f.Select(s.dls)
 	if err := s.ack(sel); err != nil {
 		return 0, fmt.Errorf("rabbitdlq: purge %q: %w", in.cfg.Queue, err)

@@ -152,7 +152,7 @@ func TestChainParksWhenDeadLetterPublishFails(t *testing.T) {
 	topic, group := testenv.Name(t, "orders"), "billing"
 	pub := &refusing{Publisher: e.pub}
 	pub.on.Store(true)
-	policy := dlq.Policy{MaxAttempts: 2, InitialBackoff: 10 * time.Millisecond}
+	policy := dlq.Policy{MaxAttempts: 2, Backoff: broker.Backoff{Initial: 10 * time.Millisecond}}
 	c := e.consumer(t, dlq.Config{Publisher: pub, Retries: dlq.RetryRedeliver, Policy: policy}, nil, topic, group)
 	m := broker.NewMessage(topic, []byte("poison"))
 	m.Key = "customer-1"
@@ -326,7 +326,7 @@ func TestConfigErrors(t *testing.T) {
 		"chain in process":   {Conn: e.conn, Subscriber: rabbitmq.SubscriberConfig{Groups: rabbitmq.Groups{Retry: chain}}},
 		"policy beyond":      {Conn: e.conn, Subscriber: rabbitmq.SubscriberConfig{Groups: rabbitmq.Groups{Retry: chain}}, DLQ: dlq.Config{Retries: dlq.RetryRedeliver, Policy: dlq.Policy{MaxAttempts: 3}}},
 		"adapter drops":      {Conn: e.conn, Subscriber: rabbitmq.SubscriberConfig{MaxAttempts: 2}},
-		"bad policy":         {Conn: e.conn, DLQ: dlq.Config{Policy: dlq.Policy{Jitter: 2}}},
+		"bad policy":         {Conn: e.conn, DLQ: dlq.Config{Policy: dlq.Policy{Backoff: broker.Backoff{Jitter: 2}}}},
 		"unknown retry mode": {Conn: e.conn, DLQ: dlq.Config{Retries: dlq.Retries(7)}},
 	}
 	for name, cfg := range bad {
@@ -339,7 +339,7 @@ func TestConfigErrors(t *testing.T) {
 			t.Errorf("NewInspector(%+v) = %v, want ErrInvalidConfig", cfg, err)
 		}
 	}
-	if got := rabbitdlq.RetryChain(dlq.Policy{MaxAttempts: 4, InitialBackoff: time.Second}); got == nil || !slices.Equal(got.Delays, []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}) {
+	if got := rabbitdlq.RetryChain(dlq.Policy{MaxAttempts: 4, Backoff: broker.Backoff{Initial: time.Second}}); got == nil || !slices.Equal(got.Delays, []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}) {
 		t.Errorf("RetryChain = %+v", got)
 	}
 	if rabbitdlq.RetryChain(dlq.Policy{MaxAttempts: 1}) != nil {

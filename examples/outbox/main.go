@@ -80,7 +80,9 @@ func run(ctx context.Context, out io.Writer, url string) error {
 
 	run := broker.NewID()[24:] // keeps reruns apart
 	topic := "orders." + run
-	b := memory.New(memory.Config{})
+	// The broker's size limit (4 KiB here, to show a parked row) is the one
+	// setting: the relay asks its publisher for it.
+	b := memory.New(memory.Config{MaxMessageBytes: 4 << 10})
 	defer b.Close()
 
 	// The consumer: prints each event, checks per-order order.
@@ -103,10 +105,9 @@ func run(ctx context.Context, out io.Writer, url string) error {
 			})
 	}()
 
-	// The relay. MaxMessageBytes stands for the broker's size limit.
+	// The relay.
 	relay, err := outbox.NewRelay(store, b, outbox.Config{
-		MaxMessageBytes: 4 << 10,
-		Logger:          slog.New(slog.DiscardHandler),
+		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		return err

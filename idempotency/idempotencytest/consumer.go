@@ -100,7 +100,7 @@ func (s *suite) consume(t *testing.T, b *memory.Broker, topic, group string, con
 }
 
 func newBroker(t *testing.T) *memory.Broker {
-	b := memory.New(memory.Config{RedeliveryBackoff: func(int) time.Duration { return 2 * time.Millisecond }})
+	b := memory.New(memory.Config{RedeliveryBackoff: broker.ConstantBackoff(2 * time.Millisecond)})
 	t.Cleanup(func() { b.Close() })
 	return b
 }

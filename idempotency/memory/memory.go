@@ -9,7 +9,9 @@
 package memory
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -17,15 +19,26 @@ import (
 	"github.com/steadfast-go/steadfast/idempotency"
 )
 
-// Config tunes a Store. The zero value is ready to use.
+// ErrInvalidConfig is wrapped by New's errors.
+var ErrInvalidConfig = errors.New("idempotency/memory: invalid config")
+
+// Defaults for Config fields left zero.
+const (
+	DefaultLease     = time.Minute
+	DefaultRetention = 24 * time.Hour
+)
+
+// Config tunes a Store. The zero value is ready to use; negative durations
+// are invalid.
 type Config struct {
 	// Lease is how long a key stays held by an Acquire that neither
 	// completes nor releases it; after that another Acquire takes the key
 	// over and the first holder's Complete or Release returns
 	// idempotency.ErrLeaseLost. Set it above your slowest handler. Default
-	// 1 minute.
+	// DefaultLease (1 minute).
 	Lease time.Duration
-	// Retention is how long a completed key is remembered. Default 24h.
+	// Retention is how long a completed key is remembered. Default
+	// DefaultRetention (24h).
 	Retention time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
@@ -52,17 +65,14 @@ type entry struct {
 	fp, resp []byte
 }
 
-// New returns an empty Store. It returns an error for a negative duration.
+// New returns an empty Store. It returns an error wrapping
+// ErrInvalidConfig for a negative duration.
 func New(cfg Config) (*Store, error) {
 	if cfg.Lease < 0 || cfg.Retention < 0 {
-		return nil, fmt.Errorf("memory: negative Lease %v or Retention %v", cfg.Lease, cfg.Retention)
+		return nil, fmt.Errorf("%w: negative Lease %v or Retention %v", ErrInvalidConfig, cfg.Lease, cfg.Retention)
 	}
-	if cfg.Lease == 0 {
-		cfg.Lease = time.Minute
-	}
-	if cfg.Retention == 0 {
-		cfg.Retention = 24 * time.Hour
-	}
+	cfg.Lease = cmp.Or(cfg.Lease, DefaultLease)
+	cfg.Retention = cmp.Or(cfg.Retention, DefaultRetention)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -94,7 +104,7 @@ func (s *Store) Acquire(ctx context.Context, scope, key string, fingerprint []by
 	k := entryKey{scope, key}
 	if e := s.entries[k]; e != nil && now.Before(e.deadline) {
 		if !e.done {
-			return nil, nil, fmt.Errorf("memory: scope %q key %q: %w", scope, key, idempotency.ErrInProgress)
+			return nil, nil, fmt.Errorf("idempotency/memory: scope %q key %q: %w", scope, key, idempotency.ErrInProgress)
 		}
 		return nil, &idempotency.Record{Fingerprint: clone(e.fp), Response: clone(e.resp)}, nil
 	}
@@ -121,7 +131,7 @@ type lease struct {
 func (l *lease) held(now time.Time) (*entry, error) {
 	e := l.s.entries[l.k]
 	if e == nil || e.done || e.token != l.token || !now.Before(e.deadline) {
-		return nil, fmt.Errorf("memory: scope %q key %q: %w", l.k.scope, l.k.key, idempotency.ErrLeaseLost)
+		return nil, fmt.Errorf("idempotency/memory: scope %q key %q: %w", l.k.scope, l.k.key, idempotency.ErrLeaseLost)
 	}
 	return e, nil
 }

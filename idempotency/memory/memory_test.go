@@ -71,11 +71,11 @@ func TestRetentionAndSweep(t *testing.T) {
 }
 
 func TestNewRejectsNegativeDurations(t *testing.T) {
-	if _, err := memory.New(memory.Config{Lease: -time.Second}); err == nil {
-		t.Fatal("negative Lease accepted")
+	if _, err := memory.New(memory.Config{Lease: -time.Second}); !errors.Is(err, memory.ErrInvalidConfig) {
+		t.Fatalf("negative Lease: %v, want ErrInvalidConfig", err)
 	}
-	if _, err := memory.New(memory.Config{Retention: -time.Second}); err == nil {
-		t.Fatal("negative Retention accepted")
+	if _, err := memory.New(memory.Config{Retention: -time.Second}); !errors.Is(err, memory.ErrInvalidConfig) {
+		t.Fatalf("negative Retention: %v, want ErrInvalidConfig", err)
 	}
 	s, _ := memory.New(memory.Config{})
 	if _, _, err := s.Acquire(context.Background(), "", "k", nil); !errors.Is(err, idempotency.ErrInvalidKey) {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/idempotency"
-	"github.com/steadfast-go/steadfast/idempotency/internal/telemetry"
+	"github.com/steadfast-go/steadfast/idempotency/internal/outcome"
 )
 
 // TxHandler processes one delivery inside tx, the transaction that also
@@ -45,22 +45,22 @@ func (s *Store) Handler(cfg idempotency.ConsumerConfig, h TxHandler) (broker.Han
 	if h == nil {
 		return nil, broker.ErrNilHandler
 	}
-	rec := telemetry.New("consumer", cfg.Logger, cfg.MeterProvider)
+	rec := outcome.New("consumer", cfg.Logger, cfg.MeterProvider)
 	return func(ctx context.Context, d broker.Delivery) error {
 		return s.handle(ctx, cfg, rec, h, d)
 	}, nil
 }
 
-func (s *Store) handle(ctx context.Context, cfg idempotency.ConsumerConfig, rec *telemetry.Recorder, h TxHandler, d broker.Delivery) (err error) {
+func (s *Store) handle(ctx context.Context, cfg idempotency.ConsumerConfig, rec *outcome.Recorder, h TxHandler, d broker.Delivery) (err error) {
 	scope, key, err := cfg.KeyOf(d)
 	if err != nil {
-		rec.Record(ctx, telemetry.Error, scope, key)
+		rec.Record(ctx, outcome.Error, scope, key)
 		return err
 	}
 	tx, err := s.pool.BeginTx(ctx, s.cfg.TxOptions)
 	if err != nil {
-		rec.Record(ctx, telemetry.Error, scope, key)
-		return fmt.Errorf("postgres: message %q: begin: %w", d.ID, err)
+		rec.Record(ctx, outcome.Error, scope, key)
+		return fmt.Errorf("idempotency/postgres: message %q: begin: %w", d.ID, err)
 	}
 	committed := false
 	defer func() {
@@ -77,15 +77,15 @@ func (s *Store) handle(ctx context.Context, cfg idempotency.ConsumerConfig, rec 
 	claimed, _, err := s.claim(ctx, tx, scope, key, nil, false)
 	switch {
 	case errors.Is(err, idempotency.ErrInProgress):
-		rec.Record(ctx, telemetry.InProgress, scope, key)
+		rec.Record(ctx, outcome.InProgress, scope, key)
 		rec.Log.DebugContext(ctx, "idempotency: message in progress elsewhere, retry later",
 			"scope", scope, "key", key, "message_id", d.ID)
-		return fmt.Errorf("postgres: message %q: %w", d.ID, err)
+		return fmt.Errorf("idempotency/postgres: message %q: %w", d.ID, err)
 	case err != nil:
-		rec.Record(ctx, telemetry.Error, scope, key)
-		return fmt.Errorf("postgres: message %q: %w", d.ID, err)
+		rec.Record(ctx, outcome.Error, scope, key)
+		return fmt.Errorf("idempotency/postgres: message %q: %w", d.ID, err)
 	case !claimed:
-		rec.Record(ctx, telemetry.Duplicate, scope, key)
+		rec.Record(ctx, outcome.Duplicate, scope, key)
 		rec.Log.DebugContext(ctx, "idempotency: duplicate message acknowledged",
 			"scope", scope, "key", key, "message_id", d.ID)
 		return nil
@@ -94,16 +94,16 @@ func (s *Store) handle(ctx context.Context, cfg idempotency.ConsumerConfig, rec 
 	ok := false
 	defer func() {
 		if !ok {
-			rec.Record(ctx, telemetry.Failed, scope, key)
+			rec.Record(ctx, outcome.Failed, scope, key)
 		}
 	}()
 	if err := h(ctx, tx, d); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("postgres: message %q: commit: %w", d.ID, err)
+		return fmt.Errorf("idempotency/postgres: message %q: commit: %w", d.ID, err)
 	}
 	committed, ok = true, true
-	rec.Record(ctx, telemetry.Processed, scope, key)
+	rec.Record(ctx, outcome.Processed, scope, key)
 	return nil
 }

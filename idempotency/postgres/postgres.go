@@ -58,12 +58,12 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -73,6 +73,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/steadfast-go/steadfast/idempotency"
+	"github.com/steadfast-go/steadfast/internal/pgtable"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
 // DB is what functions joining the caller's transaction take. pgx.Tx,
@@ -90,44 +92,49 @@ var (
 	_ DB = (*pgx.Conn)(nil)
 )
 
-// DefaultTable is the table used when Config.Table is empty.
-const DefaultTable = "steadfast_idempotency"
+// Defaults for Config fields left zero.
+const (
+	DefaultTable     = "steadfast_idempotency"
+	DefaultRetention = 7 * 24 * time.Hour
+)
 
-// ErrInvalidTable: a table name is not "name" or "schema.name" made of
-// lowercase letters, digits and underscores.
-var ErrInvalidTable = errors.New("postgres: invalid table name")
+// Sentinel errors.
+var (
+	// ErrInvalidConfig is wrapped by New's errors: a nil pool, a negative
+	// setting, a bad table name.
+	ErrInvalidConfig = errors.New("idempotency/postgres: invalid config")
+	// ErrInvalidTable is wrapped by the errors of New (with
+	// ErrInvalidConfig), Schema and Migrate for a table name the library's
+	// rule rejects: "name" or "schema.name" of lowercase letters, digits and
+	// underscores. It is the same error in every postgres package of
+	// steadfast.
+	ErrInvalidTable = pgtable.ErrInvalidTable
+)
 
 //go:embed schema.sql
 var schemaSQL string
 
 const defaultIndex = "steadfast_idempotency_created_at_idx"
 
-var identRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+// indexSuffix is appended to the table name to name its index.
+const indexSuffix = "_created_at_idx"
 
 // table is a validated, quoted table name and its index name.
 type table struct {
-	name  string // as given
+	name  pgtable.Name
 	ident string // quoted, possibly schema-qualified
 	index string // quoted, unqualified
 }
 
+// parseTable validates a table name ("" means DefaultTable) with the
+// library's one table-name rule (internal/pgtable); the error wraps
+// ErrInvalidTable.
 func parseTable(name string) (table, error) {
-	if name == "" {
-		name = DefaultTable
+	n, err := pgtable.Parse("idempotency/postgres", name, DefaultTable, len(indexSuffix))
+	if err != nil {
+		return table{}, err
 	}
-	parts := strings.Split(name, ".")
-	if len(parts) > 2 {
-		return table{}, fmt.Errorf("%w: %q", ErrInvalidTable, name)
-	}
-	for _, p := range parts {
-		if !identRE.MatchString(p) {
-			return table{}, fmt.Errorf("%w: %q", ErrInvalidTable, name)
-		}
-	}
-	base := parts[len(parts)-1]
-	const suffix = "_created_at_idx"
-	idx := base[:min(len(base), 63-len(suffix))] + suffix
-	return table{name: name, ident: pgx.Identifier(parts).Sanitize(), index: pgx.Identifier{idx}.Sanitize()}, nil
+	return table{name: n, ident: n.Ident(), index: n.Derived(indexSuffix)}, nil
 }
 
 // Schema returns the SQL that creates the table (and its index) for a table
@@ -145,10 +152,6 @@ func (t table) schema() string {
 	return strings.NewReplacer(defaultIndex, t.index, DefaultTable, t.ident).Replace(schemaSQL)
 }
 
-// migrateLock is the advisory lock key that serializes concurrent Migrate
-// calls (CREATE TABLE IF NOT EXISTS is not safe against itself).
-const migrateLock = 0x5374_6466_4964_6d70 // "StdfIdmp"
-
 // Migrate creates the table (and its index) if missing; "" means
 // DefaultTable. It is idempotent and safe to run from several processes at
 // once. The error wraps ErrInvalidTable for a bad name.
@@ -157,19 +160,24 @@ func Migrate(ctx context.Context, db DB, tableName string) error {
 	if err != nil {
 		return err
 	}
-	// One simple-protocol query: the statements run in one implicit
-	// transaction, which holds the advisory lock to its end.
-	sql := "SELECT pg_advisory_xact_lock(" + strconv.FormatInt(migrateLock, 10) + ");\n" + t.schema()
+	// CREATE TABLE IF NOT EXISTS is not safe against itself: one
+	// simple-protocol query runs the statements in one implicit
+	// transaction, which holds the table's advisory lock to its end.
+	sql := fmt.Sprintf("SELECT pg_advisory_xact_lock(%d, 0);\n%s", t.name.LockKey("steadfast.idempotency"), t.schema())
 	if _, err := db.Exec(ctx, sql); err != nil {
-		return fmt.Errorf("postgres: migrate %s: %w", t.name, err)
+		return fmt.Errorf("idempotency/postgres: migrate %s: %w", t.name, err)
 	}
 	return nil
 }
 
-// Config tunes a Store. The zero value is ready to use.
+// Config tunes a Store. The zero value is ready to use. Zero fields take
+// their documented defaults; a negative value turns a setting off where its
+// field says so, and is rejected elsewhere.
 type Config struct {
-	// Table holds the keys: "name" or "schema.name", lowercase letters,
-	// digits and underscores. Default DefaultTable.
+	// Table holds the keys: "name" or "schema.name", each part a plain
+	// lowercase identifier ([a-z_][a-z0-9_]*), the table name at most 48
+	// bytes (its index name adds 15). Names are always quoted in SQL.
+	// Default DefaultTable.
 	Table string
 	// Wait bounds how long a claim waits for a running transaction that
 	// holds the same key (see the package doc): zero, the default, does not
@@ -178,13 +186,13 @@ type Config struct {
 	Wait time.Duration
 	// Retention is how long RunCleanup keeps a key. It must exceed your
 	// broker's retry window, or a late redelivery is processed again.
-	// Default 7 days.
+	// Default DefaultRetention (7 days).
 	Retention time.Duration
 	// TxOptions are the options of the transactions the Store begins
 	// (Handler, Acquire). Default: the server's default isolation (READ
 	// COMMITTED unless configured otherwise).
 	TxOptions pgx.TxOptions
-	// Logger receives RunCleanup's failures. Default: discard.
+	// Logger receives RunCleanup's failures. Default slog.Default().
 	Logger *slog.Logger
 }
 
@@ -207,32 +215,28 @@ type Store struct {
 var _ idempotency.Store = (*Store)(nil)
 
 // New returns a Store using pool. It does not contact the database; call
-// Migrate (or apply Schema) before use. It returns an error wrapping
-// ErrInvalidTable for a bad table name, and an error for a nil pool or a
-// negative Retention.
+// Migrate (or apply Schema) before use. Its errors wrap ErrInvalidConfig:
+// a nil pool, a negative Retention, and a bad table name (which wraps
+// ErrInvalidTable too).
 func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	if pool == nil {
-		return nil, errors.New("postgres: nil pool")
+		return nil, fmt.Errorf("%w: nil pool", ErrInvalidConfig)
 	}
 	t, err := parseTable(cfg.Table)
 	if err != nil {
-		return nil, err
+		return nil, invalidTable{err}
 	}
 	if cfg.Retention < 0 {
-		return nil, fmt.Errorf("postgres: negative Retention %v", cfg.Retention)
+		return nil, fmt.Errorf("%w: negative Retention %v", ErrInvalidConfig, cfg.Retention)
 	}
-	if cfg.Retention == 0 {
-		cfg.Retention = 7 * 24 * time.Hour
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+	cfg.Retention = cmp.Or(cfg.Retention, DefaultRetention)
+	cfg.Logger = telemetry.Logger(cfg.Logger)
 	s := &Store{pool: pool, cfg: cfg, t: t, log: cfg.Logger}
 
 	// The advisory lock's first key is the table's OID (so tables, and the
 	// same table name in different schemas, never share locks), the second
 	// a hash of scope and key ($4).
-	lockArgs := `'` + t.ident + `'::regclass::oid::int4, $4::int4`
+	lockArgs := t.name.Literal() + `::regclass::oid::int4, $4::int4`
 	var lock string
 	switch {
 	case cfg.Wait == 0:
@@ -267,11 +271,11 @@ SELECT l.ok, EXISTS (SELECT 1 FROM ins) FROM l`
 }
 
 // Table returns the table name the store uses.
-func (s *Store) Table() string { return s.t.name }
+func (s *Store) Table() string { return s.t.name.String() }
 
 // Migrate creates the store's table if missing, on the store's pool. See
 // the package-level Migrate.
-func (s *Store) Migrate(ctx context.Context) error { return Migrate(ctx, s.pool, s.t.name) }
+func (s *Store) Migrate(ctx context.Context) error { return Migrate(ctx, s.pool, s.t.name.String()) }
 
 // Claim claims key in scope inside the caller's transaction tx. It returns
 // true when the key was free: it is now claimed, and becomes done when tx
@@ -352,7 +356,7 @@ func (s *Store) claim(ctx context.Context, tx DB, scope, key string, fp []byte, 
 		}
 	}
 	if !locked {
-		return false, nil, fmt.Errorf("postgres: claim scope %q key %q: %w", scope, key, idempotency.ErrInProgress)
+		return false, nil, fmt.Errorf("idempotency/postgres: claim scope %q key %q: %w", scope, key, idempotency.ErrInProgress)
 	}
 	return claimed, rec, nil
 }
@@ -367,9 +371,9 @@ var inProgressCodes = map[string]bool{
 func (s *Store) claimErr(scope, key string, err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && inProgressCodes[pgErr.Code] {
-		return fmt.Errorf("postgres: claim scope %q key %q: %w (%w)", scope, key, idempotency.ErrInProgress, err)
+		return fmt.Errorf("idempotency/postgres: claim scope %q key %q: %w (%w)", scope, key, idempotency.ErrInProgress, err)
 	}
-	return fmt.Errorf("postgres: claim scope %q key %q in %s: %w", scope, key, s.t.name, err)
+	return fmt.Errorf("idempotency/postgres: claim scope %q key %q in %s: %w", scope, key, s.t.name, err)
 }
 
 // Acquire implements idempotency.Store. A lease is an open transaction
@@ -388,7 +392,7 @@ func (s *Store) Acquire(ctx context.Context, scope, key string, fingerprint []by
 	for {
 		tx, err := s.pool.BeginTx(ctx, s.cfg.TxOptions)
 		if err != nil {
-			return nil, nil, fmt.Errorf("postgres: acquire scope %q key %q: begin: %w", scope, key, err)
+			return nil, nil, fmt.Errorf("idempotency/postgres: acquire scope %q key %q: begin: %w", scope, key, err)
 		}
 		claimed, rec, err := s.claim(ctx, tx, scope, key, fingerprint, true)
 		if err == nil && claimed {
@@ -438,9 +442,9 @@ func (l *lease) Release(ctx context.Context) error {
 
 func (l *lease) err(op string, err error) error {
 	if errors.Is(err, pgx.ErrTxClosed) || errors.Is(err, pgx.ErrTxCommitRollback) {
-		return fmt.Errorf("postgres: %s scope %q key %q: %w (%w)", op, l.scope, l.key, idempotency.ErrLeaseLost, err)
+		return fmt.Errorf("idempotency/postgres: %s scope %q key %q: %w (%w)", op, l.scope, l.key, idempotency.ErrLeaseLost, err)
 	}
-	return fmt.Errorf("postgres: %s scope %q key %q: %w", op, l.scope, l.key, err)
+	return fmt.Errorf("idempotency/postgres: %s scope %q key %q: %w", op, l.scope, l.key, err)
 }
 
 // cleanupBatch is how many rows one Cleanup statement deletes, so that no
@@ -455,7 +459,7 @@ func (s *Store) Cleanup(ctx context.Context, before time.Time) (int64, error) {
 	for {
 		tag, err := s.pool.Exec(ctx, s.cleanupSQL, before, cleanupBatch)
 		if err != nil {
-			return total, fmt.Errorf("postgres: cleanup %s: %w", s.t.name, err)
+			return total, fmt.Errorf("idempotency/postgres: cleanup %s: %w", s.t.name, err)
 		}
 		total += tag.RowsAffected()
 		if tag.RowsAffected() < cleanupBatch {
@@ -470,7 +474,7 @@ func (s *Store) Cleanup(ctx context.Context, before time.Time) (int64, error) {
 // several are harmless.
 func (s *Store) RunCleanup(ctx context.Context, every time.Duration) error {
 	if every <= 0 {
-		return fmt.Errorf("postgres: RunCleanup interval %v must be positive", every)
+		return fmt.Errorf("idempotency/postgres: RunCleanup interval %v must be positive", every)
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -491,3 +495,10 @@ func (s *Store) RunCleanup(ctx context.Context, every time.Duration) error {
 		}
 	}
 }
+
+// invalidTable is a table-name error of pgtable.Parse (which names the
+// package and wraps ErrInvalidTable) that also matches ErrInvalidConfig.
+type invalidTable struct{ err error }
+
+func (e invalidTable) Error() string   { return e.err.Error() }
+func (e invalidTable) Unwrap() []error { return []error{e.err, ErrInvalidConfig} }

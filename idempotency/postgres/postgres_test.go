@@ -161,7 +161,7 @@ func consume(t *testing.T, b *memory.Broker, topic, group string, h broker.Handl
 }
 
 func newBroker(t *testing.T) *memory.Broker {
-	b := memory.New(memory.Config{RedeliveryBackoff: func(int) time.Duration { return 2 * time.Millisecond }})
+	b := memory.New(memory.Config{RedeliveryBackoff: broker.ConstantBackoff(2 * time.Millisecond)})
 	t.Cleanup(func() { b.Close() })
 	return b
 }
@@ -555,22 +555,29 @@ func TestMigrateAndSchema(t *testing.T) {
 	if err != nil || !strings.Contains(sql, `"app"."dedup"`) || !strings.Contains(sql, `INDEX IF NOT EXISTS "dedup_created_at_idx"`) {
 		t.Fatalf("Schema(app.dedup) = %q, %v", sql, err)
 	}
-	for _, bad := range []string{"Upper", "a.b.c", "x; DROP TABLE y", `"q"`, "1abc", "a..b", strings.Repeat("a", 64), "."} {
+	for _, bad := range []string{"Upper", "a.b.c", "x; DROP TABLE y", `"q"`, "1abc", "a..b", strings.Repeat("a", 64), strings.Repeat("a", 49), "."} {
 		if _, err := postgres.Schema(bad); !errors.Is(err, postgres.ErrInvalidTable) {
 			t.Fatalf("Schema(%q) = %v, want ErrInvalidTable", bad, err)
 		}
-		if _, err := postgres.New(pool, postgres.Config{Table: bad}); !errors.Is(err, postgres.ErrInvalidTable) {
-			t.Fatalf("New with table %q = %v, want ErrInvalidTable", bad, err)
+		_, err := postgres.New(pool, postgres.Config{Table: bad})
+		if !errors.Is(err, postgres.ErrInvalidTable) || !errors.Is(err, postgres.ErrInvalidConfig) {
+			t.Fatalf("New with table %q = %v, want ErrInvalidTable and ErrInvalidConfig", bad, err)
+		}
+		if !strings.HasPrefix(err.Error(), "idempotency/postgres: ") {
+			t.Fatalf("New with table %q: error %q does not name the package", bad, err)
 		}
 		if err := postgres.Migrate(ctx, pool, bad); !errors.Is(err, postgres.ErrInvalidTable) {
 			t.Fatalf("Migrate(%q) = %v, want ErrInvalidTable", bad, err)
 		}
 	}
-	if _, err := postgres.New(nil, postgres.Config{}); err == nil {
-		t.Fatal("New(nil pool) accepted")
+	if _, err := postgres.New(nil, postgres.Config{}); !errors.Is(err, postgres.ErrInvalidConfig) {
+		t.Fatalf("New(nil pool) = %v, want ErrInvalidConfig", err)
 	}
-	if _, err := postgres.New(pool, postgres.Config{Retention: -1}); err == nil {
-		t.Fatal("negative Retention accepted")
+	if _, err := postgres.New(pool, postgres.Config{Retention: -1}); !errors.Is(err, postgres.ErrInvalidConfig) {
+		t.Fatalf("negative Retention: %v, want ErrInvalidConfig", err)
+	}
+	if _, err := postgres.New(pool, postgres.Config{Table: strings.Repeat("a", 48)}); err != nil {
+		t.Fatalf("a 48-byte table name: %v", err)
 	}
 	if _, err := s.Handler(idempotency.ConsumerConfig{}, nil); !errors.Is(err, broker.ErrNilHandler) {
 		t.Fatalf("Handler(nil) = %v, want broker.ErrNilHandler", err)

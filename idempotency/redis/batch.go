@@ -89,7 +89,7 @@ func (s *Store) runBatch(ctx context.Context, op string, script *goredis.Script,
 	for _, l := range leases {
 		if l != nil {
 			if l.s != s {
-				return fmt.Errorf("redis: %s batch: lease of key %q belongs to another Store", op, l.key)
+				return fmt.Errorf("idempotency/redis: %s batch: lease of key %q belongs to another Store", op, l.key)
 			}
 			todo = append(todo, l)
 		}

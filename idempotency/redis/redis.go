@@ -32,6 +32,7 @@
 package redis
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -48,19 +49,29 @@ import (
 	"github.com/steadfast-go/steadfast/idempotency"
 )
 
-// Config tunes a Store. The zero value is ready to use.
+// ErrInvalidConfig is wrapped by the errors of Config.Validate and New.
+var ErrInvalidConfig = errors.New("idempotency/redis: invalid config")
+
+// Defaults for Config fields left zero.
+const (
+	DefaultLease     = time.Minute
+	DefaultRetention = 24 * time.Hour
+)
+
+// Config tunes a Store. The zero value is ready to use; zero fields take
+// their documented defaults, negative ones are rejected.
 type Config struct {
 	// Prefix starts every key the store writes. Default "steadfast:idem:".
 	Prefix string
 	// Lease is how long an acquired key stays held without Complete or
 	// Release. After it, another worker may take the key over and process
-	// the message again, so set it above your slowest handler. Default 1
-	// minute.
+	// the message again, so set it above your slowest handler. Default
+	// DefaultLease (1 minute).
 	Lease time.Duration
 	// Retention is how long a completed key is remembered (the TTL of the
 	// done record). It must exceed the longest time a redelivery can take to
 	// arrive (your broker's retry window), or a late redelivery is processed
-	// again. Default 24h.
+	// again. Default DefaultRetention (24h).
 	Retention time.Duration
 }
 
@@ -68,24 +79,18 @@ type Config struct {
 const DefaultPrefix = "steadfast:idem:"
 
 func (c Config) withDefaults() Config {
-	if c.Prefix == "" {
-		c.Prefix = DefaultPrefix
-	}
-	if c.Lease == 0 {
-		c.Lease = time.Minute
-	}
-	if c.Retention == 0 {
-		c.Retention = 24 * time.Hour
-	}
+	c.Prefix = cmp.Or(c.Prefix, DefaultPrefix)
+	c.Lease = cmp.Or(c.Lease, DefaultLease)
+	c.Retention = cmp.Or(c.Retention, DefaultRetention)
 	return c
 }
 
 // Validate reports negative durations and durations below Redis's
-// millisecond resolution.
+// millisecond resolution, with an error wrapping ErrInvalidConfig.
 func (c Config) Validate() error {
 	c = c.withDefaults()
 	if c.Lease < time.Millisecond || c.Retention < time.Millisecond {
-		return fmt.Errorf("redis: Lease %v and Retention %v must be at least 1ms", c.Lease, c.Retention)
+		return fmt.Errorf("%w: Lease %v and Retention %v must be at least 1ms", ErrInvalidConfig, c.Lease, c.Retention)
 	}
 	return nil
 }
@@ -131,14 +136,14 @@ return 0`
 // *redis.Ring). It does not contact Redis.
 func New(rdb goredis.UniversalClient, cfg Config) (*Store, error) {
 	if rdb == nil {
-		return nil, errors.New("redis: nil client")
+		return nil, fmt.Errorf("%w: nil client", ErrInvalidConfig)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	var id [8]byte
 	if _, err := rand.Read(id[:]); err != nil {
-		return nil, fmt.Errorf("redis: lease token: %w", err)
+		return nil, fmt.Errorf("idempotency/redis: lease token: %w", err)
 	}
 	cfg = cfg.withDefaults()
 	return &Store{
@@ -218,11 +223,11 @@ func (l *Lease) result(old string, err error) (*Lease, *idempotency.Record, erro
 	case errors.Is(err, goredis.Nil):
 		return l, nil, nil
 	case err != nil:
-		return nil, nil, fmt.Errorf("redis: acquire scope %q key %q: %w", l.scope, l.key, err)
+		return nil, nil, fmt.Errorf("idempotency/redis: acquire scope %q key %q: %w", l.scope, l.key, err)
 	}
 	rec, err := decode(old)
 	if err != nil {
-		return nil, nil, fmt.Errorf("redis: scope %q key %q: %w", l.scope, l.key, err)
+		return nil, nil, fmt.Errorf("idempotency/redis: scope %q key %q: %w", l.scope, l.key, err)
 	}
 	return nil, rec, nil
 }
@@ -291,9 +296,9 @@ func (l *Lease) Release(ctx context.Context) error {
 func (l *Lease) check(op string, n int, err error) error {
 	switch {
 	case err != nil:
-		return fmt.Errorf("redis: %s scope %q key %q: %w", op, l.scope, l.key, err)
+		return fmt.Errorf("idempotency/redis: %s scope %q key %q: %w", op, l.scope, l.key, err)
 	case n == 0:
-		return fmt.Errorf("redis: %s scope %q key %q: %w", op, l.scope, l.key, idempotency.ErrLeaseLost)
+		return fmt.Errorf("idempotency/redis: %s scope %q key %q: %w", op, l.scope, l.key, idempotency.ErrLeaseLost)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package redis_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,12 +96,12 @@ func TestKeysDoNotCollide(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	rdb, _ := testenv.Redis(t)
-	if _, err := idemredis.New(nil, idemredis.Config{}); err == nil {
-		t.Fatal("nil client accepted")
+	if _, err := idemredis.New(nil, idemredis.Config{}); !errors.Is(err, idemredis.ErrInvalidConfig) {
+		t.Fatalf("nil client: %v, want ErrInvalidConfig", err)
 	}
 	for _, cfg := range []idemredis.Config{{Lease: -time.Second}, {Retention: time.Microsecond}} {
-		if _, err := idemredis.New(rdb, cfg); err == nil {
-			t.Fatalf("config %+v accepted", cfg)
+		if _, err := idemredis.New(rdb, cfg); !errors.Is(err, idemredis.ErrInvalidConfig) || !strings.HasPrefix(err.Error(), "idempotency/redis: ") {
+			t.Fatalf("config %+v: %v, want ErrInvalidConfig naming the package", cfg, err)
 		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/steadfast-go/steadfast/broker"
 )
 
 type lockMode int
@@ -28,8 +30,9 @@ func flockWait(f *os.File, mode lockMode, timeout time.Duration) error {
 		how = syscall.LOCK_EX
 	}
 	deadline := time.Now().Add(timeout)
-	delay := 10 * time.Millisecond
-	for {
+	// The wait between tries: 10ms doubling to 320ms.
+	backoff := broker.Backoff{Initial: 10 * time.Millisecond, Max: 320 * time.Millisecond, Jitter: -1}
+	for try := 1; ; try++ {
 		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
 		switch {
 		case err == nil:
@@ -42,10 +45,7 @@ func flockWait(f *os.File, mode lockMode, timeout time.Duration) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w on %s after %v", errLockTimeout, f.Name(), timeout)
 		}
-		time.Sleep(delay)
-		if delay < 200*time.Millisecond {
-			delay *= 2
-		}
+		time.Sleep(backoff.Delay(try))
 	}
 }
 

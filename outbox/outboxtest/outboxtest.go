@@ -366,10 +366,25 @@ type FaultyPublisher struct {
 	// After runs after Next accepted the messages; an error replaces the
 	// call's nil result (the messages were published nonetheless).
 	After func(ctx context.Context, msgs []broker.Message) error
+	// MaxBytes, when positive, is the size limit MaxMessageBytes reports
+	// (the limit a relay checks rows against); otherwise it reports Next's.
+	MaxBytes int
 
 	mu    sync.Mutex
 	calls int
 	sent  int
+}
+
+// MaxMessageBytes implements broker.SizeLimiter: MaxBytes, or Next's limit
+// (0 when Next does not say).
+func (f *FaultyPublisher) MaxMessageBytes() int {
+	if f.MaxBytes > 0 {
+		return f.MaxBytes
+	}
+	if l, ok := f.Next.(broker.SizeLimiter); ok {
+		return l.MaxMessageBytes()
+	}
+	return 0
 }
 
 // Publish implements broker.Publisher.

@@ -380,7 +380,7 @@ func (s *relaySuite) poison(t *testing.T, blockKey bool) {
 	e.consume(tally.Handler())
 	r := e.startRelay(e.store(), pub, outbox.Config{
 		MaxAttempts:    maxAttempts,
-		Backoff:        func(int) time.Duration { return 20 * time.Millisecond },
+		Backoff:        broker.ConstantBackoff(20 * time.Millisecond),
 		BlockKeyOnPark: blockKey,
 	})
 	e.enqueue(poison, SeqMessage(e.topic, "p", 1), SeqMessage(e.topic, "p", 2))
@@ -465,7 +465,7 @@ func (s *relaySuite) outage(t *testing.T) {
 	e.consume(tally.Handler())
 	e.startRelay(e.store(), pub, outbox.Config{
 		MaxAttempts: 2,
-		Backoff:     func(int) time.Duration { return 10 * time.Millisecond },
+		Backoff:     broker.ConstantBackoff(10 * time.Millisecond),
 	})
 	e.mustWrite(2, perKey)
 	Eventually(t, e.o.Timeout, "relay retrying against the down broker", func() (bool, string) {
@@ -496,7 +496,8 @@ func (s *relaySuite) badRows(t *testing.T) {
 	big := SeqMessage(e.topic, "b", 1)
 	big.Payload = make([]byte, 2000)
 	var offeredBad atomic.Int32
-	pub := &FaultyPublisher{Next: e.b.Publisher, Reject: func(m broker.Message) error {
+	// The relay checks rows against its publisher's limit (1000 bytes here).
+	pub := &FaultyPublisher{Next: e.b.Publisher, MaxBytes: 1000, Reject: func(m broker.Message) error {
 		if m.ID == big.ID || m.Topic == "" {
 			offeredBad.Add(1)
 		}
@@ -525,7 +526,7 @@ func (s *relaySuite) badRows(t *testing.T) {
 	}
 	tally := NewTally(want)
 	e.consume(tally.Handler())
-	e.startRelay(e.store(), pub, outbox.Config{MaxMessageBytes: 1000})
+	e.startRelay(e.store(), pub, outbox.Config{})
 	tally.Wait(t, e.o.Timeout, "good rows")
 	var parked []outbox.Record
 	Eventually(t, e.o.Timeout, "bad rows parked", func() (bool, string) {

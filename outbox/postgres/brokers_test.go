@@ -38,7 +38,7 @@ func kafkaBrokerAt(t *testing.T, seeds []string) outboxtest.Broker {
 	}
 	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
 		Config:            kafka.Config{Brokers: seeds},
-		RetryBackoff:      func(n int) time.Duration { return time.Duration(n) * 5 * time.Millisecond },
+		RetryBackoff:      broker.Backoff{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, Jitter: -1},
 		CommitInterval:    200 * time.Millisecond,
 		HeartbeatInterval: 300 * time.Millisecond,
 		SessionTimeout:    10 * time.Second,
@@ -76,7 +76,7 @@ func rabbitBrokerAt(t *testing.T, url string) outboxtest.Broker {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		c, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: url, Name: t.Name(),
-			ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
+			Reconnect: broker.Backoff{Initial: 50 * time.Millisecond, Max: time.Second, Multiplier: 1.5, Jitter: 0.5}})
 		if err != nil {
 			t.Fatalf("rabbitmq dial: %v", err)
 		}
@@ -222,7 +222,7 @@ func brokerOutage(t *testing.T, b outboxtest.Broker, outage func(enqueue func())
 	})
 	r, err := outbox.NewRelay(h.open(t), counting, outbox.Config{
 		MaxAttempts:    2,
-		Backoff:        func(int) time.Duration { return 10 * time.Millisecond },
+		Backoff:        broker.ConstantBackoff(10 * time.Millisecond),
 		PublishTimeout: time.Second,
 		PollInterval:   50 * time.Millisecond,
 		Logger:         testLogger(),

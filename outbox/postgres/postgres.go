@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"encoding/hex"
@@ -8,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"regexp"
 	"strings"
 	"time"
 
@@ -18,15 +18,25 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
+	"github.com/steadfast-go/steadfast/internal/pgtable"
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 	"github.com/steadfast-go/steadfast/outbox"
 )
 
 //go:embed schema.sql
 var schemaTemplate string
 
-// ErrInvalidConfig is returned by New for a bad table or channel name or a
-// negative setting.
-var ErrInvalidConfig = errors.New("outbox/postgres: invalid config")
+// Sentinel errors.
+var (
+	// ErrInvalidConfig is returned by New for a bad table or channel name
+	// or a negative setting.
+	ErrInvalidConfig = errors.New("outbox/postgres: invalid config")
+	// ErrInvalidTable is wrapped, with ErrInvalidConfig, by the errors of
+	// New, Schema and Migrate for a table name the library's rule rejects.
+	// It is the same error in every postgres package of steadfast.
+	ErrInvalidTable = pgtable.ErrInvalidTable
+)
 
 // DB is what Enqueue needs to write rows: pgx.Tx, *pgxpool.Pool and
 // *pgx.Conn all satisfy it. Pass the transaction that writes your business
@@ -50,12 +60,14 @@ const (
 )
 
 // Config describes an outbox table. The zero value uses a table named
-// "outbox" on the connection's search_path.
+// "outbox" on the connection's search_path. Zero fields take their
+// documented defaults; a negative value turns a setting off where its field
+// says so, and is rejected elsewhere.
 type Config struct {
-	// Table is the outbox table, "name" or "schema.name". Each part must
-	// match [A-Za-z_][A-Za-z0-9_]*; the table name is at most 40 bytes (its
-	// index names add a suffix) and the schema at most 63. Names are quoted
-	// in SQL, so they are case-sensitive. Default "outbox".
+	// Table is the outbox table, "name" or "schema.name". Each part is a
+	// plain lowercase identifier ([a-z_][a-z0-9_]*); the schema is at most
+	// 63 bytes and the table name at most 50 (its index names add up to 13).
+	// Names are always quoted in SQL. Default DefaultTable ("outbox").
 	Table string
 	// Channel is the LISTEN/NOTIFY channel that wakes relays. Default: the
 	// Table string as given (shortened with a hash when longer than 63
@@ -77,7 +89,10 @@ type Config struct {
 	// other.
 	LockKeys bool
 	// MaxMessageBytes is the size limit Enqueue enforces (broker.Message
-	// Size). Default broker.DefaultMaxMessageBytes.
+	// Size). Default broker.DefaultMaxMessageBytes, every steadfast
+	// publisher's default, so a message Enqueue accepts is one the relay's
+	// publisher accepts; if you change the publisher's limit, give the
+	// store the same (the relay warns when the store's is larger).
 	MaxMessageBytes int
 	// ClaimTimeout bounds how long a relay may hold a claim (the
 	// transaction that locks a batch) idle; PostgreSQL ends the session after
@@ -94,8 +109,8 @@ type Config struct {
 	// DefaultClaimTimeout (2m).
 	ClaimTimeout time.Duration
 	// Propagator injects the trace context of Enqueue's ctx into message
-	// headers that do not carry one yet. Default propagation.TraceContext
-	// (W3C traceparent, tracestate).
+	// headers that do not carry one yet. Default: the W3C trace context
+	// (traceparent, tracestate), as every steadfast publisher writes it.
 	Propagator propagation.TextMapPropagator
 }
 
@@ -113,8 +128,6 @@ type Store struct {
 var _ outbox.Store = (*Store)(nil)
 var _ outbox.Notifier = (*Store)(nil)
 
-var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
 // New returns a store for the table cfg describes. pool serves the relay's
 // claims, housekeeping and LISTEN connection; Enqueue writes through the DB
 // you give it. New does not touch the database: call Migrate (or apply
@@ -123,40 +136,35 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	if pool == nil {
 		return nil, fmt.Errorf("%w: nil pool", ErrInvalidConfig)
 	}
-	if cfg.Table == "" {
-		cfg.Table = DefaultTable
-	}
 	if cfg.MaxMessageBytes < 0 || cfg.ClaimTimeout < 0 {
 		return nil, fmt.Errorf("%w: negative MaxMessageBytes or ClaimTimeout", ErrInvalidConfig)
 	}
-	if cfg.MaxMessageBytes == 0 {
-		cfg.MaxMessageBytes = broker.DefaultMaxMessageBytes
-	}
-	if cfg.ClaimTimeout == 0 {
-		cfg.ClaimTimeout = DefaultClaimTimeout
-	}
-	if cfg.Propagator == nil {
-		cfg.Propagator = propagation.TraceContext{}
-	}
+	cfg.MaxMessageBytes = cmp.Or(cfg.MaxMessageBytes, broker.DefaultMaxMessageBytes)
+	cfg.ClaimTimeout = cmp.Or(cfg.ClaimTimeout, DefaultClaimTimeout)
 	t, err := parseTable(cfg.Table)
 	if err != nil {
 		return nil, err
 	}
 	if cfg.Channel == "" {
-		cfg.Channel = cfg.Table
+		cfg.Channel = t.name.String()
 		if len(cfg.Channel) > 63 {
 			h := fnv.New64a()
-			h.Write([]byte(cfg.Table))
-			cfg.Channel = cfg.Table[:46] + "_" + hex.EncodeToString(h.Sum(nil))
+			h.Write([]byte(cfg.Channel))
+			cfg.Channel = cfg.Channel[:46] + "_" + hex.EncodeToString(h.Sum(nil))
 		}
 	}
 	if len(cfg.Channel) > 63 || strings.ContainsRune(cfg.Channel, 0) {
 		return nil, fmt.Errorf("%w: channel %q longer than 63 bytes", ErrInvalidConfig, cfg.Channel)
 	}
-	s := &Store{pool: pool, cfg: cfg, t: t, sql: buildStatements(t.ident)}
+	s := &Store{pool: pool, cfg: cfg, t: t, sql: buildStatements(t.ident, t.name.Literal())}
 	s.enqueue = s.sql.enqueueSQL(cfg.LockKeys, !cfg.DisableNotify)
 	return s, nil
 }
+
+// MaxMessageBytes returns the largest Message.Size Enqueue accepts
+// (Config.MaxMessageBytes). It implements broker.SizeLimiter, which the
+// relay reads to check that its publisher accepts as much.
+func (s *Store) MaxMessageBytes() int { return s.cfg.MaxMessageBytes }
 
 // Table returns the quoted table name used in SQL.
 func (s *Store) Table() string { return s.t.ident }
@@ -172,52 +180,48 @@ func (s *Store) Schema() string { return s.t.schema }
 // the package-level Migrate).
 func (s *Store) Migrate(ctx context.Context) error { return s.t.migrate(ctx, s.pool) }
 
-// table is a validated outbox table name.
+// table is a validated outbox table name and its DDL.
 type table struct {
+	name   pgtable.Name
 	ident  string // quoted, possibly schema-qualified
 	schema string // rendered DDL
-	lock   int32  // advisory lock class that serializes Migrate
 }
 
-// parseTable validates a table name ("" means DefaultTable).
+// maxSuffix is the longest suffix the schema appends to the table name
+// ("_status_check").
+const maxSuffix = len("_status_check")
+
+// parseTable validates a table name ("" means DefaultTable) with the
+// library's one table-name rule (internal/pgtable). The error wraps both
+// ErrInvalidConfig and ErrInvalidTable.
 func parseTable(name string) (table, error) {
-	if name == "" {
-		name = DefaultTable
+	n, err := pgtable.Parse("outbox/postgres", name, DefaultTable, maxSuffix)
+	if err != nil {
+		return table{}, invalidTable{err}
 	}
-	parts := strings.Split(name, ".")
-	if len(parts) > 2 {
-		return table{}, fmt.Errorf("%w: table %q: want name or schema.name", ErrInvalidConfig, name)
-	}
-	for _, p := range parts {
-		if !identRE.MatchString(p) || len(p) > 63 {
-			return table{}, fmt.Errorf("%w: table %q: %q is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63 bytes)",
-				ErrInvalidConfig, name, p)
-		}
-	}
-	base := parts[len(parts)-1]
-	if len(base) > 40 {
-		return table{}, fmt.Errorf("%w: table name %q is longer than 40 bytes", ErrInvalidConfig, base)
-	}
-	t := table{ident: pgx.Identifier(parts).Sanitize()}
-	index := func(suffix string) string { return pgx.Identifier{base + suffix}.Sanitize() }
+	t := table{name: n, ident: n.Ident()}
 	t.schema = strings.NewReplacer(
 		"{table}", t.ident,
-		"{status_check}", index("_status_check"),
-		"{pending_index}", index("_pending"),
-		"{blocking_index}", index("_blocking"),
-		"{published_index}", index("_published"),
+		"{status_check}", n.Derived("_status_check"),
+		"{pending_index}", n.Derived("_pending"),
+		"{blocking_index}", n.Derived("_blocking"),
+		"{published_index}", n.Derived("_published"),
 	).Replace(schemaTemplate)
-	h := fnv.New32a()
-	h.Write([]byte("steadfast.outbox:" + strings.ToLower(name)))
-	t.lock = int32(h.Sum32())
 	return t, nil
 }
+
+// invalidTable is a table-name error of pgtable.Parse (which names the
+// package and wraps ErrInvalidTable) that also matches ErrInvalidConfig.
+type invalidTable struct{ err error }
+
+func (e invalidTable) Error() string   { return e.err.Error() }
+func (e invalidTable) Unwrap() []error { return []error{e.err, ErrInvalidConfig} }
 
 func (t table) migrate(ctx context.Context, db DB) error {
 	// CREATE ... IF NOT EXISTS is not safe against itself: serialize on a
 	// transaction-scoped lock. Without arguments Exec uses the simple
 	// protocol, which runs the statements in one (implicit) transaction.
-	_, err := db.Exec(ctx, fmt.Sprintf("SELECT pg_advisory_xact_lock(%d, 0);\n%s", t.lock, t.schema))
+	_, err := db.Exec(ctx, fmt.Sprintf("SELECT pg_advisory_xact_lock(%d, 0);\n%s", t.name.LockKey("steadfast.outbox"), t.schema))
 	if err != nil {
 		return fmt.Errorf("outbox/postgres: migrate %s: %w", t.ident, err)
 	}
@@ -226,8 +230,8 @@ func (t table) migrate(ctx context.Context, db DB) error {
 
 // Schema returns the DDL that creates the outbox table named table ("" means
 // DefaultTable) and its indexes, for migration tools. Every statement is
-// idempotent (IF NOT EXISTS). The error wraps ErrInvalidConfig for a bad
-// name.
+// idempotent (IF NOT EXISTS). The error wraps ErrInvalidTable and
+// ErrInvalidConfig for a bad name.
 func Schema(table string) (string, error) {
 	t, err := parseTable(table)
 	if err != nil {
@@ -253,7 +257,7 @@ func Migrate(ctx context.Context, db DB, table string) error {
 // relays when it commits and vanish if it rolls back. With a pool or a
 // connection outside a transaction the rows commit at once.
 //
-// Messages are validated and completed first (broker.Normalize: an empty
+// Messages are validated and completed first (as a publisher does: an empty
 // ID gets a UUIDv7, a zero Time the current time); a batch with an invalid
 // message (empty topic, over MaxMessageBytes) writes nothing and returns an
 // error wrapping broker.ErrEmptyTopic or broker.ErrMessageTooLarge. The trace
@@ -267,7 +271,7 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 	if db == nil {
 		return fmt.Errorf("outbox/postgres: enqueue: nil DB")
 	}
-	msgs, err := broker.Normalize(msgs, s.cfg.MaxMessageBytes)
+	msgs, err := brokerimpl.Normalize(msgs, s.cfg.MaxMessageBytes)
 	if err != nil {
 		return fmt.Errorf("outbox/postgres: enqueue: %w", err)
 	}
@@ -278,11 +282,10 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 	payloads := make([][]byte, n)
 	headers := make([]string, n)
 	times := make([]time.Time, n)
-	trace := propagation.MapCarrier{}
-	s.cfg.Propagator.Inject(ctx, trace)
+	trace := telemetry.TraceHeaders(ctx, s.cfg.Propagator)
 	for i, m := range msgs {
 		ids[i], topics[i], keys[i], payloads[i], times[i] = m.ID, m.Topic, m.Key, m.Payload, m.Time
-		h := withTrace(m.Headers, trace)
+		h := telemetry.WithTraceHeaders(m.Headers, trace)
 		if len(h) > 0 {
 			b, err := json.Marshal(h)
 			if err != nil {
@@ -299,24 +302,6 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 		return fmt.Errorf("outbox/postgres: enqueue %d messages into %s: %w", n, s.t.ident, err)
 	}
 	return nil
-}
-
-// withTrace returns h with the trace headers in carrier (the enqueuing
-// context's, injected once per call) added when h has no traceparent.
-func withTrace(h map[string]string, carrier propagation.MapCarrier) map[string]string {
-	if h[broker.HeaderTraceparent] != "" || len(carrier) == 0 {
-		return h
-	}
-	out := make(map[string]string, len(h)+len(carrier))
-	for k, v := range h {
-		out[k] = v
-	}
-	for k, v := range carrier {
-		if _, ok := out[k]; !ok {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 // Stats implements outbox.Store.

@@ -40,11 +40,12 @@ func (st statements) enqueueSQL(locked, notify bool) string {
 
 const recordColumns = `o.id, o.message_id, o.topic, o.key, o.payload, o.headers, o.message_time, o.enqueued_at, o.attempts, o.last_error`
 
-// buildStatements renders the SQL for table (quoted). Advisory locks are
-// scoped to the database; their class is the table's OID, so outboxes of the
-// same name in different schemas never share locks.
-func buildStatements(table string) statements {
-	ns := "'" + table + "'::regclass::oid::int4"
+// buildStatements renders the SQL for table (quoted) and its literal
+// (pgtable.Name.Literal). Advisory locks are scoped to the database; their
+// class is the table's OID, so outboxes of the same name in different
+// schemas never share locks.
+func buildStatements(table, literal string) statements {
+	ns := literal + "::regclass::oid::int4"
 	r := strings.NewReplacer("{t}", table, "{cols}", recordColumns, "{ns}", ns)
 	s := func(q string) string { return r.Replace(q) }
 	return statements{

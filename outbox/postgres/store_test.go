@@ -25,13 +25,20 @@ func TestConfigValidation(t *testing.T) {
 	pool := testenv.Postgres(t)
 	for _, table := range []string{
 		"outbox; DROP TABLE users", `out"box`, "a.b.c", "1outbox", "out box", ".outbox", "outbox.",
-		strings.Repeat("x", 41), strings.Repeat("s", 64) + ".outbox",
+		"Outbox", "billing.Outbox", strings.Repeat("x", 51), strings.Repeat("s", 64) + ".outbox",
 	} {
-		if _, err := postgres.New(pool, postgres.Config{Table: table}); !errors.Is(err, postgres.ErrInvalidConfig) {
-			t.Errorf("New with table %q: err = %v, want ErrInvalidConfig", table, err)
+		_, err := postgres.New(pool, postgres.Config{Table: table})
+		if !errors.Is(err, postgres.ErrInvalidConfig) || !errors.Is(err, postgres.ErrInvalidTable) {
+			t.Errorf("New with table %q: err = %v, want ErrInvalidConfig and ErrInvalidTable", table, err)
 		}
-		if _, err := postgres.Schema(table); !errors.Is(err, postgres.ErrInvalidConfig) {
-			t.Errorf("Schema(%q): err = %v, want ErrInvalidConfig", table, err)
+		if err != nil && !strings.HasPrefix(err.Error(), "outbox/postgres: ") {
+			t.Errorf("New with table %q: error %q does not name the package", table, err)
+		}
+		if _, err := postgres.Schema(table); !errors.Is(err, postgres.ErrInvalidConfig) || !errors.Is(err, postgres.ErrInvalidTable) {
+			t.Errorf("Schema(%q): err = %v, want ErrInvalidConfig and ErrInvalidTable", table, err)
+		}
+		if err := postgres.Migrate(context.Background(), pool, table); !errors.Is(err, postgres.ErrInvalidTable) {
+			t.Errorf("Migrate(%q): err = %v, want ErrInvalidTable", table, err)
 		}
 	}
 	for _, cfg := range []postgres.Config{
@@ -46,36 +53,34 @@ func TestConfigValidation(t *testing.T) {
 	if _, err := postgres.New(nil, postgres.Config{}); !errors.Is(err, postgres.ErrInvalidConfig) {
 		t.Errorf("New(nil pool): err = %v, want ErrInvalidConfig", err)
 	}
-	s, err := postgres.New(pool, postgres.Config{Table: strings.Repeat("t", 40)})
+	s, err := postgres.New(pool, postgres.Config{Table: strings.Repeat("s", 63) + "." + strings.Repeat("t", 50)})
 	if err != nil {
-		t.Fatalf("a 40-byte table name: %v", err)
+		t.Fatalf("a 50-byte table name: %v", err)
 	}
 	if len(s.Channel()) > 63 {
 		t.Errorf("default channel %q is longer than 63 bytes", s.Channel())
 	}
 }
 
-// A schema-qualified, mixed-case table is quoted everywhere: migrate,
-// enqueue, claim, admin.
+// A schema-qualified table whose name must be quoted (table names are
+// lowercase by the library's rule, so only a reserved word needs quoting:
+// "order") is quoted everywhere: migrate, enqueue, claim, admin.
 func TestQuotedTable(t *testing.T) {
 	t.Parallel()
-	pool := testenv.Postgres(t)
+	pool, _, schema := testenv.PostgresDB(t)
 	ctx := context.Background()
-	if _, err := pool.Exec(ctx, `CREATE SCHEMA "Billing"`); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP SCHEMA "Billing" CASCADE`) })
-	s, err := postgres.New(pool, postgres.Config{Table: "Billing.Outbox", Channel: testenv.Name(t, "ch")})
+	table := schema + ".order"
+	s, err := postgres.New(pool, postgres.Config{Table: table, Channel: testenv.Name(t, "ch")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Table() != `"Billing"."Outbox"` {
-		t.Errorf("Table() = %s", s.Table())
+	if want := (pgx.Identifier{schema, "order"}).Sanitize(); s.Table() != want {
+		t.Errorf("Table() = %s, want %s", s.Table(), want)
 	}
 	if err := s.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := postgres.Migrate(ctx, pool, "Billing.Outbox"); err != nil {
+	if err := postgres.Migrate(ctx, pool, table); err != nil {
 		t.Fatalf("second migrate: %v", err)
 	}
 	if err := s.Enqueue(ctx, pool, outboxtest.SeqMessage("t", "k", 0)); err != nil {
@@ -92,7 +97,7 @@ func TestQuotedTable(t *testing.T) {
 		t.Fatalf("parked: %v, %v", p, err)
 	}
 	var n int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM "Billing"."Outbox"`).Scan(&n); err != nil || n != 1 {
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+s.Table()).Scan(&n); err != nil || n != 1 {
 		t.Errorf("rows in the quoted table: %d, %v", n, err)
 	}
 }
@@ -333,7 +338,8 @@ func TestRelayConfig(t *testing.T) {
 	h := newHarness(t, postgres.Config{})
 	b := outboxtest.MemoryBroker(t)
 	for _, cfg := range []outbox.Config{
-		{BatchSize: -1}, {MaxAttempts: -1}, {PollInterval: -1}, {PublishTimeout: -1}, {CleanupBatch: -1}, {MaxMessageBytes: -1},
+		{BatchSize: -1}, {MaxAttempts: -1}, {PollInterval: -1}, {PublishTimeout: -1}, {CleanupBatch: -1},
+		{Backoff: broker.Backoff{Initial: -time.Second}}, {Backoff: broker.Backoff{Initial: time.Hour, Max: time.Second}},
 	} {
 		if _, err := outbox.NewRelay(h.store, b.Publisher, cfg); !errors.Is(err, outbox.ErrInvalidConfig) {
 			t.Errorf("NewRelay(%+v): err = %v, want ErrInvalidConfig", cfg, err)

@@ -35,6 +35,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"slices"
@@ -104,7 +105,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, opts.timeout)
 	defer cancel()
-	in, closeIn, err := inspector(opts)
+	// Warnings (an unreachable broker, a dead letter left behind) go to the
+	// command's stderr; the inspectors' per-operation lines are not for a
+	// terminal.
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	in, closeIn, err := inspector(opts, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "steadfast-dlq: %v\n", err)
 		return exitUsage
@@ -217,11 +222,11 @@ func (o options) filter() dlq.Filter {
 }
 
 // inspector opens the inspector of the chosen broker.
-func inspector(o options) (dlq.Inspector, func(), error) {
+func inspector(o options, log *slog.Logger) (dlq.Inspector, func(), error) {
 	switch o.broker {
 	case "kafka":
 		in, err := kafkadlq.NewInspector(kafkadlq.InspectorConfig{
-			Config: kafka.Config{Brokers: kafka.ParseBrokers(o.brokers), ClientID: "steadfast-dlq"},
+			Config: kafka.Config{Brokers: kafka.ParseBrokers(o.brokers), ClientID: "steadfast-dlq", Logger: log},
 			Topic:  o.dest,
 		})
 		if err != nil {
@@ -229,7 +234,7 @@ func inspector(o options) (dlq.Inspector, func(), error) {
 		}
 		return in, func() { _ = in.Close() }, nil
 	default:
-		in, err := rabbitdlq.NewInspector(rabbitdlq.InspectorConfig{URL: o.url, Queue: o.dest})
+		in, err := rabbitdlq.NewInspector(rabbitdlq.InspectorConfig{URL: o.url, Queue: o.dest, Logger: log})
 		if err != nil {
 			return nil, nil, err
 		}

@@ -1,17 +1,20 @@
-// Package telemetry holds the OpenTelemetry instruments shared by the dlq
-// packages.
-package telemetry
+// Package metrics holds the OpenTelemetry instruments shared by the dlq
+// packages. The meter comes from internal/telemetry, by the library's
+// telemetry rule.
+package metrics
 
 import (
 	"context"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
-// Scope is the instrumentation scope name of every dlq instrument.
-const Scope = "github.com/steadfast-go/steadfast/dlq"
+// scope is the instrumentation scope of every dlq instrument, below
+// telemetry.Module.
+const scope = "dlq"
 
 // Metric names.
 const (
@@ -37,10 +40,7 @@ type Instruments struct {
 // New creates the instruments on mp, or on the global provider when mp is
 // nil.
 func New(mp metric.MeterProvider) (*Instruments, error) {
-	if mp == nil {
-		mp = otel.GetMeterProvider()
-	}
-	m := mp.Meter(Scope)
+	m := telemetry.Meter(mp, scope)
 	var in Instruments
 	var err error
 	counters := []struct {

@@ -1,8 +1,9 @@
-// Package telemetry records the outcomes of deduplication as OpenTelemetry
+// Package outcome records the outcomes of deduplication as OpenTelemetry
 // metrics, span attributes and log lines. It is shared by the consumer and
 // HTTP middleware and the Postgres transactional handler, so every path
-// reports the same names.
-package telemetry
+// reports the same names. The logger and meter come from
+// internal/telemetry, by the library's telemetry rule.
+package outcome
 
 import (
 	"context"
@@ -12,10 +13,12 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/steadfast-go/steadfast/internal/telemetry"
 )
 
-// ScopeName is the instrumentation scope of the meter.
-const ScopeName = "github.com/steadfast-go/steadfast/idempotency"
+// scope is the instrumentation scope of the meter, below telemetry.Module.
+const scope = "idempotency"
 
 // Outcome names what happened to one delivery or request.
 type Outcome string
@@ -40,22 +43,17 @@ type Recorder struct {
 	attrs   map[Outcome]metric.AddOption
 }
 
-// New returns a Recorder. A nil logger discards; a nil provider records no
-// metrics.
+// New returns a Recorder. A nil logger means slog.Default(), a nil provider
+// the OpenTelemetry global one.
 func New(kind string, log *slog.Logger, mp metric.MeterProvider) *Recorder {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if mp == nil {
-		mp = noop.NewMeterProvider()
-	}
-	counter, err := mp.Meter(ScopeName).Int64Counter("steadfast.idempotency.outcomes",
+	log = telemetry.Logger(log)
+	counter, err := telemetry.Meter(mp, scope).Int64Counter("steadfast.idempotency.outcomes",
 		metric.WithDescription("Deliveries or requests that went through deduplication, by outcome."),
 		metric.WithUnit("{item}"))
 	if err != nil {
 		// A provider that cannot build the instrument still returns a usable
 		// one per the API contract; fall back to no-op to be safe.
-		counter, _ = noop.NewMeterProvider().Meter(ScopeName).Int64Counter("steadfast.idempotency.outcomes")
+		counter, _ = noop.NewMeterProvider().Meter(scope).Int64Counter("steadfast.idempotency.outcomes")
 		log.Warn("idempotency: metrics disabled", "error", err)
 	}
 	r := &Recorder{Log: log, counter: counter, attrs: make(map[Outcome]metric.AddOption, len(outcomes))}
