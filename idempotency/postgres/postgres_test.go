@@ -174,7 +174,9 @@ func TestHandlerCrashAfterCommitBeforeAck(t *testing.T) {
 	s := newStore(t, pool, postgres.Config{})
 	inc, read := counter(t, pool)
 	var calls atomic.Int64
-	inner := handler(t, s, idempotency.ConsumerConfig{}, func(ctx context.Context, tx pgx.Tx, _ broker.Delivery) error {
+	var dups atomic.Int64
+	cfg := idempotency.ConsumerConfig{OnDuplicate: func(context.Context, broker.Delivery) { dups.Add(1) }}
+	inner := handler(t, s, cfg, func(ctx context.Context, tx pgx.Tx, _ broker.Delivery) error {
 		calls.Add(1)
 		return inc(ctx, tx)
 	})
@@ -192,8 +194,8 @@ func TestHandlerCrashAfterCommitBeforeAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	consume(t, b, "orders", "billing", h)
-	if n, c := read(), calls.Load(); n != 1 || c != 1 {
-		t.Fatalf("counter = %d, handler calls = %d after a lost ack; want 1 and 1", n, c)
+	if n, c := read(), calls.Load(); n != 1 || c != 1 || dups.Load() != 1 {
+		t.Fatalf("counter = %d, handler calls = %d, duplicates reported %d after a lost ack; want 1, 1 and 1", n, c, dups.Load())
 	}
 }
 
