@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -271,6 +272,11 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 	if err != nil {
 		return fmt.Errorf("outbox/postgres: enqueue: %w", err)
 	}
+	for i := range msgs {
+		if err := checkText(&msgs[i]); err != nil {
+			return fmt.Errorf("outbox/postgres: enqueue: message %d (id %q): %w", i, msgs[i].ID, err)
+		}
+	}
 	n := len(msgs)
 	ids := make([]string, n)
 	topics := make([]string, n)
@@ -299,6 +305,37 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 		return fmt.Errorf("outbox/postgres: enqueue %d messages into %s: %w", n, s.t.ident, err)
 	}
 	return nil
+}
+
+// checkText refuses a message whose ID, topic, key, header names or values
+// PostgreSQL text and jsonb cannot hold exactly: invalid UTF-8 (JSON would
+// silently turn it into U+FFFD) or a NUL byte. The error wraps
+// broker.ErrInvalidMessage.
+func checkText(m *broker.Message) error {
+	bad := func(s string) bool { return !utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0 }
+	field := ""
+	switch {
+	case bad(m.ID):
+		field = "ID"
+	case bad(m.Topic):
+		field = "topic"
+	case bad(m.Key):
+		field = "key"
+	}
+	for k, v := range m.Headers {
+		if field != "" {
+			break
+		}
+		if bad(k) {
+			field = fmt.Sprintf("header name %q", k)
+		} else if bad(v) {
+			field = fmt.Sprintf("value of header %q", k)
+		}
+	}
+	if field == "" {
+		return nil
+	}
+	return fmt.Errorf("%w: its %s is not valid UTF-8 text without NUL bytes, which the outbox stores exactly or not at all", broker.ErrInvalidMessage, field)
 }
 
 // withTrace returns h with the trace headers in carrier (the enqueuing
