@@ -48,6 +48,11 @@ var (
 const (
 	DefaultTable        = "outbox"
 	DefaultClaimTimeout = 2 * time.Minute
+	// MinClaimTimeout is the shortest ClaimTimeout New accepts. The server
+	// counts a claim's idle time from the end of each of the claim's own
+	// round trips, so a timeout near the length of one round trip on a
+	// loaded machine would end claims before the relay could use them.
+	MinClaimTimeout = time.Second
 )
 
 // Config describes an outbox table. The zero value uses a table named
@@ -90,9 +95,9 @@ type Config struct {
 	// PublishTimeout, with room to spare: a batch whose Publish fails as a
 	// whole is then published one row at a time, each call started only if
 	// PublishTimeout fits before the deadline (nothing checks this: the store
-	// does not know the relay's settings). The server counts whole
-	// milliseconds: it is rounded up, and capped at about 24.8 days. Default
-	// DefaultClaimTimeout (2m).
+	// does not know the relay's settings). At least MinClaimTimeout (1s).
+	// The server counts whole milliseconds: it is rounded up, and capped at
+	// about 24.8 days. Default DefaultClaimTimeout (2m).
 	ClaimTimeout time.Duration
 	// Propagator injects the trace context of Enqueue's ctx into message
 	// headers that do not carry one yet. Default propagation.TraceContext
@@ -135,6 +140,9 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	}
 	if cfg.ClaimTimeout == 0 {
 		cfg.ClaimTimeout = DefaultClaimTimeout
+	}
+	if cfg.ClaimTimeout < MinClaimTimeout {
+		return nil, fmt.Errorf("%w: ClaimTimeout %v is below MinClaimTimeout (%v)", ErrInvalidConfig, cfg.ClaimTimeout, MinClaimTimeout)
 	}
 	if cfg.Propagator == nil {
 		cfg.Propagator = propagation.TraceContext{}
