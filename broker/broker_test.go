@@ -41,21 +41,26 @@ func TestNormalizeRejectsWholeBatch(t *testing.T) {
 		t.Fatalf("err = %v, want ErrEmptyTopic naming message 1", err)
 	}
 	big := broker.Message{Topic: "a", Key: "k", Payload: make([]byte, 8), Headers: map[string]string{"h": "v"}}
-	if big.Size() != 11 {
-		t.Fatalf("Size = %d, want 11", big.Size())
+	// The ID counts: the 36 bytes of the UUID Normalize fills in when empty.
+	if big.Size() != 47 {
+		t.Fatalf("Size = %d, want 47", big.Size())
 	}
-	if _, err := broker.Normalize([]broker.Message{big}, 10); !errors.Is(err, broker.ErrMessageTooLarge) {
+	if _, err := broker.Normalize([]broker.Message{big}, 46); !errors.Is(err, broker.ErrMessageTooLarge) {
 		t.Fatalf("err = %v, want ErrMessageTooLarge", err)
 	}
-	if _, err := broker.Normalize([]broker.Message{big}, 11); err != nil {
+	if _, err := broker.Normalize([]broker.Message{big}, 47); err != nil {
 		t.Fatalf("message at the limit rejected: %v", err)
+	}
+	hugeID := broker.Message{Topic: "a", ID: strings.Repeat("i", 2<<20)}
+	if _, err := broker.Normalize([]broker.Message{hugeID}, 0); !errors.Is(err, broker.ErrMessageTooLarge) {
+		t.Fatalf("a 2 MiB ID: err = %v, want ErrMessageTooLarge", err)
 	}
 	// ValidateBatch applies the same checks without copying or filling.
 	batch := []broker.Message{{Topic: "a"}, big}
-	if err := broker.ValidateBatch(batch, 10); !errors.Is(err, broker.ErrMessageTooLarge) || !strings.Contains(err.Error(), "message 1") {
+	if err := broker.ValidateBatch(batch, 46); !errors.Is(err, broker.ErrMessageTooLarge) || !strings.Contains(err.Error(), "message 1") {
 		t.Fatalf("ValidateBatch err = %v, want ErrMessageTooLarge naming message 1", err)
 	}
-	if err := broker.ValidateBatch(batch, 11); err != nil || batch[0].ID != "" || !batch[0].Time.IsZero() {
+	if err := broker.ValidateBatch(batch, 47); err != nil || batch[0].ID != "" || !batch[0].Time.IsZero() {
 		t.Fatalf("ValidateBatch = %v and left %+v; want nil and the batch unchanged", err, batch[0])
 	}
 }

@@ -57,6 +57,9 @@ type Message struct {
 	Time time.Time
 }
 
+// uuidTextLen is the length of a UUID in its canonical text form.
+const uuidTextLen = 36
+
 // NewMessage returns a message for topic with a fresh UUIDv7 ID and the
 // current time.
 func NewMessage(topic string, payload []byte) Message {
@@ -77,9 +80,14 @@ func NewID() string {
 func (m Message) Header(k string) string { return m.Headers[k] }
 
 // Size is the number of bytes the message occupies on the wire, not counting
-// protocol framing: key, payload, and header names and values.
+// protocol framing: ID, key, payload, and header names and values. An empty
+// ID counts as the 36 bytes of the UUID that Normalize fills in.
 func (m Message) Size() int {
-	n := len(m.Key) + len(m.Payload)
+	id := len(m.ID)
+	if id == 0 {
+		id = uuidTextLen
+	}
+	n := id + len(m.Key) + len(m.Payload)
 	for k, v := range m.Headers {
 		n += len(k) + len(v)
 	}
