@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/google/uuid"
@@ -53,7 +54,10 @@ type Message struct {
 	// causation-id and traceparent.
 	Headers map[string]string
 	// Time is when the message was created. Normalize fills a zero Time with
-	// the current time. Brokers keep at least millisecond precision.
+	// the current time. Brokers keep at least millisecond precision. It must
+	// lie between MinTime and MaxTime (1970 to 2262: Kafka refuses negative
+	// timestamps, and int64 Unix nanoseconds end in 2262), which every
+	// adapter carries; Validate refuses other times with ErrInvalidMessage.
 	Time time.Time
 }
 
@@ -94,15 +98,27 @@ func (m Message) Size() int {
 	return n
 }
 
-// Validate reports why m cannot be published: ErrEmptyTopic, or
+// The range of Message.Time: from the Unix epoch (Kafka timestamps are
+// non-negative milliseconds) to the last instant int64 Unix nanoseconds
+// can express.
+var (
+	MinTime = time.Unix(0, 0).UTC()
+	MaxTime = time.Unix(0, math.MaxInt64).UTC()
+)
+
+// Validate reports why m cannot be published: ErrEmptyTopic,
 // ErrMessageTooLarge when Size exceeds maxBytes (maxBytes <= 0 means
-// DefaultMaxMessageBytes).
+// DefaultMaxMessageBytes), or ErrInvalidMessage for a Time outside
+// [MinTime, MaxTime].
 func (m Message) Validate(maxBytes int) error {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxMessageBytes
 	}
 	if m.Topic == "" {
 		return ErrEmptyTopic
+	}
+	if !m.Time.IsZero() && (m.Time.Before(MinTime) || m.Time.After(MaxTime)) {
+		return fmt.Errorf("%w: time %v outside [%v, %v]", ErrInvalidMessage, m.Time, MinTime, MaxTime)
 	}
 	if s := m.Size(); s > maxBytes {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, s, maxBytes)
