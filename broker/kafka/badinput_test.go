@@ -225,3 +225,73 @@ func TestClosed(t *testing.T) {
 		t.Errorf("Publish after Close: err = %v, want ErrClosed", err)
 	}
 }
+
+// TestMixedSizeBatch: the cluster refuses a whole record batch that
+// exceeds the topic's max.message.bytes, so a small message sharing a batch
+// with an oversized one was refused with it (and the outbox parked both).
+// Only the message too large on its own is reported with
+// broker.ErrMessageTooLarge; a small one of another key is published, and one
+// behind the refused message of its own key is reported as not sent, without
+// ErrMessageTooLarge, so it is retried rather than parked.
+func TestMixedSizeBatch(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.Kafka(t)
+	k := newKit(t, brokers, nil)
+	topic := testenv.Name(t, "mixed")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := k.admin.CreateTopic(ctx, TopicSpec{Name: topic, Partitions: 1, Configs: map[string]string{"max.message.bytes": "10000"}}); err != nil {
+		t.Fatal(err)
+	}
+	noise := make([]byte, 50000) // incompressible
+	_, _ = rand.Read(noise)
+	small := broker.NewMessage(topic, []byte("small"))
+	small.Key = "a"
+	big := broker.NewMessage(topic, noise)
+	big.Key = "b"
+	behind := broker.NewMessage(topic, []byte("behind the big one"))
+	behind.Key = "b"
+	other := broker.NewMessage(topic, []byte("small, after"))
+	other.Key = "c"
+
+	err := k.pub.Publish(ctx, small, big, behind, other)
+	var pe *broker.PublishError
+	if !errors.As(err, &pe) || len(pe.Failures) != 2 || pe.Failures[0].Index != 1 || pe.Failures[1].Index != 2 {
+		t.Fatalf("Publish = %v, want a PublishError naming messages 1 and 2", err)
+	}
+	if !errors.Is(pe.Failures[0].Err, broker.ErrMessageTooLarge) {
+		t.Errorf("oversized message: %v, want ErrMessageTooLarge", pe.Failures[0].Err)
+	}
+	if errors.Is(pe.Failures[1].Err, broker.ErrMessageTooLarge) {
+		t.Errorf("message behind the oversized one of its key: %v, want an error that is not ErrMessageTooLarge", pe.Failures[1].Err)
+	}
+
+	got := make(chan broker.Delivery, 8)
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- k.sub.Subscribe(sctx, broker.Subscription{Topic: topic, Group: testenv.Name(t, "g")}, func(_ context.Context, d broker.Delivery) error {
+			got <- d
+			return nil
+		})
+	}()
+	want := map[string]bool{small.ID: true, other.ID: true}
+	for len(want) > 0 {
+		select {
+		case d := <-got:
+			if !want[d.ID] {
+				t.Fatalf("delivered %s (%q), which was reported as failed", d.ID, d.Payload)
+			}
+			delete(want, d.ID)
+		case <-ctx.Done():
+			t.Fatalf("messages not delivered: %v", want)
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Subscribe: %v", err)
+	}
+	if len(got) != 0 {
+		t.Errorf("%d unexpected deliveries", len(got))
+	}
+}
