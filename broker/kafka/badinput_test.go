@@ -295,3 +295,79 @@ func TestMixedSizeBatch(t *testing.T) {
 		t.Errorf("%d unexpected deliveries", len(got))
 	}
 }
+
+// TestSubscribeDuringOutage: a consumer started while every broker refuses
+// connections waits for the cluster (within StartTimeout) instead of failing
+// at once, and consumes once the cluster is back; Admin.Partitions waits
+// the same way. With the cluster down for longer than StartTimeout, both
+// fail with ErrUnreachable, no sooner than StartTimeout.
+func TestSubscribeDuringOutage(t *testing.T) {
+	t.Parallel()
+	rc := newRestartableCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	k := newKit(t, rc.addrs()[:1], func(c *SubscriberConfig) { c.StartTimeout = time.Minute })
+	topic := testenv.Name(t, "outage")
+	k.createTopic(t, topic, 2)
+	rc.stop()
+
+	// One seed: a client whose only seed refuses connections used to fail
+	// within a millisecond, whatever StartTimeout said.
+	const short = 1500 * time.Millisecond
+	seed := rc.addrs()[:1]
+	admin, err := NewAdmin(Config{Brokers: seed, StartTimeout: short})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	start := time.Now()
+	if _, err := admin.Partitions(ctx, topic); !errors.Is(err, ErrUnreachable) || time.Since(start) < short {
+		t.Errorf("Partitions with the cluster down: %v after %v, want ErrUnreachable after StartTimeout (%v)", err, time.Since(start), short)
+	}
+	shortSub, err := NewSubscriber(SubscriberConfig{Config: Config{Brokers: seed, StartTimeout: short}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shortSub.Close()
+	start = time.Now()
+	err = shortSub.Subscribe(ctx, broker.Subscription{Topic: topic, Group: "g"}, func(context.Context, broker.Delivery) error { return nil })
+	if !errors.Is(err, ErrUnreachable) || time.Since(start) < short {
+		t.Errorf("Subscribe with the cluster down: %v after %v, want ErrUnreachable after StartTimeout (%v)", err, time.Since(start), short)
+	}
+
+	got := make(chan broker.Delivery, 1)
+	done := make(chan error, 1)
+	sctx, stop := context.WithCancel(ctx)
+	go func() {
+		done <- k.sub.Subscribe(sctx, broker.Subscription{Topic: topic, Group: testenv.Name(t, "g")}, func(_ context.Context, d broker.Delivery) error {
+			got <- d
+			return nil
+		})
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("Subscribe returned while the cluster was down: %v", err)
+	case <-time.After(time.Second):
+	}
+	if err := rc.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m := broker.NewMessage(topic, []byte("after the outage"))
+	if err := k.pub.Publish(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-got:
+		if d.ID != m.ID {
+			t.Errorf("delivered %s, want %s", d.ID, m.ID)
+		}
+	case err := <-done:
+		t.Fatalf("Subscribe returned: %v", err)
+	case <-ctx.Done():
+		t.Fatal("no delivery after the cluster came back")
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Subscribe: %v", err)
+	}
+}
