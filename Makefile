@@ -16,13 +16,22 @@ BENCHTIME ?= 1s
 BENCHCOUNT ?= 3
 BENCHFLAGS ?=
 BENCHOUT ?= .services/bench.txt
+FUZZTIME ?= 60s
+# Each fuzz target runs this long in make test (its seed corpus always runs).
+TESTFUZZTIME ?= 3s
 
-.PHONY: test services services-down services-status bench lint
+.PHONY: test fuzz services services-down services-status bench lint
 
-## test: start backends, run all tests with -race (extra flags: TESTFLAGS=...), stop backends
+## test: start backends, run all tests with -race (extra flags: TESTFLAGS=...), stop backends;
+## then every fuzz target for TESTFUZZTIME
 test:
 	STEADFAST_REQUIRE_BACKENDS=1 $(SERVICES) run -- \
 		$(GO) test -race -count=1 -timeout $(TESTTIMEOUT) $(TESTFLAGS) $(PKGS)
+	GO=$(GO) bash internal/testenv/fuzz.sh $(TESTFUZZTIME) $(PKGS)
+
+## fuzz: run every fuzz target of PKGS for FUZZTIME each (default 60s)
+fuzz:
+	GO=$(GO) bash internal/testenv/fuzz.sh $(FUZZTIME) $(PKGS)
 
 ## services: start the backends and keep them up; then `. .services/env`
 services:

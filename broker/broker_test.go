@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
 )
@@ -16,14 +17,19 @@ func TestMessageValidate(t *testing.T) {
 		t.Fatalf("err = %v, want ErrEmptyTopic", err)
 	}
 	big := broker.Message{Topic: "a", Key: "k", Payload: make([]byte, 8), Headers: map[string]string{"h": "v"}}
-	if big.Size() != 11 {
-		t.Fatalf("Size = %d, want 11", big.Size())
+	// The ID counts: the 36 bytes of the UUID Normalize fills in when empty.
+	if big.Size() != 47 {
+		t.Fatalf("Size = %d, want 47", big.Size())
 	}
-	if err := big.Validate(10); !errors.Is(err, broker.ErrMessageTooLarge) {
+	if err := big.Validate(46); !errors.Is(err, broker.ErrMessageTooLarge) {
 		t.Fatalf("err = %v, want ErrMessageTooLarge", err)
 	}
-	if err := big.Validate(11); err != nil {
+	if err := big.Validate(47); err != nil {
 		t.Fatalf("message at the limit rejected: %v", err)
+	}
+	hugeID := broker.Message{Topic: "a", ID: strings.Repeat("i", 2<<20)}
+	if err := hugeID.Validate(0); !errors.Is(err, broker.ErrMessageTooLarge) {
+		t.Fatalf("a 2 MiB ID: err = %v, want ErrMessageTooLarge", err)
 	}
 }
 
@@ -64,5 +70,21 @@ func TestPublishError(t *testing.T) {
 	}
 	if f := pe.Failed(msgs); len(f) != 1 || f[0].ID != "2" {
 		t.Errorf("Failed = %v", f)
+	}
+}
+
+// Times every adapter carries exactly pass; others are refused up front
+// rather than coming back as another date.
+func TestValidateTime(t *testing.T) {
+	for _, tm := range []time.Time{broker.MinTime, broker.MaxTime, time.Unix(1, 0), time.Date(2262, 4, 11, 0, 0, 0, 0, time.UTC)} {
+		if err := (broker.Message{Topic: "t", Time: tm}).Validate(0); err != nil {
+			t.Errorf("time %v: %v", tm, err)
+		}
+	}
+	for _, tm := range []time.Time{time.Date(1, 1, 1, 0, 0, 1, 0, time.UTC), time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC),
+		time.Date(1969, 12, 31, 0, 0, 0, 0, time.UTC), broker.MinTime.Add(-1), broker.MaxTime.Add(1)} {
+		if err := (broker.Message{Topic: "t", Time: tm}).Validate(0); !errors.Is(err, broker.ErrInvalidMessage) {
+			t.Errorf("time %v: Validate = %v, want ErrInvalidMessage", tm, err)
+		}
 	}
 }

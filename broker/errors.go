@@ -16,6 +16,12 @@ var (
 	ErrNilHandler = errors.New("broker: nil handler")
 	// ErrMessageTooLarge: a message exceeds the adapter's size limit.
 	ErrMessageTooLarge = errors.New("broker: message too large")
+	// ErrInvalidMessage: a message has a field the destination cannot
+	// carry as it is: a name or value longer than the protocol allows, text
+	// that is not valid UTF-8 where the protocol or store requires it, too
+	// many headers. It is permanent: the same message will never be
+	// accepted, so the outbox parks it at once and nothing is sent.
+	ErrInvalidMessage = errors.New("broker: invalid message")
 	// ErrInvalidSubscription: a subscription setting is out of range.
 	ErrInvalidSubscription = errors.New("broker: invalid subscription")
 	// ErrClosed: the publisher or subscriber was closed.

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/google/uuid"
@@ -74,10 +75,16 @@ type Message struct {
 	// Headers carry metadata such as type, content-type, correlation-id,
 	// causation-id and traceparent.
 	Headers map[string]string
-	// Time is when the message was created. Publishers fill a zero Time
-	// with the current time. Brokers keep at least millisecond precision.
+	// Time is when the message was created. Publishers fill a zero Time with
+	// the current time. Brokers keep at least millisecond precision. It must
+	// lie between MinTime and MaxTime (1970 to 2262: Kafka refuses negative
+	// timestamps, and int64 Unix nanoseconds end in 2262), which every
+	// adapter carries; Validate refuses other times with ErrInvalidMessage.
 	Time time.Time
 }
+
+// uuidTextLen is the length of a UUID in its canonical text form.
+const uuidTextLen = 36
 
 // NewMessage returns a message for topic with a fresh UUIDv7 ID and the
 // current time.
@@ -99,24 +106,41 @@ func NewID() string {
 func (m Message) Header(k string) string { return m.Headers[k] }
 
 // Size is the number of bytes the message occupies on the wire, not counting
-// protocol framing: key, payload, and header names and values.
+// protocol framing: ID, key, payload, and header names and values. An empty
+// ID counts as the 36 bytes of the UUID that Normalize fills in.
 func (m Message) Size() int {
-	n := len(m.Key) + len(m.Payload)
+	id := len(m.ID)
+	if id == 0 {
+		id = uuidTextLen
+	}
+	n := id + len(m.Key) + len(m.Payload)
 	for k, v := range m.Headers {
 		n += len(k) + len(v)
 	}
 	return n
 }
 
-// Validate reports why m cannot be published: ErrEmptyTopic, or
+// The range of Message.Time: from the Unix epoch (Kafka timestamps are
+// non-negative milliseconds) to the last instant int64 Unix nanoseconds
+// can express.
+var (
+	MinTime = time.Unix(0, 0).UTC()
+	MaxTime = time.Unix(0, math.MaxInt64).UTC()
+)
+
+// Validate reports why m cannot be published: ErrEmptyTopic,
 // ErrMessageTooLarge when Size exceeds maxBytes (maxBytes <= 0 means
-// DefaultMaxMessageBytes).
+// DefaultMaxMessageBytes), or ErrInvalidMessage for a Time outside
+// [MinTime, MaxTime].
 func (m Message) Validate(maxBytes int) error {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxMessageBytes
 	}
 	if m.Topic == "" {
 		return ErrEmptyTopic
+	}
+	if !m.Time.IsZero() && (m.Time.Before(MinTime) || m.Time.After(MaxTime)) {
+		return fmt.Errorf("%w: time %v outside [%v, %v]", ErrInvalidMessage, m.Time, MinTime, MaxTime)
 	}
 	if s := m.Size(); s > maxBytes {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, s, maxBytes)

@@ -22,6 +22,11 @@ type ConsumerConfig struct {
 	Consumer string
 	// Key derives the key of a delivery. Default MessageID.
 	Key KeyFunc
+	// OnDuplicate, when set, is called for each delivery acknowledged
+	// without running the handler because its key was done before (after
+	// the store said so, before the acknowledgement), so callers can count
+	// or log duplicates. It must not block for long.
+	OnDuplicate func(ctx context.Context, d broker.Delivery)
 	// Logger receives one line per failure to end a lease (Warn) and per
 	// duplicate or in-progress delivery (Debug). Default slog.Default().
 	Logger *slog.Logger
@@ -117,6 +122,9 @@ func consume(ctx context.Context, store Store, cfg ConsumerConfig, rec *outcome.
 		rec.Record(ctx, outcome.Duplicate, scope, key)
 		rec.Log.DebugContext(ctx, "idempotency: duplicate message acknowledged",
 			"scope", scope, "key", key, "message_id", d.ID)
+		if cfg.OnDuplicate != nil {
+			cfg.OnDuplicate(ctx, d)
+		}
 		return nil
 	}
 

@@ -19,6 +19,10 @@
 //     first request runs and its response is stored; repeats get the stored
 //     response; a repeat while the first runs gets 409, a reused key with a
 //     different request 422, a missing key on a route that requires one 400.
+//     Keys are scoped per caller: by default a digest of the request's
+//     credentials (CredentialsClient), so a stored response is replayed only
+//     to the caller that produced it; HTTPConfig.Client names callers by your
+//     own authentication.
 //
 // # Choosing a store
 //

@@ -3,6 +3,7 @@ package idempotency
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,11 +32,20 @@ const (
 type HTTPConfig struct {
 	// Scope names the API; keys are deduplicated within it. Default "http".
 	Scope string
-	// Client identifies the caller of a request (an account or API-key ID
-	// from your authentication), so that keys are deduplicated per caller.
-	// Without it every caller shares one key space, and a caller that
-	// reuses another's key with an identical request receives the other's
-	// stored response. Default: nil (one shared key space).
+	// Client identifies the caller of a request, so that keys are
+	// deduplicated per caller and a stored response is replayed only to the
+	// caller that produced it (the IETF draft scopes keys per client). Return
+	// an account or API-key ID from your authentication; "" means an
+	// anonymous caller. Default CredentialsClient: a digest of the request's
+	// credentials (Authorization, Proxy-Authorization, Cookie, TLS client
+	// certificate), so two callers with different credentials never share a
+	// key even when they send the same key and body.
+	//
+	// Anonymous callers share one key space. A response stored for an
+	// anonymous caller is kept without its Set-Cookie headers, so a session
+	// it creates is never handed to whoever repeats the key: the replay
+	// carries the status, the other headers and the body. To share keys
+	// across callers on purpose, return one constant (see SharedClient).
 	Client func(r *http.Request) string
 	// Header is the request header carrying the key. Default
 	// HeaderIdempotencyKey.
@@ -98,6 +108,9 @@ func (c HTTPConfig) withDefaults() HTTPConfig {
 	if c.MaxResponseBytes == 0 {
 		c.MaxResponseBytes = 1 << 20
 	}
+	if c.Client == nil {
+		c.Client = CredentialsClient
+	}
 	if c.Keep == nil {
 		c.Keep = func(status int) bool { return status < 500 }
 	}
@@ -125,6 +138,43 @@ func (c HTTPConfig) Validate() error {
 	}
 	return nil
 }
+
+// CredentialsClient is HTTPConfig.Client's default: it names the caller by
+// a digest of the credentials the request carries (the Authorization,
+// Proxy-Authorization and Cookie headers and the TLS client certificate), or
+// "" for a request without any. Callers with different credentials get
+// different key spaces; the digest keeps the credentials themselves out of
+// the store.
+func CredentialsClient(r *http.Request) string {
+	h := sha256.New()
+	any := false
+	for _, name := range []string{"Authorization", "Proxy-Authorization", "Cookie"} {
+		for _, v := range r.Header.Values(name) {
+			any = true
+			io.WriteString(h, name)
+			h.Write([]byte{0})
+			io.WriteString(h, v)
+			h.Write([]byte{0})
+		}
+	}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		any = true
+		io.WriteString(h, "tls")
+		h.Write([]byte{0})
+		h.Write(r.TLS.PeerCertificates[0].Raw)
+	}
+	if !any {
+		return ""
+	}
+	return "c-" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// SharedClient names every caller alike: with HTTPConfig.Client set to it,
+// all callers share one key space, and one caller repeating another's key
+// with an identical request receives the other's stored response, headers
+// (Set-Cookie included) and all. Use it only where every caller may see
+// every response, such as a trusted internal service.
+func SharedClient(*http.Request) string { return "shared" }
 
 // DefaultFingerprint is the SHA-256 of the request's method, escaped path,
 // raw query and body.
@@ -213,8 +263,9 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key, err := parseKey(raw, h.cfg.MaxKeyBytes)
-	if err == nil && h.cfg.Client != nil {
-		client := h.cfg.Client(r)
+	client := ""
+	if err == nil {
+		client = h.cfg.Client(r)
 		key = strconv.Itoa(len(client)) + ":" + client + ":" + key
 	}
 	if err == nil {
@@ -263,11 +314,12 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.replay(w, r, key, done.Response)
 		return
 	}
-	h.run(w, r, key, lease)
+	h.run(w, r, key, client == "", lease)
 }
 
 // run calls the handler while holding lease and stores what it wrote.
-func (h *httpHandler) run(w http.ResponseWriter, r *http.Request, key string, lease Lease) {
+// An anonymous caller's response is stored without Set-Cookie.
+func (h *httpHandler) run(w http.ResponseWriter, r *http.Request, key string, anonymous bool, lease Lease) {
 	ctx := r.Context()
 	rw := &recorder{w: w, limit: h.cfg.MaxResponseBytes}
 	finished := false
@@ -301,6 +353,9 @@ func (h *httpHandler) run(w http.ResponseWriter, r *http.Request, key string, le
 		}
 		h.rec.Record(ctx, outcome.Failed, h.cfg.Scope, key)
 		return
+	}
+	if anonymous {
+		delete(rw.header, "Set-Cookie")
 	}
 	resp, err := json.Marshal(storedResponse{Version: 1, Status: rw.status, Header: rw.header, Body: rw.body.Bytes()})
 	if err == nil {

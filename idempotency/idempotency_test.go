@@ -205,11 +205,13 @@ func TestHTTPLimitsAndFailures(t *testing.T) {
 		t.Fatalf("Complete failing: %d, %d bytes, %d calls", r.Code, r.Body.Len(), calls)
 	}
 
-	// Quoted keys unescape; two key headers are refused.
+	// Quoted keys unescape; two key headers are refused. The stored key
+	// names the caller (anonymous here: "0::"), so no key a caller sends can
+	// name another caller's.
 	st := newMemory(t)
 	mw, _ = idempotency.HTTP(st, idempotency.HTTPConfig{Scope: "api"})
 	post(mw(big), `"a\"b\\c"`, "b")
-	if _, rec, _ := st.Acquire(context.Background(), "api", `a"b\c`, nil); rec == nil {
+	if _, rec, _ := st.Acquire(context.Background(), "api", `0::a"b\c`, nil); rec == nil {
 		t.Fatal(`quoted key "a\"b\\c" was not stored as a"b\c`)
 	}
 	req := httptest.NewRequest("POST", "/orders", nil)

@@ -73,7 +73,8 @@ type Config struct {
 	BlockKeyOnPark bool
 	// Permanent reports whether a publish error means the message can never
 	// be published, so its row is parked at once instead of retried.
-	// broker.ErrEmptyTopic and broker.ErrMessageTooLarge always are; this
+	// broker.ErrEmptyTopic, broker.ErrMessageTooLarge and
+	// broker.ErrInvalidMessage always are; this
 	// function is consulted in addition.
 	Permanent func(error) bool
 	// Transient reports whether a publish error means the broker, not the

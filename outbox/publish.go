@@ -57,7 +57,7 @@ func (r *Relay) classify(err error) errClass {
 }
 
 func (r *Relay) permanent(err error) bool {
-	if errors.Is(err, broker.ErrEmptyTopic) || errors.Is(err, broker.ErrMessageTooLarge) {
+	if errors.Is(err, broker.ErrEmptyTopic) || errors.Is(err, broker.ErrMessageTooLarge) || errors.Is(err, broker.ErrInvalidMessage) {
 		return true
 	}
 	return r.cfg.Permanent != nil && r.cfg.Permanent(err)

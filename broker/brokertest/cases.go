@@ -52,6 +52,11 @@ func (s *suite) roundTrip(t *testing.T) {
 		Topic: e.topic,
 		// No key, no payload, no headers.
 		Time: time.Now().Truncate(e.f.TimePrecision),
+	}, {
+		// The ends of the time range every adapter must carry.
+		ID: broker.NewID(), Topic: e.topic, Time: broker.MinTime,
+	}, {
+		ID: broker.NewID(), Topic: e.topic, Time: broker.MaxTime.Truncate(e.f.TimePrecision),
 	}}
 	e.publish(sent...)
 
@@ -132,6 +137,13 @@ func (s *suite) badInput(t *testing.T) {
 	big := broker.NewMessage(e.topic, make([]byte, limit+1))
 	if err := pub.Publish(ctx, good, big); !errors.Is(err, broker.ErrMessageTooLarge) {
 		t.Errorf("publish of an oversized message: err = %v, want ErrMessageTooLarge", err)
+	}
+	for _, tm := range []time.Time{time.Date(1, 1, 2, 0, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)} {
+		odd := broker.NewMessage(e.topic, []byte("must not be sent"))
+		odd.Time = tm
+		if err := pub.Publish(ctx, good, odd); !errors.Is(err, broker.ErrInvalidMessage) {
+			t.Errorf("publish of a message dated %v: err = %v, want ErrInvalidMessage", tm, err)
+		}
 	}
 	cctx, ccancel := context.WithCancel(ctx)
 	ccancel()

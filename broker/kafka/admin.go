@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/steadfast-go/steadfast/broker"
 )
 
 // Admin creates topics and reports consumer lag. It is safe for concurrent
@@ -90,11 +93,17 @@ func (a *Admin) CreateTopic(ctx context.Context, spec TopicSpec) error {
 }
 
 // Partitions returns the partition count of topic, or an error wrapping
-// ErrUnknownTopic when the topic does not exist.
+// ErrUnknownTopic when the topic does not exist. While no broker answers (a
+// cluster that is down refuses connections at once) it keeps asking, until
+// ctx ends or Config.StartTimeout passes; then it fails with ErrUnreachable.
 func (a *Admin) Partitions(ctx context.Context, topic string) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.StartTimeout)
 	defer cancel()
-	tds, err := a.adm.ListTopics(ctx, topic)
+	var tds kadm.TopicDetails
+	err := untilAnswered(ctx, func(ctx context.Context) (err error) {
+		tds, err = a.adm.ListTopics(ctx, topic)
+		return err
+	})
 	if err != nil {
 		return 0, wrapReqErr(ctx, "list topic "+topic, err)
 	}
@@ -113,6 +122,31 @@ func onOff(b bool) string {
 		return "on"
 	}
 	return "off"
+}
+
+// unansweredBackoff spaces the attempts of untilAnswered.
+var unansweredBackoff = broker.Backoff{Initial: 50 * time.Millisecond, Max: time.Second}
+
+// untilAnswered calls fn until the cluster answers it (fn returns nil or an
+// error carrying a Kafka error code) or ctx ends, waiting between attempts:
+// a request fails within milliseconds when every broker refuses connections,
+// and a process started during an outage should wait for the cluster
+// rather than fail. It returns fn's last error.
+func untilAnswered(ctx context.Context, fn func(context.Context) error) error {
+	for attempt := 1; ; attempt++ {
+		err := fn(ctx)
+		var ke *kerr.Error
+		if err == nil || errors.As(err, &ke) || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(unansweredBackoff.Delay(attempt))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+	}
 }
 
 // wrapReqErr turns a request that failed without a Kafka error code (the

@@ -233,3 +233,149 @@ func TestClosed(t *testing.T) {
 		t.Errorf("Publish after Close: err = %v, want ErrClosed", err)
 	}
 }
+
+// TestMixedSizeBatch: the cluster refuses a whole record batch that
+// exceeds the topic's max.message.bytes, so a small message sharing a batch
+// with an oversized one was refused with it (and the outbox parked both).
+// Only the message too large on its own is reported with
+// broker.ErrMessageTooLarge; a small one of another key is published, and one
+// behind the refused message of its own key is reported as not sent, without
+// ErrMessageTooLarge, so it is retried rather than parked.
+func TestMixedSizeBatch(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.Kafka(t)
+	k := newKit(t, brokers, nil)
+	topic := testenv.Name(t, "mixed")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := k.admin.CreateTopic(ctx, TopicSpec{Name: topic, Partitions: 1, Configs: map[string]string{"max.message.bytes": "10000"}}); err != nil {
+		t.Fatal(err)
+	}
+	noise := make([]byte, 50000) // incompressible
+	_, _ = rand.Read(noise)
+	small := broker.NewMessage(topic, []byte("small"))
+	small.Key = "a"
+	big := broker.NewMessage(topic, noise)
+	big.Key = "b"
+	behind := broker.NewMessage(topic, []byte("behind the big one"))
+	behind.Key = "b"
+	other := broker.NewMessage(topic, []byte("small, after"))
+	other.Key = "c"
+
+	err := k.pub.Publish(ctx, small, big, behind, other)
+	var pe *broker.PublishError
+	if !errors.As(err, &pe) || len(pe.Failures) != 2 || pe.Failures[0].Index != 1 || pe.Failures[1].Index != 2 {
+		t.Fatalf("Publish = %v, want a PublishError naming messages 1 and 2", err)
+	}
+	if !errors.Is(pe.Failures[0].Err, broker.ErrMessageTooLarge) {
+		t.Errorf("oversized message: %v, want ErrMessageTooLarge", pe.Failures[0].Err)
+	}
+	if errors.Is(pe.Failures[1].Err, broker.ErrMessageTooLarge) {
+		t.Errorf("message behind the oversized one of its key: %v, want an error that is not ErrMessageTooLarge", pe.Failures[1].Err)
+	}
+
+	got := make(chan broker.Delivery, 8)
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- k.sub.Subscribe(sctx, broker.Subscription{Topic: topic, Group: testenv.Name(t, "g")}, func(_ context.Context, d broker.Delivery) error {
+			got <- d
+			return nil
+		})
+	}()
+	want := map[string]bool{small.ID: true, other.ID: true}
+	for len(want) > 0 {
+		select {
+		case d := <-got:
+			if !want[d.ID] {
+				t.Fatalf("delivered %s (%q), which was reported as failed", d.ID, d.Payload)
+			}
+			delete(want, d.ID)
+		case <-ctx.Done():
+			t.Fatalf("messages not delivered: %v", want)
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Subscribe: %v", err)
+	}
+	if len(got) != 0 {
+		t.Errorf("%d unexpected deliveries", len(got))
+	}
+}
+
+// TestSubscribeDuringOutage: a consumer started while every broker refuses
+// connections waits for the cluster (within StartTimeout) instead of failing
+// at once, and consumes once the cluster is back; Admin.Partitions waits
+// the same way. With the cluster down for longer than StartTimeout, both
+// fail with ErrUnreachable, no sooner than StartTimeout.
+func TestSubscribeDuringOutage(t *testing.T) {
+	t.Parallel()
+	rc := newRestartableCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	k := newKit(t, rc.addrs()[:1], func(c *SubscriberConfig) { c.StartTimeout = time.Minute })
+	topic := testenv.Name(t, "outage")
+	k.createTopic(t, topic, 2)
+	rc.stop()
+
+	// One seed: a client whose only seed refuses connections used to fail
+	// within a millisecond, whatever StartTimeout said.
+	const short = 1500 * time.Millisecond
+	seed := rc.addrs()[:1]
+	admin, err := NewAdmin(Config{Brokers: seed, StartTimeout: short})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	start := time.Now()
+	if _, err := admin.Partitions(ctx, topic); !errors.Is(err, ErrUnreachable) || time.Since(start) < short {
+		t.Errorf("Partitions with the cluster down: %v after %v, want ErrUnreachable after StartTimeout (%v)", err, time.Since(start), short)
+	}
+	shortSub, err := NewSubscriber(SubscriberConfig{Config: Config{Brokers: seed, StartTimeout: short}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shortSub.Close()
+	start = time.Now()
+	err = shortSub.Subscribe(ctx, broker.Subscription{Topic: topic, Group: "g"}, func(context.Context, broker.Delivery) error { return nil })
+	if !errors.Is(err, ErrUnreachable) || time.Since(start) < short {
+		t.Errorf("Subscribe with the cluster down: %v after %v, want ErrUnreachable after StartTimeout (%v)", err, time.Since(start), short)
+	}
+
+	got := make(chan broker.Delivery, 1)
+	done := make(chan error, 1)
+	sctx, stop := context.WithCancel(ctx)
+	go func() {
+		done <- k.sub.Subscribe(sctx, broker.Subscription{Topic: topic, Group: testenv.Name(t, "g")}, func(_ context.Context, d broker.Delivery) error {
+			got <- d
+			return nil
+		})
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("Subscribe returned while the cluster was down: %v", err)
+	case <-time.After(time.Second):
+	}
+	if err := rc.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m := broker.NewMessage(topic, []byte("after the outage"))
+	if err := k.pub.Publish(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-got:
+		if d.ID != m.ID {
+			t.Errorf("delivered %s, want %s", d.ID, m.ID)
+		}
+	case err := <-done:
+		t.Fatalf("Subscribe returned: %v", err)
+	case <-ctx.Done():
+		t.Fatal("no delivery after the cluster came back")
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Subscribe: %v", err)
+	}
+}

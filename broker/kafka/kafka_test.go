@@ -135,15 +135,29 @@ func (rc *restartableCluster) addrs() []string {
 // restart stops every broker, waits down for a moment, and starts them again
 // from the data directory on the same ports.
 func (rc *restartableCluster) restart(ctx context.Context, down time.Duration) error {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	rc.c.Close()
-	rc.c = nil
+	rc.stop()
 	select {
 	case <-time.After(down):
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	return rc.start(ctx)
+}
+
+// stop closes every broker: connections to its ports are refused until start.
+func (rc *restartableCluster) stop() {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.c != nil {
+		rc.c.Close()
+		rc.c = nil
+	}
+}
+
+// start starts the brokers again from the data directory on the same ports.
+func (rc *restartableCluster) start(ctx context.Context) error {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
 	var err error
 	for ctx.Err() == nil {
 		var c *kfake.Cluster

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync/atomic"
 	"time"
 
@@ -139,8 +138,9 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 			return pe
 		}
 	}
-	var pe *broker.PublishError
+	errs := make([]error, len(recs))
 	var index map[*kgo.Record]int
+	failed := false
 	for _, r := range res {
 		if r.Err == nil {
 			continue
@@ -150,20 +150,81 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 			for i, rec := range recs {
 				index[rec] = i
 			}
+		}
+		errs[index[r.Record]], failed = r.Err, true
+	}
+	if !failed {
+		return nil
+	}
+	p.retryTooLarge(ctx, recs, errs)
+	var pe *broker.PublishError
+	for i, rerr := range errs {
+		if rerr == nil {
+			continue
+		}
+		if pe == nil {
 			pe = &broker.PublishError{}
 		}
-		i := index[r.Record]
-		err := classifyProduceErr(msgs[i].Topic, r.Err)
-		if ctx.Err() != nil && errors.Is(r.Err, ctx.Err()) {
+		err := rerr
+		var nr notRetried
+		if !errors.As(rerr, &nr) {
+			err = classifyProduceErr(msgs[i].Topic, rerr)
+		}
+		if ctx.Err() != nil && errors.Is(rerr, ctx.Err()) {
 			err = fmt.Errorf("kafka: not acknowledged: %w", context.Cause(ctx))
 		}
-		pe.Failures = append(pe.Failures, broker.PublishFailure{Index: i, ID: recordID(r.Record), Err: err})
+		pe.Failures = append(pe.Failures, broker.PublishFailure{Index: i, ID: recordID(recs[i]), Err: err})
 	}
-	if pe != nil {
-		sort.Slice(pe.Failures, func(a, b int) bool { return pe.Failures[a].Index < pe.Failures[b].Index })
-		return pe
+	if pe == nil {
+		return nil
 	}
-	return nil
+	return pe
+}
+
+// tooLarge reports the errors with which the cluster refuses a record batch
+// that exceeds a topic's max.message.bytes.
+func tooLarge(err error) bool {
+	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge)
+}
+
+// notRetried is the error of a record that was refused as part of an
+// oversized batch and not sent again because an earlier record of its key
+// was refused on its own: sending it would overtake that record.
+type notRetried struct{ key string }
+
+func (e notRetried) Error() string {
+	return fmt.Sprintf("kafka: not sent: an earlier message of key %q in this call was refused", e.key)
+}
+
+// retryTooLarge sends again, one at a time and in call order, the records
+// refused as too large: the cluster refuses a whole record batch when the
+// batch exceeds max.message.bytes, so a small record that shared a batch
+// with an oversized one is refused with it. Alone, each record is accepted
+// or refused on its own size, and only the records that are too large by
+// themselves keep their error. A record whose key already failed in this
+// pass is not sent (it would overtake the failed one) and gets a notRetried
+// error; so does every record once ctx ends.
+func (p *Publisher) retryTooLarge(ctx context.Context, recs []*kgo.Record, errs []error) {
+	failedKey := map[string]bool{}
+	for i, err := range errs {
+		if err == nil || !tooLarge(err) {
+			continue
+		}
+		key := string(recs[i].Key)
+		if failedKey[key] && len(recs[i].Key) > 0 {
+			errs[i] = notRetried{key: key}
+			continue
+		}
+		if ctx.Err() != nil {
+			continue
+		}
+		r := recs[i]
+		r.Partition, r.Offset, r.ProducerID, r.ProducerEpoch, r.LeaderEpoch = 0, 0, 0, 0, 0
+		errs[i] = p.cl.ProduceSync(ctx, r).FirstErr()
+		if errs[i] != nil && len(r.Key) > 0 {
+			failedKey[key] = true
+		}
+	}
 }
 
 // classifyProduceErr wraps franz-go and Kafka errors with the sentinel a
@@ -172,7 +233,7 @@ func classifyProduceErr(topic string, err error) error {
 	switch {
 	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):
 		return fmt.Errorf("%w %q: %w", ErrUnknownTopic, topic, err)
-	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge):
+	case tooLarge(err):
 		return fmt.Errorf("%w: %w", broker.ErrMessageTooLarge, err)
 	case errors.Is(err, kgo.ErrClientClosed):
 		return fmt.Errorf("%w: %w", broker.ErrClosed, err)

@@ -11,6 +11,10 @@
 // subscribes for the first time starts at the first message of the topic, as
 // a Kafka group with auto.offset.reset=earliest does.
 //
+// Messages are copied on Publish and again for each delivery, so neither a
+// publisher that reuses its buffers nor a handler that edits its delivery
+// changes what anyone else receives.
+//
 // Acknowledgement is exact: a handler that returned nil is never redelivered,
 // so the broker produces no duplicates of its own. Nothing survives the
 // process; every published message stays in memory for the Broker's life,
@@ -19,10 +23,12 @@
 package memory
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -147,6 +153,7 @@ func (b *Broker) Publish(ctx context.Context, msgs ...broker.Message) (err error
 	}
 	touched := make(map[*group]struct{})
 	for _, m := range msgs {
+		m = clone(m)
 		t := b.topic(m.Topic)
 		off := int64(len(t.log))
 		t.log = append(t.log, m)
@@ -174,7 +181,24 @@ func (b *Broker) Published(topic string) []broker.Message {
 	if t == nil {
 		return nil
 	}
-	return append([]broker.Message(nil), t.log...)
+	out := make([]broker.Message, len(t.log))
+	for i, m := range t.log {
+		out[i] = clone(m)
+	}
+	return out
+}
+
+// clone copies m's payload and headers, as a network broker would: what a
+// publisher changes after Publish, or a handler changes in its delivery,
+// never reaches another reader of the message.
+func clone(m broker.Message) broker.Message {
+	if m.Payload != nil {
+		m.Payload = bytes.Clone(m.Payload)
+	}
+	if m.Headers != nil {
+		m.Headers = maps.Clone(m.Headers)
+	}
+	return m
 }
 
 // Pending returns how many messages of topic the group has not yet
@@ -293,7 +317,7 @@ func (b *Broker) run(ctx context.Context, h broker.Handler, e *entry) (err error
 	})
 	defer stop()
 	d := broker.Delivery{
-		Message:     e.msg,
+		Message:     clone(e.msg),
 		Attempt:     e.attempt,
 		Redelivered: e.attempt > 1,
 		Group:       e.group,

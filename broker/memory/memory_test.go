@@ -178,3 +178,47 @@ func TestSpans(t *testing.T) {
 		t.Fatal("message not delivered")
 	}
 }
+
+// What a publisher changes after Publish, and what one group's handler
+// changes in its delivery, reaches nobody else (run with -race: two groups
+// editing their deliveries' headers at once is no data race).
+func TestMessagesAreCopied(t *testing.T) {
+	b := memory.New(memory.Config{})
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := broker.NewMessage("t", []byte("original"))
+	m.Headers = map[string]string{"h": "original"}
+	if err := b.Publish(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	copy(m.Payload, "MUTATED!")
+	m.Headers["h"] = "mutated"
+	m.Headers["extra"] = "x"
+
+	type seen struct{ payload, header string }
+	got := make(chan seen, 4)
+	for _, g := range []string{"a", "b", "c", "d"} {
+		go b.Subscribe(ctx, broker.Subscription{Topic: "t", Group: g}, func(_ context.Context, d broker.Delivery) error {
+			got <- seen{string(d.Payload), d.Headers["h"] + "/" + d.Headers["extra"]}
+			d.Headers["h"] = "changed by " + g
+			d.Payload[0] = 'X'
+			return nil
+		})
+	}
+	for range 4 {
+		select {
+		case s := <-got:
+			if s.payload != "original" || s.header != "original/" {
+				t.Fatalf("delivery saw payload %q, headers %q; want what was published", s.payload, s.header)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("message not delivered to every group")
+		}
+	}
+	for _, p := range b.Published("t") {
+		if string(p.Payload) != "original" || p.Headers["h"] != "original" {
+			t.Fatalf("Published() = %q %v after handlers edited their deliveries", p.Payload, p.Headers)
+		}
+	}
+}

@@ -24,6 +24,7 @@ func (s *suite) consumerCases() []testCase {
 		{"PanicFreesKey", s.panicFreesKey},
 		{"KeyStrategies", s.keyStrategies},
 		{"ConsumersAreSeparate", s.consumersAreSeparate},
+		{"DuplicatesReported", s.duplicatesReported},
 	}
 }
 
@@ -384,5 +385,32 @@ func (s *suite) consumersAreSeparate(t *testing.T) {
 		if calls, _ := fx.counts(g + "/" + m.ID); calls != 1 {
 			t.Fatalf("group %s: handler ran %d times, want 1", g, calls)
 		}
+	}
+}
+
+// ConsumerConfig.OnDuplicate hears of every delivery skipped as a
+// duplicate, and of nothing else.
+func (s *suite) duplicatesReported(t *testing.T) {
+	st := s.store(t, longLease)
+	var mu sync.Mutex
+	var dups []string
+	cfg := idempotency.ConsumerConfig{Consumer: unique("c"), OnDuplicate: func(_ context.Context, d broker.Delivery) {
+		mu.Lock()
+		defer mu.Unlock()
+		dups = append(dups, d.ID)
+	}}
+	var calls atomic.Int64
+	h := broker.Chain(func(context.Context, broker.Delivery) error { calls.Add(1); return nil }, middleware(t, st, cfg))
+	ctx := context.Background()
+	a, b := broker.Delivery{Message: broker.NewMessage("t", nil)}, broker.Delivery{Message: broker.NewMessage("t", nil)}
+	for _, d := range []broker.Delivery{a, a, b, a, b} {
+		if err := h(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls.Load() != 2 || len(dups) != 3 || dups[0] != a.ID || dups[1] != a.ID || dups[2] != b.ID {
+		t.Fatalf("handler calls %d, duplicates reported %v; want 2 calls and [a a b]", calls.Load(), dups)
 	}
 }

@@ -24,6 +24,7 @@ func (s *suite) httpCases() []testCase {
 		{"PanicFreesKey", s.httpPanic},
 		{"ConcurrentIdenticalRequests", s.httpConcurrent},
 		{"ClientsAreSeparate", s.httpClients},
+		{"DefaultScopesByCredentials", s.httpDefaultClients},
 	}
 }
 
@@ -346,5 +347,49 @@ func (s *suite) httpClients(t *testing.T) {
 	}
 	if n := h.n.Load(); n != 2 {
 		t.Fatalf("handler ran %d times, want 2", n)
+	}
+}
+
+// session is a handler that logs the caller in: each call creates a session
+// and sets its cookie.
+type session struct{ n atomic.Int64 }
+
+func (c *session) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	n := c.n.Add(1)
+	http.SetCookie(w, &http.Cookie{Name: "session", Value: "s" + strconv.FormatInt(n, 10)})
+	w.WriteHeader(http.StatusCreated)
+	io.WriteString(w, `{"session":`+strconv.FormatInt(n, 10)+`}`)
+}
+
+// With the default config, a stored response is replayed only to the caller
+// whose credentials produced it: another caller sending the same key and body
+// runs the handler and never receives the first caller's Set-Cookie. An
+// anonymous caller's response is stored without its Set-Cookie.
+func (s *suite) httpDefaultClients(t *testing.T) {
+	h := &session{}
+	srv := s.httpServer(t, idempotency.HTTPConfig{}, h)
+	a := do(t, srv, "POST", "/login", "k", "same", "Authorization", "Bearer alice")
+	b := do(t, srv, "POST", "/login", "k", "same", "Authorization", "Bearer bob")
+	c := do(t, srv, "POST", "/login", "k", "same", "Cookie", "tracking=bob")
+	if a.header.Get("Set-Cookie") != "session=s1" || b.header.Get("Set-Cookie") != "session=s2" ||
+		c.header.Get("Set-Cookie") != "session=s3" || b.header.Get(idempotency.HeaderReplayed) != "" {
+		t.Fatalf("three callers, one key: Set-Cookie %q, %q, %q (replayed %q); want three originals",
+			a.header.Get("Set-Cookie"), b.header.Get("Set-Cookie"), c.header.Get("Set-Cookie"), b.header.Get(idempotency.HeaderReplayed))
+	}
+	again := do(t, srv, "POST", "/login", "k", "same", "Authorization", "Bearer alice")
+	if again.header.Get(idempotency.HeaderReplayed) != "true" || again.header.Get("Set-Cookie") != "session=s1" || again.body != a.body {
+		t.Fatalf("repeat by the first caller: %v %q, want its own replay with its cookie", again.header, again.body)
+	}
+	// Anonymous callers share a key space; the stored response has no cookie.
+	anon := do(t, srv, "POST", "/login", "anon-key", "same")
+	if anon.header.Get("Set-Cookie") != "session=s4" {
+		t.Fatalf("anonymous original: Set-Cookie %q, want session=s4", anon.header.Get("Set-Cookie"))
+	}
+	other := do(t, srv, "POST", "/login", "anon-key", "same")
+	if other.header.Get(idempotency.HeaderReplayed) != "true" || other.header.Get("Set-Cookie") != "" || other.body != anon.body {
+		t.Fatalf("anonymous repeat: %v %q, want a replay without Set-Cookie", other.header, other.body)
+	}
+	if n := h.n.Load(); n != 4 {
+		t.Fatalf("handler ran %d times, want 4", n)
 	}
 }

@@ -25,7 +25,8 @@ type TxHandler func(ctx context.Context, tx pgx.Tx, d broker.Delivery) error
 //
 //   - the effect h writes through tx and the key are committed together:
 //     a redelivery after the commit (the process died before the broker ack)
-//     finds the key and is acknowledged without calling h;
+//     finds the key and is acknowledged without calling h (cfg.OnDuplicate
+//     is told);
 //   - h returning an error, panicking, or the process dying before the
 //     commit rolls both back: the redelivery runs h again;
 //   - a commit that fails returns its error: the redelivery then finds the
@@ -88,6 +89,9 @@ func (s *Store) handle(ctx context.Context, cfg idempotency.ConsumerConfig, rec 
 		rec.Record(ctx, outcome.Duplicate, scope, key)
 		rec.Log.DebugContext(ctx, "idempotency: duplicate message acknowledged",
 			"scope", scope, "key", key, "message_id", d.ID)
+		if cfg.OnDuplicate != nil {
+			cfg.OnDuplicate(ctx, d)
+		}
 		return nil
 	}
 

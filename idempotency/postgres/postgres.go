@@ -423,28 +423,47 @@ type lease struct {
 func (l *lease) Complete(ctx context.Context, response []byte) error {
 	if response != nil {
 		if _, err := l.tx.Exec(ctx, l.s.updateSQL, l.scope, l.key, response); err != nil {
+			// The transaction cannot commit any more: the claim is gone
+			// with it, whatever the cause.
 			_ = l.tx.Rollback(ctx)
-			return l.err("complete", err)
+			return l.lost("complete", err)
 		}
 	}
 	if err := l.tx.Commit(ctx); err != nil {
-		return l.err("complete", err)
+		if commitNeverRan(err) {
+			return l.lost("complete", err)
+		}
+		return fmt.Errorf("idempotency/postgres: complete scope %q key %q: outcome unknown (the key may be done): %w", l.scope, l.key, err)
 	}
 	return nil
 }
 
 func (l *lease) Release(ctx context.Context) error {
+	// A rollback that fails found the transaction already ended, or its
+	// connection gone (which ends it): the key is free either way, and the
+	// lease was lost before this call.
 	if err := l.tx.Rollback(ctx); err != nil {
-		return l.err("release", err)
+		return l.lost("release", err)
 	}
 	return nil
 }
 
-func (l *lease) err(op string, err error) error {
-	if errors.Is(err, pgx.ErrTxClosed) || errors.Is(err, pgx.ErrTxCommitRollback) {
-		return fmt.Errorf("idempotency/postgres: %s scope %q key %q: %w (%w)", op, l.scope, l.key, idempotency.ErrLeaseLost, err)
-	}
-	return fmt.Errorf("idempotency/postgres: %s scope %q key %q: %w", op, l.scope, l.key, err)
+// lost is the error of a lease whose transaction ended without marking the
+// key done: it wraps idempotency.ErrLeaseLost and the cause.
+func (l *lease) lost(op string, err error) error {
+	return fmt.Errorf("idempotency/postgres: %s scope %q key %q: %w (%w)", op, l.scope, l.key, idempotency.ErrLeaseLost, err)
+}
+
+// commitNeverRan reports whether a failed COMMIT surely did not commit: the
+// transaction had already ended (pgx.ErrTxClosed), the server rolled it back
+// (pgx.ErrTxCommitRollback), the server refused it with an error (it
+// terminated the session, or the transaction was aborted), or the statement
+// was never sent. A connection that broke after COMMIT was sent is
+// ambiguous: the server may have committed.
+func commitNeverRan(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.Is(err, pgx.ErrTxClosed) || errors.Is(err, pgx.ErrTxCommitRollback) ||
+		errors.As(err, &pgErr) || pgconn.SafeToRetry(err)
 }
 
 // cleanupBatch is how many rows one Cleanup statement deletes, so that no

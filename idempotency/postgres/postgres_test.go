@@ -174,7 +174,9 @@ func TestHandlerCrashAfterCommitBeforeAck(t *testing.T) {
 	s := newStore(t, pool, postgres.Config{})
 	inc, read := counter(t, pool)
 	var calls atomic.Int64
-	inner := handler(t, s, idempotency.ConsumerConfig{}, func(ctx context.Context, tx pgx.Tx, _ broker.Delivery) error {
+	var dups atomic.Int64
+	cfg := idempotency.ConsumerConfig{OnDuplicate: func(context.Context, broker.Delivery) { dups.Add(1) }}
+	inner := handler(t, s, cfg, func(ctx context.Context, tx pgx.Tx, _ broker.Delivery) error {
 		calls.Add(1)
 		return inc(ctx, tx)
 	})
@@ -192,8 +194,8 @@ func TestHandlerCrashAfterCommitBeforeAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	consume(t, b, "orders", "billing", h)
-	if n, c := read(), calls.Load(); n != 1 || c != 1 {
-		t.Fatalf("counter = %d, handler calls = %d after a lost ack; want 1 and 1", n, c)
+	if n, c := read(), calls.Load(); n != 1 || c != 1 || dups.Load() != 1 {
+		t.Fatalf("counter = %d, handler calls = %d, duplicates reported %d after a lost ack; want 1, 1 and 1", n, c, dups.Load())
 	}
 }
 
@@ -503,8 +505,26 @@ func TestAcquireLeaseConnectionDies(t *testing.T) {
 			t.Fatalf("Acquire after the holder's connection died = (%v, %+v, %v), want a lease", l, rec, err)
 		}
 	}
-	if err := lease.Complete(ctx, []byte("late")); err == nil {
-		t.Fatal("Complete on a dead connection returned nil")
+	if err := lease.Complete(ctx, []byte("late")); !errors.Is(err, idempotency.ErrLeaseLost) {
+		t.Fatalf("Complete on a dead connection = %v, want ErrLeaseLost", err)
+	}
+	// Without a response, Complete goes straight to COMMIT; Release of a
+	// lease whose connection died is lost too.
+	for _, end := range []func(idempotency.Lease) error{
+		func(l idempotency.Lease) error { return l.Complete(ctx, nil) },
+		func(l idempotency.Lease) error { return l.Release(ctx) },
+	} {
+		l, _, err := s.Acquire(ctx, "scope", "k2", nil)
+		if err != nil || l == nil {
+			t.Fatalf("Acquire k2: %v %v", l, err)
+		}
+		if err := pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE application_name = $1 AND state LIKE 'idle in transaction%'`, app).Scan(&killed); err != nil || killed != 1 {
+			t.Fatalf("terminated %d backends (%v), want the lease's one", killed, err)
+		}
+		if err := end(l); !errors.Is(err, idempotency.ErrLeaseLost) {
+			t.Fatalf("ending a lease whose connection died = %v, want ErrLeaseLost", err)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"reflect"
 	"strconv"
 	"sync"
 	"testing"
@@ -223,6 +224,37 @@ func (s *storeSuite) roundTrip(t *testing.T) {
 	}
 	if recs := e.claim(10, false).Records(); len(recs) != 0 {
 		t.Errorf("a refused enqueue wrote rows: %v", payloads(recs))
+	}
+
+	// Text a store cannot keep exactly is refused with ErrInvalidMessage,
+	// whole batch and all; what a store accepts comes back byte for byte.
+	for _, bad := range []func(*broker.Message){
+		func(m *broker.Message) { m.Headers = map[string]string{"h": "a\xffb"} },
+		func(m *broker.Message) { m.Headers = map[string]string{"a\xffb": "v"} },
+		func(m *broker.Message) { m.Headers = map[string]string{"h": "nul\x00"} },
+		func(m *broker.Message) { m.Key = "k\xfe" },
+		func(m *broker.Message) { m.Topic = e.topic + "\xff" },
+		func(m *broker.Message) { m.ID = "id\x00" },
+	} {
+		m := broker.NewMessage(e.topic, []byte("odd"))
+		bad(&m)
+		err := e.h.Enqueue(e.ctx, broker.NewMessage(e.topic, []byte("good")), m)
+		if err != nil {
+			if !errors.Is(err, broker.ErrInvalidMessage) {
+				t.Errorf("enqueue of %+v: err = %v, want nil or ErrInvalidMessage", m, err)
+			}
+			if recs := e.claim(10, false).Records(); len(recs) != 0 {
+				t.Errorf("a refused enqueue wrote rows: %v", payloads(recs))
+			}
+			continue
+		}
+		c := e.claim(10, false)
+		recs := c.Records()
+		if len(recs) != 2 || !reflect.DeepEqual(recs[1].Message.Headers, m.Headers) || recs[1].Message.Key != m.Key ||
+			recs[1].Message.Topic != m.Topic || recs[1].Message.ID != m.ID {
+			t.Errorf("enqueued %+v, claimed %+v: not stored exactly", m, recs)
+		}
+		e.complete(c, outbox.Outcome{Published: ids(recs)})
 	}
 }
 

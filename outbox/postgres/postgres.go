@@ -11,6 +11,7 @@ import (
 	"hash/fnv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -57,6 +58,11 @@ var (
 const (
 	DefaultTable        = "outbox"
 	DefaultClaimTimeout = 2 * time.Minute
+	// MinClaimTimeout is the shortest ClaimTimeout New accepts. The server
+	// counts a claim's idle time from the end of each of the claim's own
+	// round trips, so a timeout near the length of one round trip on a
+	// loaded machine would end claims before the relay could use them.
+	MinClaimTimeout = time.Second
 )
 
 // Config describes an outbox table. The zero value uses a table named
@@ -104,9 +110,9 @@ type Config struct {
 	// PublishTimeout, with room to spare: a batch whose Publish fails as a
 	// whole is then published one row at a time, each call started only if
 	// PublishTimeout fits before the deadline (nothing checks this: the store
-	// does not know the relay's settings). The server counts whole
-	// milliseconds: it is rounded up, and capped at about 24.8 days. Default
-	// DefaultClaimTimeout (2m).
+	// does not know the relay's settings). At least MinClaimTimeout (1s).
+	// The server counts whole milliseconds: it is rounded up, and capped at
+	// about 24.8 days. Default DefaultClaimTimeout (2m).
 	ClaimTimeout time.Duration
 	// Propagator injects the trace context of Enqueue's ctx into message
 	// headers that do not carry one yet. Default: the W3C trace context
@@ -141,6 +147,9 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	}
 	cfg.MaxMessageBytes = cmp.Or(cfg.MaxMessageBytes, broker.DefaultMaxMessageBytes)
 	cfg.ClaimTimeout = cmp.Or(cfg.ClaimTimeout, DefaultClaimTimeout)
+	if cfg.ClaimTimeout < MinClaimTimeout {
+		return nil, fmt.Errorf("%w: ClaimTimeout %v is below MinClaimTimeout (%v)", ErrInvalidConfig, cfg.ClaimTimeout, MinClaimTimeout)
+	}
 	t, err := parseTable(cfg.Table)
 	if err != nil {
 		return nil, err
@@ -275,6 +284,11 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 	if err != nil {
 		return fmt.Errorf("outbox/postgres: enqueue: %w", err)
 	}
+	for i := range msgs {
+		if err := checkText(&msgs[i]); err != nil {
+			return fmt.Errorf("outbox/postgres: enqueue: message %d (id %q): %w", i, msgs[i].ID, err)
+		}
+	}
 	n := len(msgs)
 	ids := make([]string, n)
 	topics := make([]string, n)
@@ -302,6 +316,37 @@ func (s *Store) Enqueue(ctx context.Context, db DB, msgs ...broker.Message) erro
 		return fmt.Errorf("outbox/postgres: enqueue %d messages into %s: %w", n, s.t.ident, err)
 	}
 	return nil
+}
+
+// checkText refuses a message whose ID, topic, key, header names or values
+// PostgreSQL text and jsonb cannot hold exactly: invalid UTF-8 (JSON would
+// silently turn it into U+FFFD) or a NUL byte. The error wraps
+// broker.ErrInvalidMessage.
+func checkText(m *broker.Message) error {
+	bad := func(s string) bool { return !utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0 }
+	field := ""
+	switch {
+	case bad(m.ID):
+		field = "ID"
+	case bad(m.Topic):
+		field = "topic"
+	case bad(m.Key):
+		field = "key"
+	}
+	for k, v := range m.Headers {
+		if field != "" {
+			break
+		}
+		if bad(k) {
+			field = fmt.Sprintf("header name %q", k)
+		} else if bad(v) {
+			field = fmt.Sprintf("value of header %q", k)
+		}
+	}
+	if field == "" {
+		return nil
+	}
+	return fmt.Errorf("%w: its %s is not valid UTF-8 text without NUL bytes, which the outbox stores exactly or not at all", broker.ErrInvalidMessage, field)
 }
 
 // Stats implements outbox.Store.
