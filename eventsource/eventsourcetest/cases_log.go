@@ -1,0 +1,508 @@
+package eventsourcetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/steadfast-go/steadfast/eventsource"
+)
+
+// projection collects what a Reader delivers, as a projector would: the
+// events of each handled batch and the checkpoint stored with them.
+type projection struct {
+	mu         sync.Mutex
+	events     []eventsource.Envelope
+	skipped    []eventsource.Skipped
+	checkpoint eventsource.Position
+	batches    int
+	// failAt makes the handler fail at that batch (a crash before the
+	// checkpoint was stored); 0 never.
+	failAt int
+}
+
+var errCrash = errors.New("projector crashed")
+
+func (p *projection) handle(_ context.Context, b eventsource.Batch) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.checkpoint.Before(b.Checkpoint) {
+		return fmt.Errorf("checkpoint did not move: %v after %v", b.Checkpoint, p.checkpoint)
+	}
+	p.batches++
+	if p.batches == p.failAt {
+		return errCrash
+	}
+	p.events = append(p.events, b.Events...)
+	p.skipped = append(p.skipped, b.Skipped...)
+	p.checkpoint = b.Checkpoint
+	return nil
+}
+
+func (p *projection) snapshot() ([]eventsource.Envelope, eventsource.Position) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.events), p.checkpoint
+}
+
+// run starts r from the projection's checkpoint in the background; stop
+// cancels it and returns Run's error.
+func (p *projection) run(ctx context.Context, r *eventsource.Reader) (stop func() error) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	_, from := p.snapshot()
+	go func() { done <- r.Run(ctx, from, p.handle) }()
+	return func() error { cancel(); return <-done }
+}
+
+func checkDelivered(t testing.TB, got []eventsource.Envelope, want []eventsource.Record) {
+	t.Helper()
+	seen := map[string]bool{}
+	for i, e := range got {
+		if seen[e.ID] {
+			t.Fatalf("event %s (stream %q version %d) delivered twice", e.ID, e.StreamID, e.Version)
+		}
+		seen[e.ID] = true
+		if i >= len(want) || want[i].ID != e.ID {
+			t.Fatalf("delivery %d is %s at %v; the log has %d events, there %v", i, e.ID, e.Position, len(want), want[min(i, len(want)-1)].Position)
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("delivered %d events, the log holds %d", len(got), len(want))
+	}
+}
+
+// testGapRace: one transaction appends first and stays open while many
+// others append and commit. A reader running throughout delivers nothing
+// past the open transaction, reports it as a stall (naming its session),
+// and after it commits delivers every event exactly once in log order, the
+// held one first; a restart from the stored checkpoint mid-stream changes
+// nothing.
+func testGapRace(t *testing.T, h *Harness) {
+	ctx := h.ctx(t)
+	s := h.New(t)
+	reg := newRegistry()
+	before := appendOK(t, ctx, s, "early-1", eventsource.NoStream, added(t, "early", 1))
+
+	held, pid := h.Begin(t, s)
+	defer held.Rollback(ctx)
+	heldRes := appendOK(t, ctx, held, "held-1", eventsource.NoStream, added(t, "held", 1))
+	heldTx := heldRes.Position().Transaction
+
+	stalls := make(chan eventsource.Stall, 64)
+	r, err := eventsource.NewReader(s, reg, eventsource.ReaderConfig{BatchSize: 7, PollInterval: 20 * time.Millisecond,
+		StallAfter: 150 * time.Millisecond, OnStall: func(st eventsource.Stall) {
+			select {
+			case stalls <- st:
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &projection{}
+	stop := p.run(ctx, r)
+
+	const writers, each = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range each {
+				stream := fmt.Sprintf("w%d-%d", w, k%3)
+				if _, err := s.Append(ctx, eventsource.StreamAppend{StreamID: stream, Expected: eventsource.AnyVersion,
+					Events: []eventsource.EventData{added(t, stream, k)}}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "the event committed before the held transaction", func() bool {
+		evs, _ := p.snapshot()
+		return len(evs) == 1
+	})
+	// The held transaction is reported, and nothing after it is delivered.
+	var st eventsource.Stall
+	select {
+	case st = <-stalls:
+	case <-ctx.Done():
+		t.Fatal("no stall report while a transaction held the reader back")
+	}
+	if st.Blocker.Transaction != heldTx || (pid != 0 && st.Blocker.PID != pid) || st.HeldFor < 150*time.Millisecond {
+		t.Fatalf("stall report %+v, want transaction %d, pid %d", st, heldTx, pid)
+	}
+	evs, cp := p.snapshot()
+	if len(evs) != 1 || evs[0].Position != before.Position() {
+		t.Fatalf("delivered %d events while held back, want only the one before it", len(evs))
+	}
+	if !cp.Before(heldRes.Position()) {
+		t.Fatalf("checkpoint %v passed the held event %v", cp, heldRes.Position())
+	}
+
+	// Commit the held transaction; the reader crashes at its third batch
+	// after that and restarts from its stored checkpoint.
+	p.mu.Lock()
+	p.failAt = p.batches + 3
+	p.mu.Unlock()
+	if err := held.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	total := 2 + writers*each
+	waitFor(t, ctx, "the crash", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.batches >= p.failAt
+	})
+	if err := stop(); !errors.Is(err, errCrash) {
+		t.Fatalf("Run returned %v, want the handler's error", err)
+	}
+	p.mu.Lock()
+	p.failAt = 0
+	p.mu.Unlock()
+	evs, _ = p.snapshot()
+	if len(evs) >= total {
+		t.Fatalf("the crash happened after every event was delivered (%d)", len(evs))
+	}
+	stop = p.run(ctx, r)
+	waitFor(t, ctx, "every event", func() bool {
+		evs, _ := p.snapshot()
+		return len(evs) >= total
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	evs, _ = p.snapshot()
+	log := drainLog(t, ctx, s, eventsource.Position{}, eventsource.Filter{})
+	checkLogOrder(t, log)
+	checkDelivered(t, evs, log)
+	if evs[1].StreamID != "held-1" {
+		t.Fatalf("the held event came at %d: %q", 1, evs[1].StreamID)
+	}
+}
+
+// testRandomCommits: transactions append to shared streams and commit or
+// roll back in random order, while single appends run and a reader that
+// crashes now and then follows the log. Every committed event is delivered
+// exactly once, in log order; no rolled-back event is.
+func testRandomCommits(t *testing.T, h *Harness) {
+	ctx := h.ctx(t)
+	s := h.New(t)
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, seed))
+	r, err := eventsource.NewReader(s, newRegistry(), eventsource.ReaderConfig{BatchSize: 5, PollInterval: 10 * time.Millisecond, StallAfter: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &projection{}
+	stop := p.run(ctx, r)
+	var open []Tx
+	var appenders sync.WaitGroup
+	appenders.Add(1)
+	go func() {
+		defer appenders.Done()
+		for k := range 60 {
+			if _, err := s.Append(ctx, eventsource.StreamAppend{StreamID: fmt.Sprintf("single-%d", k%4), Expected: eventsource.AnyVersion,
+				Events: []eventsource.EventData{added(t, "single", k)}}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for step := range 60 {
+		switch {
+		case len(open) < 4 && rng.IntN(2) == 0:
+			tx, _ := h.Begin(t, s)
+			stream := fmt.Sprintf("tx-%d", rng.IntN(3))
+			if _, err := tx.Append(ctx, eventsource.StreamAppend{StreamID: fmt.Sprintf("own-%d", step), Expected: eventsource.NoStream,
+				Events: []eventsource.EventData{added(t, "tx", step), added(t, "tx", step)}}); err != nil {
+				t.Fatal(err)
+			}
+			// A second stream shared with other transactions: appending
+			// waits while another open transaction holds it, so only do it
+			// when none does.
+			if len(open) == 0 {
+				if _, err := tx.Append(ctx, eventsource.StreamAppend{StreamID: stream, Expected: eventsource.AnyVersion,
+					Events: []eventsource.EventData{added(t, "tx", step)}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			open = append(open, tx)
+		case len(open) > 0:
+			i := rng.IntN(len(open))
+			tx := open[i]
+			open = slices.Delete(open, i, i+1)
+			if rng.IntN(4) == 0 {
+				if err := tx.Rollback(ctx); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if step%20 == 19 {
+			p.mu.Lock()
+			p.failAt = p.batches + 1
+			p.mu.Unlock()
+			waitFor(t, ctx, "the crash", func() bool {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				return p.batches >= p.failAt
+			})
+			if err := stop(); !errors.Is(err, errCrash) {
+				t.Fatalf("Run: %v", err)
+			}
+			p.mu.Lock()
+			p.failAt = 0
+			p.mu.Unlock()
+			stop = p.run(ctx, r)
+		}
+	}
+	for _, tx := range open {
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appenders.Wait()
+	log := drainLog(t, ctx, s, eventsource.Position{}, eventsource.Filter{})
+	checkLogOrder(t, log)
+	waitFor(t, ctx, "every event", func() bool {
+		evs, _ := p.snapshot()
+		return len(evs) >= len(log)
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	evs, _ := p.snapshot()
+	checkDelivered(t, evs, log)
+}
+
+// testLogPages: what a page says: limits, the next checkpoint (the last
+// record, or the fence once the log is read), HeldBack, and a checkpoint
+// never moving backwards.
+func testLogPages(t *testing.T, h *Harness) {
+	ctx := h.ctx(t)
+	s := h.New(t)
+	empty, err := s.ReadLog(ctx, eventsource.LogQuery{})
+	if err != nil || len(empty.Records) != 0 || empty.HeldBack {
+		t.Fatalf("empty log: %+v, %v", empty, err)
+	}
+	var all []eventsource.Position
+	for i := range 10 {
+		all = append(all, appendOK(t, ctx, s, fmt.Sprintf("p-%d", i%3), eventsource.AnyVersion, added(t, "p", i)).Position())
+	}
+	page, err := s.ReadLog(ctx, eventsource.LogQuery{Limit: 4})
+	if err != nil || len(page.Records) != 4 || page.Next != all[3] {
+		t.Fatalf("first page: %d records, next %v, want 4 and %v (%v)", len(page.Records), page.Next, all[3], err)
+	}
+	page, err = s.ReadLog(ctx, eventsource.LogQuery{After: page.Next, Limit: 100})
+	if err != nil || len(page.Records) != 6 || page.Records[0].Position != all[4] {
+		t.Fatalf("second page: %+v, %v", page, err)
+	}
+	if !all[9].Before(page.Next) || page.Next.Transaction != page.Fence || page.Next.Sequence != 0 || page.HeldBack {
+		t.Fatalf("caught up: next %v, fence %d, held %v; want {fence, 0} after %v", page.Next, page.Fence, page.HeldBack, all[9])
+	}
+	// From the fence checkpoint, later events still come.
+	cp := page.Next
+	next := appendOK(t, ctx, s, "p-0", eventsource.AnyVersion, added(t, "p", 10)).Position()
+	page, err = s.ReadLog(ctx, eventsource.LogQuery{After: cp})
+	if err != nil || len(page.Records) != 1 || page.Records[0].Position != next {
+		t.Fatalf("after the fence checkpoint: %+v, %v", page, err)
+	}
+	// An open transaction holds the log back; committed events after it
+	// wait and HeldBack says so.
+	tx, _ := h.Begin(t, s)
+	held := appendOK(t, ctx, tx, "p-held", eventsource.NoStream, added(t, "held", 1)).Position()
+	later := appendOK(t, ctx, s, "p-later", eventsource.NoStream, added(t, "later", 1)).Position()
+	page, err = s.ReadLog(ctx, eventsource.LogQuery{After: next})
+	if err != nil || len(page.Records) != 0 || !page.HeldBack || page.Fence != held.Transaction {
+		t.Fatalf("held back: %+v, %v (held %v, later %v)", page, err, held, later)
+	}
+	if page.Next.Before(next) || !page.Next.Before(held) {
+		t.Fatalf("held back: next %v should stay between %v and %v", page.Next, next, held)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	page, err = s.ReadLog(ctx, eventsource.LogQuery{After: page.Next})
+	if err != nil || len(page.Records) != 2 || page.Records[0].Position != held || page.Records[1].Position != later {
+		t.Fatalf("after commit: %+v, %v", page, err)
+	}
+	// A filter that matches nothing still moves the checkpoint to the fence.
+	page, err = s.ReadLog(ctx, eventsource.LogQuery{Filter: eventsource.Filter{Types: []string{"nothing"}}})
+	if err != nil || len(page.Records) != 0 || !later.Before(page.Next) {
+		t.Fatalf("filtered: %+v, %v", page, err)
+	}
+}
+
+// testFilter: category and type filters, with upcast types.
+func testFilter(t *testing.T, h *Harness) {
+	ctx := h.ctx(t)
+	s := h.New(t)
+	reg := newRegistry()
+	appendOK(t, ctx, s, "order-1", eventsource.NoStream, added(t, "o", 1), raw("item.added", 1, `{"name":"pen"}`))
+	appendOK(t, ctx, s, "invoice-1", eventsource.NoStream, added(t, "i", 2), raw("item.added", 3, `{"title":"INK","qty":2}`))
+	appendOK(t, ctx, s, "order-2", eventsource.NoStream, raw("item.added", 2, `{"name":"cap","qty":3}`))
+	last := appendOK(t, ctx, s, "invoice-2", eventsource.NoStream, added(t, "i", 3))
+	read := func(f eventsource.Filter) ([]string, eventsource.Position) {
+		t.Helper()
+		r, err := eventsource.NewReader(s, reg, eventsource.ReaderConfig{Filter: f, BatchSize: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		pos := eventsource.Position{}
+		for {
+			b, err := r.Read(ctx, pos)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range b.Events {
+				got = append(got, fmt.Sprintf("%s:%v", e.StreamID, e.Event))
+			}
+			if b.Checkpoint == pos {
+				return got, pos
+			}
+			pos = b.Checkpoint
+		}
+	}
+	got, cp := read(eventsource.Filter{StreamPrefixes: []string{eventsource.Category("order")}})
+	if want := []string{"order-1:{o 1}", "order-1:{PEN 1}", "order-2:{CAP 3}"}; !slices.Equal(got, want) {
+		t.Fatalf("category order: %v, want %v", got, want)
+	}
+	if !last.Position().Before(cp) {
+		t.Fatalf("checkpoint %v did not pass the last event %v", cp, last.Position())
+	}
+	got, _ = read(eventsource.Filter{Types: []string{"item.added"}})
+	if want := []string{"order-1:{PEN 1}", "invoice-1:{INK 2}", "order-2:{CAP 3}"}; !slices.Equal(got, want) {
+		t.Fatalf("type item.added: %v, want %v", got, want)
+	}
+	got, _ = read(eventsource.Filter{Types: []string{"counter.added"}, StreamPrefixes: []string{"invoice-"}})
+	if want := []string{"invoice-1:{i 2}", "invoice-2:{i 3}"}; !slices.Equal(got, want) {
+		t.Fatalf("type and prefix: %v, want %v", got, want)
+	}
+	if _, err := eventsource.NewReader(s, reg, eventsource.ReaderConfig{Filter: eventsource.Filter{Types: []string{"no.such"}}}); !errors.Is(err, eventsource.ErrInvalidConfig) {
+		t.Fatalf("filter on an unregistered type: %v", err)
+	}
+	// Hostile prefixes are matched literally.
+	appendOK(t, ctx, s, "100%_x", eventsource.NoStream, added(t, "h", 1))
+	got, _ = read(eventsource.Filter{StreamPrefixes: []string{"100%_"}})
+	if len(got) != 1 {
+		t.Fatalf("prefix with LIKE metacharacters: %v", got)
+	}
+	got, _ = read(eventsource.Filter{StreamPrefixes: []string{"%"}})
+	if len(got) != 0 {
+		t.Fatalf("prefix %%: %v", got)
+	}
+}
+
+// testReadYourWrites: a projection whose checkpoint reaches a command's
+// position reflects the command, also when its filter leaves the event out.
+func testReadYourWrites(t *testing.T, h *Harness) {
+	ctx := h.ctx(t)
+	s := h.New(t)
+	reg := newRegistry()
+	repo, err := eventsource.NewRepository(s, reg, counterDecider(), eventsource.RepositoryConfig[Counter]{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := eventsource.NewReader(s, reg, eventsource.ReaderConfig{PollInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := eventsource.NewReader(s, reg, eventsource.ReaderConfig{PollInterval: 10 * time.Millisecond,
+		Filter: eventsource.Filter{StreamPrefixes: []string{"unrelated-"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa, po := &projection{}, &projection{}
+	defer pa.run(ctx, all)()
+	defer po.run(ctx, other)()
+	for i := range 5 {
+		res, err := repo.Handle(ctx, fmt.Sprintf("ryw-%d", i%2), Add{By: "c", N: i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos := res.Position()
+		for _, p := range []*projection{pa, po} {
+			waitFor(t, ctx, "the projection to pass the command", func() bool {
+				_, cp := p.snapshot()
+				return !cp.Before(pos)
+			})
+		}
+		evs, _ := pa.snapshot()
+		if len(evs) != i+1 || evs[i].Position != pos {
+			t.Fatalf("checkpoint passed %v but the projection holds %d events", pos, len(evs))
+		}
+	}
+}
+
+// testNotify: a store with a Notifier wakes a reader that would otherwise
+// poll only hourly.
+func testNotify(t *testing.T, h *Harness) {
+	ctx := h.ctx(t)
+	s := h.New(t)
+	if _, ok := s.(eventsource.Notifier); !ok {
+		t.Skip("the store has no Notifier")
+	}
+	r, err := eventsource.NewReader(s, newRegistry(), eventsource.ReaderConfig{PollInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &projection{}
+	defer p.run(ctx, r)()
+	for i := range 3 {
+		// Let the reader go to sleep first.
+		time.Sleep(50 * time.Millisecond)
+		appendOK(t, ctx, s, "n-1", eventsource.AnyVersion, added(t, "n", i))
+		waitFor(t, ctx, "a notified delivery", func() bool {
+			evs, _ := p.snapshot()
+			return len(evs) == i+1
+		})
+	}
+}
+
+// testCheckpointAhead: a checkpoint beyond anything the store assigned
+// (as after restoring an older backup) fails instead of skipping.
+func testCheckpointAhead(t *testing.T, h *Harness) {
+	ctx := h.ctx(t)
+	s := h.New(t)
+	res := appendOK(t, ctx, s, "a-1", eventsource.NoStream, added(t, "a", 1))
+	for _, after := range []eventsource.Position{
+		{Transaction: res.Position().Transaction + 1<<40},
+		{Transaction: res.Position().Transaction, Sequence: res.Position().Sequence + 1<<40},
+	} {
+		if _, err := s.ReadLog(ctx, eventsource.LogQuery{After: after}); !errors.Is(err, eventsource.ErrCheckpointAhead) {
+			t.Fatalf("read after %v: %v, want ErrCheckpointAhead", after, err)
+		}
+	}
+	r, err := eventsource.NewReader(s, newRegistry(), eventsource.ReaderConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Run(ctx, eventsource.Position{Transaction: 1 << 50}, func(context.Context, eventsource.Batch) error { return nil })
+	if !errors.Is(err, eventsource.ErrCheckpointAhead) {
+		t.Fatalf("Run from a checkpoint ahead: %v", err)
+	}
+	// The checkpoint of the last event, and the one past it, are fine.
+	page, err := s.ReadLog(ctx, eventsource.LogQuery{After: res.Position()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ReadLog(ctx, eventsource.LogQuery{After: page.Next}); err != nil {
+		t.Fatal(err)
+	}
+}
