@@ -21,6 +21,7 @@ type projection struct {
 	skipped    []eventsource.Skipped
 	checkpoint eventsource.Position
 	batches    int
+	crashes    int
 	// failAt makes the handler fail at that batch (a crash before the
 	// checkpoint was stored); 0 never.
 	failAt int
@@ -36,6 +37,7 @@ func (p *projection) handle(_ context.Context, b eventsource.Batch) error {
 	}
 	p.batches++
 	if p.batches == p.failAt {
+		p.crashes++
 		return errCrash
 	}
 	p.events = append(p.events, b.Events...)
@@ -58,6 +60,32 @@ func (p *projection) run(ctx context.Context, r *eventsource.Reader) (stop func(
 	_, from := p.snapshot()
 	go func() { done <- r.Run(ctx, from, p.handle) }()
 	return func() error { cancel(); return <-done }
+}
+
+// supervise runs r from the projection's checkpoint and starts it again
+// from the stored checkpoint whenever the handler crashed, like a process
+// supervisor. stop ends it and returns the last Run's error.
+func (p *projection) supervise(ctx context.Context, r *eventsource.Reader) (stop func() error) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		for {
+			_, from := p.snapshot()
+			err := r.Run(ctx, from, p.handle)
+			if !errors.Is(err, errCrash) {
+				done <- err
+				return
+			}
+		}
+	}()
+	return func() error { cancel(); return <-done }
+}
+
+// crash makes the handler fail at the next batch.
+func (p *projection) crash() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.failAt = p.batches + 1
 }
 
 func checkDelivered(t testing.TB, got []eventsource.Envelope, want []eventsource.Record) {
@@ -208,7 +236,7 @@ func testRandomCommits(t *testing.T, h *Harness) {
 		t.Fatal(err)
 	}
 	p := &projection{}
-	stop := p.run(ctx, r)
+	stop := p.supervise(ctx, r)
 	var open []Tx
 	var appenders sync.WaitGroup
 	appenders.Add(1)
@@ -253,22 +281,8 @@ func testRandomCommits(t *testing.T, h *Harness) {
 				t.Fatal(err)
 			}
 		}
-		if step%20 == 19 {
-			p.mu.Lock()
-			p.failAt = p.batches + 1
-			p.mu.Unlock()
-			waitFor(t, ctx, "the crash", func() bool {
-				p.mu.Lock()
-				defer p.mu.Unlock()
-				return p.batches >= p.failAt
-			})
-			if err := stop(); !errors.Is(err, errCrash) {
-				t.Fatalf("Run: %v", err)
-			}
-			p.mu.Lock()
-			p.failAt = 0
-			p.mu.Unlock()
-			stop = p.run(ctx, r)
+		if step%15 == 14 {
+			p.crash()
 		}
 	}
 	for _, tx := range open {
@@ -288,6 +302,10 @@ func testRandomCommits(t *testing.T, h *Harness) {
 	}
 	evs, _ := p.snapshot()
 	checkDelivered(t, evs, log)
+	if p.crashes == 0 {
+		t.Fatal("the projector never crashed")
+	}
+	t.Logf("%d events over %d batches, %d crashes", len(evs), p.batches, p.crashes)
 }
 
 // testLogPages: what a page says: limits, the next checkpoint (the last
