@@ -19,7 +19,7 @@ func testUpcasting(t *testing.T, h *Harness) {
 	ctx := h.ctx(t)
 	s := h.New(t)
 	reg := newRegistry()
-	appendOK(t, ctx, s, "cart-1", eventsource.NoStream,
+	cart := appendOK(t, ctx, s, "cart-1", eventsource.NoStream,
 		raw("item.added", 1, `{"name":"pen"}`),
 		raw("item.added", 2, `{"name":"cap","qty":3}`),
 		raw("item.added", 3, `{"title":"INK","qty":2}`))
@@ -37,9 +37,9 @@ func testUpcasting(t *testing.T, h *Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := r.Read(ctx, eventsource.Position{})
-	if err != nil || len(b.Events) != 3 {
-		t.Fatalf("reader: %+v, %v", b, err)
+	b := readUntil(t, ctx, r, eventsource.Position{}, cart.Position())
+	if len(b.Events) != 3 {
+		t.Fatalf("reader: %+v", b)
 	}
 	for i, e := range b.Events {
 		v, ok := e.Event.(ItemV3)
@@ -82,11 +82,11 @@ func testUpcasting(t *testing.T, h *Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err = r3.Read(ctx, eventsource.Position{})
-	if err != nil || len(b.Events) != 2 || b.Events[0].Index != 0 || b.Events[1].Index != 1 ||
+	b = readUntil(t, ctx, r3, eventsource.Position{}, res.Position())
+	if len(b.Events) != 2 || b.Events[0].Index != 0 || b.Events[1].Index != 1 ||
 		b.Events[0].Position != res.Position() || b.Events[1].Position != res.Position() ||
 		b.Events[0].Event != (ItemV3{Title: "X", Qty: 1}) || b.Events[1].Event != (ItemV3{Title: "Y", Qty: 1}) {
-		t.Fatalf("split: %+v, %v", b.Events, err)
+		t.Fatalf("split: %+v", b.Events)
 	}
 	repo3, err := eventsource.NewRepository(s, reg3, counterDecider(), eventsource.RepositoryConfig[Counter]{})
 	if err != nil {
@@ -218,14 +218,31 @@ func testUnknownEvent(t *testing.T, h *Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := stop.Read(ctx, eventsource.Position{})
-	if err != nil || len(b.Events) != 1 || b.Checkpoint != first.Position() {
-		t.Fatalf("Stop: first read %+v, %v; want the one event before the unknown one", b, err)
+	// Stop: the events before the unknown one, then its error, again and
+	// again from that checkpoint.
+	var got []eventsource.Envelope
+	pos := eventsource.Position{}
+	for {
+		b, err := stop.Read(ctx, pos)
+		if err != nil {
+			if !errors.As(err, &ue) || ue.Type != "mystery" {
+				t.Fatalf("Stop: read at the unknown event: %v", err)
+			}
+			break
+		}
+		got = append(got, b.Events...)
+		if b.Checkpoint == pos {
+			pause(t, ctx)
+		}
+		pos = b.Checkpoint
 	}
-	if _, err = stop.Read(ctx, b.Checkpoint); !errors.As(err, &ue) || ue.Type != "mystery" {
-		t.Fatalf("Stop: read at the unknown event: %v", err)
+	if len(got) != 1 || got[0].Position != first.Position() || pos.Before(first.Position()) {
+		t.Fatalf("Stop: delivered %d events up to %v; want the one at %v before the unknown one", len(got), pos, first.Position())
 	}
-	if err := stop.Run(ctx, b.Checkpoint, func(context.Context, eventsource.Batch) error { return nil }); !errors.Is(err, eventsource.ErrUnknownEvent) {
+	if _, err := stop.Read(ctx, pos); !errors.As(err, &ue) {
+		t.Fatalf("Stop: read again at the unknown event: %v", err)
+	}
+	if err := stop.Run(ctx, pos, func(context.Context, eventsource.Batch) error { return nil }); !errors.Is(err, eventsource.ErrUnknownEvent) {
 		t.Fatalf("Stop: Run = %v", err)
 	}
 

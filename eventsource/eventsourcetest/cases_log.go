@@ -163,14 +163,21 @@ func testGapRace(t *testing.T, h *Harness) {
 		return len(evs) == 1
 	})
 	// The held transaction is reported, and nothing after it is delivered.
+	// Another transaction on the server, older than the held one, may be
+	// reported first.
 	var st eventsource.Stall
-	select {
-	case st = <-stalls:
-	case <-ctx.Done():
-		t.Fatal("no stall report while a transaction held the reader back")
+	for st.Blocker.Transaction != heldTx {
+		select {
+		case st = <-stalls:
+			if st.Blocker.Transaction != heldTx {
+				t.Logf("another transaction holds the log back: %+v", st)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no stall report naming transaction %d while it held the reader back", heldTx)
+		}
 	}
-	if st.Blocker.Transaction != heldTx || (pid != 0 && st.Blocker.PID != pid) || st.HeldFor < 150*time.Millisecond {
-		t.Fatalf("stall report %+v, want transaction %d, pid %d", st, heldTx, pid)
+	if (pid != 0 && st.Blocker.PID != pid) || st.HeldFor < 150*time.Millisecond {
+		t.Fatalf("stall report %+v, want pid %d", st, pid)
 	}
 	evs, cp := p.snapshot()
 	if len(evs) != 1 || evs[0].Position != before.Position() {
@@ -310,7 +317,8 @@ func testRandomCommits(t *testing.T, h *Harness) {
 
 // testLogPages: what a page says: limits, the next checkpoint (the last
 // record, or the fence once the log is read), HeldBack, and a checkpoint
-// never moving backwards.
+// never moving backwards. Other transactions on the server may hold the
+// log back at any time: the case waits for what it needs to see.
 func testLogPages(t *testing.T, h *Harness) {
 	ctx := h.ctx(t)
 	s := h.New(t)
@@ -322,6 +330,7 @@ func testLogPages(t *testing.T, h *Harness) {
 	for i := range 10 {
 		all = append(all, appendOK(t, ctx, s, fmt.Sprintf("p-%d", i%3), eventsource.AnyVersion, added(t, "p", i)).Position())
 	}
+	readLogUntil(t, ctx, s, eventsource.LogQuery{Limit: 100}, 10)
 	page, err := s.ReadLog(ctx, eventsource.LogQuery{Limit: 4})
 	if err != nil || len(page.Records) != 4 || page.Next != all[3] {
 		t.Fatalf("first page: %d records, next %v, want 4 and %v (%v)", len(page.Records), page.Next, all[3], err)
@@ -336,9 +345,9 @@ func testLogPages(t *testing.T, h *Harness) {
 	// From the fence checkpoint, later events still come.
 	cp := page.Next
 	next := appendOK(t, ctx, s, "p-0", eventsource.AnyVersion, added(t, "p", 10)).Position()
-	page, err = s.ReadLog(ctx, eventsource.LogQuery{After: cp})
-	if err != nil || len(page.Records) != 1 || page.Records[0].Position != next {
-		t.Fatalf("after the fence checkpoint: %+v, %v", page, err)
+	page = readLogUntil(t, ctx, s, eventsource.LogQuery{After: cp}, 1)
+	if len(page.Records) != 1 || page.Records[0].Position != next {
+		t.Fatalf("after the fence checkpoint: %+v", page)
 	}
 	// An open transaction holds the log back; committed events after it
 	// wait and HeldBack says so.
@@ -346,7 +355,7 @@ func testLogPages(t *testing.T, h *Harness) {
 	held := appendOK(t, ctx, tx, "p-held", eventsource.NoStream, added(t, "held", 1)).Position()
 	later := appendOK(t, ctx, s, "p-later", eventsource.NoStream, added(t, "later", 1)).Position()
 	page, err = s.ReadLog(ctx, eventsource.LogQuery{After: next})
-	if err != nil || len(page.Records) != 0 || !page.HeldBack || page.Fence != held.Transaction {
+	if err != nil || len(page.Records) != 0 || !page.HeldBack || page.Fence > held.Transaction {
 		t.Fatalf("held back: %+v, %v (held %v, later %v)", page, err, held, later)
 	}
 	if page.Next.Before(next) || !page.Next.Before(held) {
@@ -355,14 +364,20 @@ func testLogPages(t *testing.T, h *Harness) {
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	page, err = s.ReadLog(ctx, eventsource.LogQuery{After: page.Next})
-	if err != nil || len(page.Records) != 2 || page.Records[0].Position != held || page.Records[1].Position != later {
-		t.Fatalf("after commit: %+v, %v", page, err)
+	page = readLogUntil(t, ctx, s, eventsource.LogQuery{After: page.Next}, 2)
+	if len(page.Records) != 2 || page.Records[0].Position != held || page.Records[1].Position != later {
+		t.Fatalf("after commit: %+v", page)
 	}
 	// A filter that matches nothing still moves the checkpoint to the fence.
-	page, err = s.ReadLog(ctx, eventsource.LogQuery{Filter: eventsource.Filter{Types: []string{"nothing"}}})
-	if err != nil || len(page.Records) != 0 || !later.Before(page.Next) {
-		t.Fatalf("filtered: %+v, %v", page, err)
+	for {
+		page, err = s.ReadLog(ctx, eventsource.LogQuery{Filter: eventsource.Filter{Types: []string{"nothing"}}})
+		if err != nil || len(page.Records) != 0 {
+			t.Fatalf("filtered: %+v, %v", page, err)
+		}
+		if later.Before(page.Next) {
+			break
+		}
+		pause(t, ctx)
 	}
 }
 
@@ -382,20 +397,11 @@ func testFilter(t *testing.T, h *Harness) {
 			t.Fatal(err)
 		}
 		var got []string
-		pos := eventsource.Position{}
-		for {
-			b, err := r.Read(ctx, pos)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, e := range b.Events {
-				got = append(got, fmt.Sprintf("%s:%v", e.StreamID, e.Event))
-			}
-			if b.Checkpoint == pos {
-				return got, pos
-			}
-			pos = b.Checkpoint
+		b := readUntil(t, ctx, r, eventsource.Position{}, last.Position())
+		for _, e := range b.Events {
+			got = append(got, fmt.Sprintf("%s:%v", e.StreamID, e.Event))
 		}
+		return got, b.Checkpoint
 	}
 	got, cp := read(eventsource.Filter{StreamPrefixes: []string{eventsource.Category("order")}})
 	if want := []string{"order-1:{o 1}", "order-1:{PEN 1}", "order-2:{CAP 3}"}; !slices.Equal(got, want) {
@@ -416,7 +422,7 @@ func testFilter(t *testing.T, h *Harness) {
 		t.Fatalf("filter on an unregistered type: %v", err)
 	}
 	// Hostile prefixes are matched literally.
-	appendOK(t, ctx, s, "100%_x", eventsource.NoStream, added(t, "h", 1))
+	last = appendOK(t, ctx, s, "100%_x", eventsource.NoStream, added(t, "h", 1))
 	got, _ = read(eventsource.Filter{StreamPrefixes: []string{"100%_"}})
 	if len(got) != 1 {
 		t.Fatalf("prefix with LIKE metacharacters: %v", got)

@@ -228,3 +228,59 @@ func isConflict(err error, stream string, exp eventsource.ExpectedVersion, actua
 	}
 	return nil
 }
+
+// readUntil reads with r from after until its checkpoint reaches until,
+// and returns everything read as one batch. Another transaction on the
+// server (the suite's own, or any other) may hold the log back for a while:
+// it waits.
+func readUntil(t testing.TB, ctx context.Context, r *eventsource.Reader, after, until eventsource.Position) eventsource.Batch {
+	t.Helper()
+	all := eventsource.Batch{Checkpoint: after}
+	for all.Checkpoint.Before(until) {
+		b, err := r.Read(ctx, all.Checkpoint)
+		if err != nil {
+			t.Fatalf("read after %v: %v", all.Checkpoint, err)
+		}
+		all.Events = append(all.Events, b.Events...)
+		all.Skipped = append(all.Skipped, b.Skipped...)
+		if b.Checkpoint == all.Checkpoint {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("read: the checkpoint stays at %v, before %v: %v", b.Checkpoint, until, ctx.Err())
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		all.Checkpoint = b.Checkpoint
+	}
+	return all
+}
+
+// readLogUntil reads the log after after until a page holds at least n
+// records (waiting while something holds the log back).
+func readLogUntil(t testing.TB, ctx context.Context, s eventsource.LogReader, q eventsource.LogQuery, n int) eventsource.Page {
+	t.Helper()
+	for {
+		page, err := s.ReadLog(ctx, q)
+		if err != nil {
+			t.Fatalf("read log after %v: %v", q.After, err)
+		}
+		if len(page.Records) >= n {
+			return page
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("read log after %v: %d records, want %d: %v", q.After, len(page.Records), n, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// pause waits a moment before a case reads again.
+func pause(t testing.TB, ctx context.Context) {
+	t.Helper()
+	select {
+	case <-ctx.Done():
+		t.Fatalf("timed out: %v", ctx.Err())
+	case <-time.After(5 * time.Millisecond):
+	}
+}

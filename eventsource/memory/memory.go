@@ -433,6 +433,9 @@ func (s *Store) readStream(ctx context.Context, tx *Tx, streamID string, opts ev
 			return
 		}
 		for _, r := range selectStream(recs, opts) {
+			if opts.SkipMetadata {
+				r.Metadata = nil
+			}
 			if !yield(r, nil) {
 				return
 			}

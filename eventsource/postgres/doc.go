@@ -1,0 +1,2 @@
+// Package postgres is the event store on PostgreSQL (pgx v5).
+package postgres
