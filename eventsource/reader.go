@@ -286,6 +286,7 @@ func (r *Reader) Run(ctx context.Context, from Position, handle func(context.Con
 	}
 	pos := from
 	var st stallTracker
+	defer r.endStall(context.WithoutCancel(ctx), &st)
 	failures := 0
 	for {
 		b, page, err := r.read(ctx, pos)
@@ -314,6 +315,7 @@ func (r *Reader) Run(ctx context.Context, from Position, handle func(context.Con
 			pos = b.Checkpoint
 		}
 		if len(page.Records) >= r.cfg.BatchSize {
+			r.endStall(ctx, &st)
 			continue // more to read at once
 		}
 		wait := r.cfg.PollInterval

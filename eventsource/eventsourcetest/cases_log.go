@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/eventsource"
+	"github.com/steadfast-go/steadfast/internal/testenv"
 )
 
 // projection collects what a Reader delivers, as a projector would: the
@@ -123,7 +125,10 @@ func testGapRace(t *testing.T, h *Harness) {
 	heldTx := heldRes.Position().Transaction
 
 	stalls := make(chan eventsource.Stall, 64)
+	logs := &testenv.LogRecorder{}
+	meters := &gauges{}
 	r, err := eventsource.NewReader(s, reg, eventsource.ReaderConfig{BatchSize: 7, PollInterval: 20 * time.Millisecond,
+		Logger: slog.New(logs), MeterProvider: meters,
 		StallAfter: 150 * time.Millisecond, OnStall: func(st eventsource.Stall) {
 			select {
 			case stalls <- st:
@@ -179,6 +184,27 @@ func testGapRace(t *testing.T, h *Harness) {
 	if (pid != 0 && st.Blocker.PID != pid) || st.HeldFor < 150*time.Millisecond {
 		t.Fatalf("stall report %+v, want pid %d", st, pid)
 	}
+	// The same report went to the log and the stall gauge.
+	logged := false
+	for _, rec := range logs.Records() {
+		attrs := map[string]any{}
+		rec.Attrs(func(a slog.Attr) bool { attrs[a.Key] = a.Value.Any(); return true })
+		if rec.Level == slog.LevelWarn && attrs["transaction"] == heldTx && attrs["pid"] == int64(st.Blocker.PID) && attrs["held_for"] != nil {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Fatalf("no warning naming transaction %d and pid %d among %d log records", heldTx, st.Blocker.PID, len(logs.Records()))
+	}
+	gauged := false
+	for _, g := range meters.records(eventsource.MetricStall) {
+		if p, ok := g.attrs.Value("db.pid"); ok && p.AsInt64() == int64(st.Blocker.PID) && g.value >= 0.15 {
+			gauged = true
+		}
+	}
+	if !gauged {
+		t.Fatalf("the stall gauge did not record pid %d held for at least 150ms: %+v", st.Blocker.PID, meters.records(eventsource.MetricStall))
+	}
 	evs, cp := p.snapshot()
 	if len(evs) != 1 || evs[0].Position != before.Position() {
 		t.Fatalf("delivered %d events while held back, want only the one before it", len(evs))
@@ -223,6 +249,15 @@ func testGapRace(t *testing.T, h *Harness) {
 	log := drainLog(t, ctx, s, eventsource.Position{}, eventsource.Filter{})
 	checkLogOrder(t, log)
 	checkDelivered(t, evs, log)
+	cleared := false
+	for _, g := range meters.records(eventsource.MetricStall) {
+		if p, ok := g.attrs.Value("db.pid"); ok && p.AsInt64() == int64(st.Blocker.PID) && g.value == 0 {
+			cleared = true
+		}
+	}
+	if !cleared {
+		t.Errorf("the stall gauge was not reset once the held transaction committed")
+	}
 	if evs[1].StreamID != "held-1" {
 		t.Fatalf("the held event came at %d: %q", 1, evs[1].StreamID)
 	}
