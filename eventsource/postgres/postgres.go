@@ -283,6 +283,8 @@ func wrap(ctx context.Context, op string, err error) error {
 	}
 	var pgErr *pgconn.PgError
 	switch {
+	case errors.As(err, &pgErr) && unavailableCode(pgErr.Code):
+		return fmt.Errorf("eventsource/postgres: %s: %w: %w", op, eventsource.ErrUnavailable, err)
 	case errors.As(err, &pgErr):
 		return fmt.Errorf("eventsource/postgres: %s: %w", op, err)
 	case ctx.Err() != nil:
@@ -291,6 +293,14 @@ func wrap(ctx context.Context, op string, err error) error {
 		return err
 	}
 	return fmt.Errorf("eventsource/postgres: %s: %w: %w", op, eventsource.ErrUnavailable, err)
+}
+
+// unavailableCode reports the SQLSTATEs of a server that ended or refused
+// the session: connection exceptions (08), operator intervention (57P01
+// admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now) and too
+// many connections (53300).
+func unavailableCode(code string) bool {
+	return strings.HasPrefix(code, "08") || code == "57P01" || code == "57P02" || code == "57P03" || code == "53300"
 }
 
 // sqlState returns the SQLSTATE and constraint of a server error.
