@@ -388,15 +388,21 @@ func (r *Reader) checkStall(ctx context.Context, st *stallTracker, page Page, po
 	if r.cfg.StallAfter < 0 || held < r.cfg.StallAfter || now.Sub(st.reported) < r.cfg.StallAfter {
 		return
 	}
-	st.reported = now
 	b := Blocker{Transaction: page.Fence}
 	if in, ok := r.store.(StallInspector); ok {
 		got, err := in.Blocker(ctx, page.Fence)
-		if err != nil {
+		switch {
+		case err != nil:
 			r.log.WarnContext(ctx, "eventsource: cannot name the transaction holding the reader back", "error", err)
-		} else {
+		case got.PID == 0 && got.Prepared == "" && got.Started.IsZero():
+			return // it ended since the read: the next read will move on
+		default:
 			b = got
 		}
+	}
+	st.reported = now
+	if st.pid != b.PID && st.pid != 0 {
+		r.stall.Record(ctx, 0, metric.WithAttributes(attribute.Int("db.pid", st.pid)))
 	}
 	st.pid = b.PID
 	attrs := []any{"transaction", b.Transaction, "pid", b.PID, "held_for", held.Round(time.Millisecond).String(),

@@ -37,6 +37,10 @@ func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v)
 const (
 	// TypeStreamDeleted is the type of the tombstone DeleteStream appends.
 	TypeStreamDeleted = broker.ReservedHeaderPrefix + "stream-deleted"
+	// TypeStreamArchived is the type of the marker ArchiveStream appends.
+	TypeStreamArchived = broker.ReservedHeaderPrefix + "stream-archived"
+	// TypeStreamShredded is the type of the marker ShredStream appends.
+	TypeStreamShredded = broker.ReservedHeaderPrefix + "stream-shredded"
 )
 
 // StreamDeleted is the tombstone event that Lifecycle.DeleteStream appends
@@ -44,6 +48,20 @@ const (
 // (projections drop what they kept of the stream); stream loads never do,
 // since a deleted stream cannot be loaded.
 type StreamDeleted struct{}
+
+// StreamArchived is the marker Lifecycle.ArchiveStream appends to a stream
+// as it archives it: readers of the global log receive it (the stream's
+// other events leave the log). Stream reads leave it out.
+type StreamArchived struct{}
+
+// StreamShredded is the marker Shredder.ShredStream appends to a stream
+// that was open when it was shredded: readers of the global log receive it
+// and can erase what they kept of the stream. Stream reads leave it out.
+type StreamShredded struct{}
+
+// IsMarker reports whether an event type is one of the markers that close
+// a stream (archived, shredded), which stream reads leave out.
+func IsMarker(typ string) bool { return typ == TypeStreamArchived || typ == TypeStreamShredded }
 
 // Shredded is what a Registry decodes a record with Record.Shredded set
 // into: a placeholder naming the stored type, since the payload is gone.
@@ -99,6 +117,8 @@ func NewRegistryCodec(c Codec) *Registry {
 		r.codec = JSON{}
 	}
 	register[StreamDeleted](r, TypeStreamDeleted, 1, true)
+	register[StreamArchived](r, TypeStreamArchived, 1, true)
+	register[StreamShredded](r, TypeStreamShredded, 1, true)
 	return r
 }
 

@@ -36,9 +36,10 @@ type Appender interface {
 // StreamReader reads one stream.
 //
 // ReadStream yields the stream's events in version order (or reverse order
-// with ReadOptions.Backward), as selected by opts. A stream with no events
-// yields ErrStreamNotFound, a deleted one ErrStreamDeleted, each as the
-// only (zero Record, error) pair. An archived stream reads as before it was
+// with ReadOptions.Backward), as selected by opts, leaving out the markers
+// of archiving and shredding (IsMarker). A stream with no events yields
+// ErrStreamNotFound, a deleted one ErrStreamDeleted, each as the only (zero
+// Record, error) pair. An archived stream reads as before it was
 // archived. Events that TruncateStream removed are not returned: a forward
 // read from version 1 of a truncated stream starts at its first remaining
 // version. The records are the caller's to keep.
@@ -96,19 +97,25 @@ type Lifecycle interface {
 	// event, so readers of the global log learn of the deletion, and from
 	// then on reads fail with ErrStreamDeleted and appends are refused. The
 	// events stay stored (and in the global log); the snapshot is dropped.
-	// It returns the tombstone's append result.
+	// Deleting a stream with no events fails with ErrStreamNotFound;
+	// expecting NoStream is refused (ErrInvalidEvent). It returns the
+	// tombstone's append result.
 	DeleteStream(ctx context.Context, streamID string, expected ExpectedVersion) (AppendResult, error)
 	// TruncateStream removes the stream's events before version before
-	// (from the stream and the global log, for good). Later versions keep
-	// their numbers; appends continue. Loads then need a snapshot at or
-	// after before-1 (else ErrTruncated). It returns how many events it
-	// removed.
+	// (from the stream and the global log, for good), except its last
+	// event, which is always kept (appends check their expected version
+	// against it). Later versions keep their numbers; appends continue.
+	// Loads then need a snapshot at or after before (else ErrTruncated). It
+	// returns how many events it removed.
 	TruncateStream(ctx context.Context, streamID string, before int64) (int, error)
-	// ArchiveStream makes a stream read-only and moves its events out of the
-	// global log into archive storage: reads of the stream still return
-	// them, appends fail with ErrStreamArchived, and readers of the global
-	// log that had not passed them yet will not see them. Archive a stream
+	// ArchiveStream makes a stream read-only and moves its events out of
+	// the global log into archive storage: it appends a marker
+	// (StreamArchived, type TypeStreamArchived), which readers of the
+	// global log receive; reads of the stream still return its events;
+	// appends fail with ErrStreamArchived; readers of the global log that
+	// had not passed the events yet will not see them. Archive a stream
 	// only once the projections that need it have passed its last event.
+	// Archiving an archived stream does nothing.
 	ArchiveStream(ctx context.Context, streamID string) error
 }
 
@@ -118,7 +125,10 @@ type Shredder interface {
 	// ShredStream deletes the stream's key and snapshot: its payloads can
 	// no longer be decrypted by anyone holding the database (reads return
 	// records with Shredded set, loads fail with ErrShredded, appends are
-	// refused). It cannot be undone.
+	// refused, also for a stream that had no events yet). A stream that was
+	// open gets a marker (StreamShredded, type TypeStreamShredded), which
+	// readers of the global log receive. Shredding again does nothing new.
+	// It cannot be undone.
 	ShredStream(ctx context.Context, streamID string) error
 }
 

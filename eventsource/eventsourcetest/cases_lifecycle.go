@@ -120,6 +120,15 @@ func testTruncate(t *testing.T, h *Harness) {
 	if n, err := s.TruncateStream(ctx, "tr-1", 3); err != nil || n != 0 {
 		t.Fatalf("truncate again below the first version: %d, %v", n, err)
 	}
+	// The last event is always kept: appends check their expectation
+	// against it.
+	if n, err := s.TruncateStream(ctx, "tr-1", 100); err != nil || n != 5 {
+		t.Fatalf("truncate past the end: %d, %v; want 5 removed", n, err)
+	}
+	if got := versions(readStream(t, ctx, s, "tr-1", eventsource.ReadOptions{})); !slices.Equal(got, []int64{11}) {
+		t.Fatalf("after truncating past the end: %v", got)
+	}
+	appendOK(t, ctx, s, "tr-1", 11, added(t, "a", 12))
 	if _, err := s.TruncateStream(ctx, "tr-missing", 3); !errors.Is(err, eventsource.ErrStreamNotFound) {
 		t.Fatalf("truncate a missing stream: %v", err)
 	}
@@ -153,8 +162,12 @@ func testArchive(t *testing.T, h *Harness) {
 		t.Fatalf("handle on an archived stream: %v", err)
 	}
 	log := drainLog(t, ctx, s, eventsource.Position{}, eventsource.Filter{})
-	if len(log) != 1 || log[0].Position != keep.Position() {
+	if len(log) != 2 || log[0].Position != keep.Position() || log[1].Type != eventsource.TypeStreamArchived ||
+		log[1].StreamID != "ar-1" || log[1].Version != 4 {
 		t.Fatalf("log after archive: %+v", log)
+	}
+	if err := s.ArchiveStream(ctx, "ar-1"); err != nil {
+		t.Fatalf("archive twice: %v", err)
 	}
 	if err := s.ArchiveStream(ctx, "ar-missing"); !errors.Is(err, eventsource.ErrStreamNotFound) {
 		t.Fatalf("archive a missing stream: %v", err)
@@ -219,20 +232,51 @@ func testShredding(t *testing.T, h *Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := readUntil(t, ctx, r, eventsource.Position{}, kept.Position())
-	if len(b.Events) != 3 {
-		t.Fatalf("log: %+v", b)
-	}
+	var b eventsource.Batch
+	waitFor(t, ctx, "the shred marker in the log", func() bool {
+		b = readUntil(t, ctx, r, eventsource.Position{}, kept.Position())
+		return len(b.Events) == 4
+	})
 	for _, e := range b.Events[:2] {
 		if e.Event != (eventsource.Shredded{Type: "counter.added", SchemaVersion: 1}) {
 			t.Fatalf("shredded event in the log: %+v", e)
 		}
+	}
+	if m := b.Events[3]; m.Event != (eventsource.StreamShredded{}) || m.StreamID != "user-1" || m.Version != 3 {
+		t.Fatalf("the shred marker in the log: %+v", m)
 	}
 	if l, err := repo.Load(ctx, "user-2"); err != nil || l.State.Total != 7 {
 		t.Fatalf("other stream after shredding: %+v, %v", l, err)
 	}
 	if err := shredder.ShredStream(ctx, "user-1"); err != nil {
 		t.Fatalf("shred twice: %v", err)
+	}
+	// Shredding a stream that has no events reserves its ID.
+	if err := shredder.ShredStream(ctx, "user-3"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := collect(s.ReadStream(ctx, "user-3", eventsource.ReadOptions{})); !errors.Is(err, eventsource.ErrStreamNotFound) {
+		t.Fatalf("read of a shredded stream without events: %v", err)
+	}
+	if _, err := s.Append(ctx, eventsource.StreamAppend{StreamID: "user-3", Expected: eventsource.NoStream,
+		Events: []eventsource.EventData{added(t, "x", 1)}}); !errors.Is(err, eventsource.ErrShredded) {
+		t.Fatalf("append to a shredded stream without events: %v", err)
+	}
+	// A deleted stream can be shredded too, and stays deleted.
+	appendOK(t, ctx, s, "user-4", eventsource.NoStream, added(t, "gone", 1))
+	if _, err := s.DeleteStream(ctx, "user-4", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := shredder.ShredStream(ctx, "user-4"); err != nil {
+		t.Fatalf("shred a deleted stream: %v", err)
+	}
+	if _, err := collect(s.ReadStream(ctx, "user-4", eventsource.ReadOptions{})); !errors.Is(err, eventsource.ErrStreamDeleted) {
+		t.Fatalf("read of a deleted, shredded stream: %v", err)
+	}
+	for _, rec := range drainLog(t, ctx, s, eventsource.Position{}, eventsource.Filter{StreamPrefixes: []string{"user-4"}}) {
+		if rec.Type == "counter.added" && (!rec.Shredded || rec.Data != nil) {
+			t.Fatalf("the deleted stream's event after shredding: %+v", rec)
+		}
 	}
 }
 

@@ -256,7 +256,7 @@ func testGapRace(t *testing.T, h *Harness) {
 		}
 	}
 	if !cleared {
-		t.Errorf("the stall gauge was not reset once the held transaction committed")
+		t.Errorf("the stall gauge was not reset once the held transaction committed (pid %d): %+v", st.Blocker.PID, meters.records(eventsource.MetricStall))
 	}
 	if evs[1].StreamID != "held-1" {
 		t.Fatalf("the held event came at %d: %q", 1, evs[1].StreamID)

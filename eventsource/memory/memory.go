@@ -23,6 +23,7 @@ package memory
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"iter"
 	"slices"
@@ -60,6 +61,7 @@ const (
 	statusOpen status = iota
 	statusDeleted
 	statusArchived
+	statusShredded
 )
 
 type stream struct {
@@ -142,10 +144,10 @@ func (tx *Tx) Append(ctx context.Context, appends ...eventsource.StreamAppend) (
 	if err := eventsource.ValidateAppend(appends); err != nil {
 		return nil, err
 	}
-	return tx.append(ctx, appends, false)
+	return tx.append(ctx, appends, statusOpen)
 }
 
-func (tx *Tx) append(ctx context.Context, appends []eventsource.StreamAppend, tombstone bool) ([]eventsource.AppendResult, error) {
+func (tx *Tx) append(ctx context.Context, appends []eventsource.StreamAppend, close status) ([]eventsource.AppendResult, error) {
 	s := tx.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -194,7 +196,7 @@ func (tx *Tx) append(ctx context.Context, appends []eventsource.StreamAppend, to
 			return nil, fmt.Errorf("%w: %q", eventsource.ErrStreamDeleted, a.StreamID)
 		case st != nil && st.status == statusArchived:
 			return nil, fmt.Errorf("%w: %q", eventsource.ErrStreamArchived, a.StreamID)
-		case st != nil && st.shredded:
+		case st != nil && (st.shredded || st.status == statusShredded):
 			return nil, fmt.Errorf("%w: %q", eventsource.ErrShredded, a.StreamID)
 		}
 		var version int64
@@ -245,8 +247,8 @@ func (tx *Tx) append(ctx context.Context, appends []eventsource.StreamAppend, to
 			tx.staged = append(tx.staged, staged{st: st, rec: rec, prevVersion: prevVersion, prevStatus: prevStatus})
 			res.Positions[j] = rec.Position
 		}
-		if tombstone {
-			st.status = statusDeleted
+		if close != statusOpen {
+			st.status = close
 		}
 		res.Version = st.version
 		results[i] = res
@@ -455,11 +457,13 @@ func (s *Store) streamRecords(tx *Tx, streamID string) ([]eventsource.Record, er
 		deleted = st.status == statusDeleted
 		out = make([]eventsource.Record, 0, len(st.events))
 		for _, r := range st.events {
-			out = append(out, *r)
+			if !eventsource.IsMarker(r.Type) {
+				out = append(out, *r)
+			}
 		}
 		if tx != nil {
 			for _, sg := range tx.staged {
-				if sg.st == st {
+				if sg.st == st && !eventsource.IsMarker(sg.rec.Type) {
 					out = append(out, sg.rec)
 				}
 			}
@@ -590,7 +594,7 @@ func (s *Store) DeleteStream(ctx context.Context, streamID string, expected even
 	}
 	a[0].Expected = exp
 	tx := s.Begin()
-	res, err := tx.append(ctx, a, true)
+	res, err := tx.append(ctx, a, statusDeleted)
 	if err != nil {
 		tx.Rollback()
 		return eventsource.AppendResult{}, storeutil.DeleteError(err, expected)
@@ -616,7 +620,7 @@ func (s *Store) TruncateStream(ctx context.Context, streamID string, before int6
 		return 0, fmt.Errorf("%w: %q", eventsource.ErrStreamNotFound, streamID)
 	}
 	n := 0
-	for n < len(st.events) && st.events[n].Version < before {
+	for n < len(st.events)-1 && st.events[n].Version < before { // never the last event
 		n++
 	}
 	gone := map[eventsource.Position]bool{}
@@ -628,58 +632,71 @@ func (s *Store) TruncateStream(ctx context.Context, streamID string, before int6
 	return n, nil
 }
 
-// ArchiveStream implements eventsource.Lifecycle.
+// ArchiveStream implements eventsource.Lifecycle: the marker is appended
+// (waiting for a transaction appending to the stream, as the row lock
+// would), and the stream's other events leave the global log.
 func (s *Store) ArchiveStream(ctx context.Context, streamID string) error {
-	if err := eventsource.ValidateStreamID(streamID); err != nil {
+	a := []eventsource.StreamAppend{{StreamID: streamID, Expected: eventsource.StreamExists,
+		Events: []eventsource.EventData{{Type: eventsource.TypeStreamArchived, SchemaVersion: 1}}}}
+	if err := eventsource.ValidateAppend(a); err != nil {
 		return err
 	}
-	for {
-		s.mu.Lock()
-		st := s.streams[streamID]
+	tx := s.Begin()
+	res, err := tx.append(ctx, a, statusArchived)
+	if err != nil {
+		tx.Rollback()
+		var ce *eventsource.ConcurrencyError
 		switch {
-		case st == nil:
-			s.mu.Unlock()
+		case errors.Is(err, eventsource.ErrStreamArchived):
+			return nil
+		case errors.As(err, &ce):
 			return fmt.Errorf("%w: %q", eventsource.ErrStreamNotFound, streamID)
-		case st.status == statusDeleted:
-			s.mu.Unlock()
-			return fmt.Errorf("%w: %q", eventsource.ErrStreamDeleted, streamID)
-		case st.holder != nil:
-			// Wait for the transaction appending to it, as the row lock would.
-			ch := s.ended
-			s.mu.Unlock()
-			select {
-			case <-ch:
-				continue
-			case <-ctx.Done():
-				return ctx.Err()
-			}
 		}
-		st.status = statusArchived
-		s.log = slices.DeleteFunc(s.log, func(r eventsource.Record) bool { return r.StreamID == streamID })
-		s.mu.Unlock()
-		return nil
+		return err
 	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	marker := res[0].Positions[0]
+	s.log = slices.DeleteFunc(s.log, func(r eventsource.Record) bool { return r.StreamID == streamID && r.Position != marker })
+	return nil
 }
 
-// ShredStream implements eventsource.Shredder: the stream's payloads and
-// snapshot are forgotten.
+// ShredStream implements eventsource.Shredder: an open stream gets the
+// marker, then the stream's payloads and snapshot are forgotten.
 func (s *Store) ShredStream(ctx context.Context, streamID string) error {
-	if err := eventsource.ValidateStreamID(streamID); err != nil {
+	a := []eventsource.StreamAppend{{StreamID: streamID, Expected: eventsource.AnyVersion,
+		Events: []eventsource.EventData{{Type: eventsource.TypeStreamShredded, SchemaVersion: 1}}}}
+	if err := eventsource.ValidateAppend(a); err != nil {
+		return err
+	}
+	tx := s.Begin()
+	_, err := tx.append(ctx, a, statusShredded)
+	switch {
+	case err == nil:
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	case errors.Is(err, eventsource.ErrShredded), errors.Is(err, eventsource.ErrStreamDeleted), errors.Is(err, eventsource.ErrStreamArchived):
+		tx.Rollback()
+	default:
+		tx.Rollback()
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.streams[streamID]
-	if st == nil {
-		st = &stream{}
-		s.streams[streamID] = st
-	}
 	st.shredded = true
+	builtin := func(typ string) bool { return typ == eventsource.TypeStreamDeleted || eventsource.IsMarker(typ) }
 	for _, r := range st.events {
-		r.Data, r.Shredded = nil, true
+		if !builtin(r.Type) {
+			r.Data, r.Shredded = nil, true
+		}
 	}
 	for i := range s.log {
-		if s.log[i].StreamID == streamID {
+		if s.log[i].StreamID == streamID && !builtin(s.log[i].Type) {
 			s.log[i].Data, s.log[i].Shredded = nil, true
 		}
 	}

@@ -16,43 +16,62 @@ import (
 	"github.com/steadfast-go/steadfast/eventsource/internal/storeutil"
 )
 
-// maxAttempts bounds the store's own retries of an append that ran in a
-// transaction of its own (the pool, or a connection outside a transaction)
-// and lost a race it can retry without the caller: nothing was committed.
+// maxAttempts bounds the store's own retries of an append that lost a race
+// it can retry without the caller: the statement stored nothing (it either
+// ran in a transaction of its own, or raised no error in the caller's).
 const maxAttempts = 4
 
 // prepared is an append ready for SQL: IDs drawn, metadata encoded,
 // payloads sealed.
 type prepared struct {
-	appends []eventsource.StreamAppend // with IDs filled
-	streams []string
-	ids     []string
-	types   []string
-	svs     []int32
-	data    [][]byte
-	md      []pgtype.Text
-	times   []pgtype.Timestamptz
-	enc     []bool
-	sidx    []int32 // 1-based stream index per event
-	rank    []int32 // 1-based rank within its stream
-	state   int16   // stateDeleted for a tombstone
-	plain   [][]byte
+	appends []eventsource.StreamAppend // with IDs filled; Data in plain text
+	cols    []columns                  // per stream
+	state   int16                      // the state a marker closes its stream with
 }
 
-// Append implements eventsource.Appender. With the pool (or a connection
-// outside a transaction), one stream's append is one statement, which is
-// its own transaction; several streams, or an Outbox, take a transaction.
-// Bound to your transaction (In), everything runs in it: several streams
-// or an Outbox in a savepoint, so that a conflict leaves your transaction
-// usable.
+// columns are one stream's events as statement parameters.
+type columns struct {
+	ids   []string
+	types []string
+	svs   []int32
+	data  [][]byte
+	md    []pgtype.Text
+	times []pgtype.Timestamptz
+	enc   bool
+}
+
+func (p *prepared) streamIDs() []string {
+	ids := make([]string, len(p.appends))
+	for i, a := range p.appends {
+		ids[i] = a.StreamID
+	}
+	return ids
+}
+
+func (p *prepared) allIDs() []string {
+	var ids []string
+	for _, c := range p.cols {
+		ids = append(ids, c.ids...)
+	}
+	return ids
+}
+
+// Append implements eventsource.Appender. One stream's append is one
+// statement. With the pool (or a connection outside a transaction) it is
+// its own transaction; several streams, or an Outbox, take a transaction
+// (their statements pipelined in one round trip). Bound to your
+// transaction (In), everything runs in it: several streams or an Outbox in
+// a savepoint, so that a conflict leaves your transaction usable.
 //
-// A conflict found without an error (the expected version, a deleted
+// A conflict found without an error (the expected version, a closed
 // stream, a retry of stored events) leaves your transaction usable; a race
-// PostgreSQL reports with an error (two transactions storing the same
-// event ID at once, a serialization failure under REPEATABLE READ or
-// SERIALIZABLE, a deadlock) aborts it, and the error matches
-// eventsource.ErrConcurrency: retry the transaction. In a transaction of
-// its own, the store retries such races itself.
+// PostgreSQL reports with an error (a serialization failure under
+// REPEATABLE READ or SERIALIZABLE, a deadlock between appends to several
+// streams in opposite orders, two transactions storing the same event ID
+// at once) aborts it, and the error matches eventsource.ErrConcurrency:
+// retry the transaction. Races that store nothing and raise nothing (an
+// AnyVersion append losing the next version to a concurrent one) are
+// retried by the store itself.
 //
 // Appends of one stream must come in transaction order: a transaction that
 // appends to a stream after a transaction numbered after it (one that
@@ -75,9 +94,12 @@ func (s *Store) appendState(ctx context.Context, appends []eventsource.StreamApp
 	}
 	for attempt := 1; ; attempt++ {
 		res, err := s.try(ctx, p)
+		if err == nil && s.coalesced() && !res[0].Duplicate {
+			s.poker.poke()
+		}
 		var r *retry
 		if errors.As(err, &r) {
-			if !s.tx && attempt < maxAttempts && ctx.Err() == nil {
+			if (!s.tx || r.clean) && attempt < maxAttempts && ctx.Err() == nil {
 				continue
 			}
 			err = r.err
@@ -86,32 +108,41 @@ func (s *Store) appendState(ctx context.Context, appends []eventsource.StreamApp
 	}
 }
 
-// retry marks an error the store may retry in a transaction of its own.
-type retry struct{ err error }
+// coalesced reports whether the append's notification is sent after it
+// (it commits on its own) rather than from its statement.
+func (s *Store) coalesced() bool { return s.poker != nil && !s.tx }
+
+// statementNotifies reports whether the append statement sends the
+// notification itself.
+func (s *Store) statementNotifies() bool { return s.notify && !s.coalesced() }
+
+// retry marks an error the store may retry: in a transaction of its own
+// always, in the caller's when clean (nothing failed in it).
+type retry struct {
+	err   error
+	clean bool
+}
 
 func (r *retry) Error() string { return r.err.Error() }
 func (r *retry) Unwrap() error { return r.err }
 
 func (s *Store) prepare(ctx context.Context, appends []eventsource.StreamAppend, state int16) (*prepared, error) {
-	n := 0
-	for i := range appends {
-		n += len(appends[i].Events)
-	}
-	p := &prepared{appends: make([]eventsource.StreamAppend, len(appends)), state: state,
-		streams: make([]string, len(appends)), ids: make([]string, 0, n), types: make([]string, 0, n),
-		svs: make([]int32, 0, n), data: make([][]byte, 0, n), md: make([]pgtype.Text, 0, n),
-		times: make([]pgtype.Timestamptz, 0, n), enc: make([]bool, 0, n), sidx: make([]int32, 0, n), rank: make([]int32, 0, n)}
+	p := &prepared{appends: make([]eventsource.StreamAppend, len(appends)), cols: make([]columns, len(appends)), state: state}
 	var keys map[string]cipher.AEAD
 	if s.aead != nil {
 		var err error
 		if keys, err = s.streamKeys(ctx, appends); err != nil {
 			return nil, err
 		}
-		p.plain = make([][]byte, 0, n)
 	}
 	for i, a := range appends {
-		p.streams[i] = a.StreamID
-		evs := make([]eventsource.EventData, len(a.Events))
+		n := len(a.Events)
+		// The library's own events (tombstones, markers) carry no payload
+		// and stay readable after shredding.
+		enc := keys != nil && !(n == 1 && builtin(a.Events[0].Type))
+		c := columns{ids: make([]string, n), types: make([]string, n), svs: make([]int32, n), data: make([][]byte, n),
+			md: make([]pgtype.Text, n), times: make([]pgtype.Timestamptz, n), enc: enc}
+		evs := make([]eventsource.EventData, n)
 		for j, e := range a.Events {
 			if s.cfg.MaxEventBytes > 0 && len(e.Data) > s.cfg.MaxEventBytes {
 				return nil, fmt.Errorf("%w: stream %q, event %d: payload of %d bytes, limit %d (Config.MaxEventBytes)",
@@ -121,41 +152,30 @@ func (s *Store) prepare(ctx context.Context, appends []eventsource.StreamAppend,
 				e.ID = broker.NewID()
 			}
 			evs[j] = e
-			p.ids = append(p.ids, e.ID)
-			p.types = append(p.types, e.Type)
-			p.svs = append(p.svs, int32(e.SchemaVersion))
-			p.sidx = append(p.sidx, int32(i+1))
-			p.rank = append(p.rank, int32(j+1))
-			var md pgtype.Text
+			c.ids[j], c.types[j], c.svs[j] = e.ID, e.Type, int32(e.SchemaVersion)
 			if len(e.Metadata) > 0 {
 				b, err := json.Marshal(e.Metadata)
 				if err != nil {
 					return nil, fmt.Errorf("%w: stream %q, event %d: metadata: %v", eventsource.ErrInvalidEvent, a.StreamID, j, err)
 				}
-				md = pgtype.Text{String: string(b), Valid: true}
+				c.md[j] = pgtype.Text{String: string(b), Valid: true}
 			}
-			p.md = append(p.md, md)
-			p.times = append(p.times, pgtype.Timestamptz{Time: e.Time, Valid: !e.Time.IsZero()})
-			data := e.Data
-			if keys != nil {
-				p.plain = append(p.plain, e.Data)
+			c.times[j] = pgtype.Timestamptz{Time: e.Time, Valid: !e.Time.IsZero()}
+			c.data[j] = e.Data
+			if enc {
 				sealed, err := seal(keys[a.StreamID], e.Data, []byte(e.ID))
 				if err != nil {
 					return nil, err
 				}
-				data = sealed
+				c.data[j] = sealed
 			}
-			p.data = append(p.data, data)
-			p.enc = append(p.enc, keys != nil)
 		}
 		a.Events = evs
-		p.appends[i] = a
+		p.appends[i], p.cols[i] = a, c
 	}
 	return p, nil
 }
 
-// streamKeys gets or creates the data keys of the append's streams, in the
-// store's DB (so a new key commits with the events).
 func (s *Store) streamKeys(ctx context.Context, appends []eventsource.StreamAppend) (map[string]cipher.AEAD, error) {
 	ids := make([]string, len(appends))
 	fresh := make([][]byte, len(appends))
@@ -204,7 +224,11 @@ func (s *Store) streamKeys(ctx context.Context, appends []eventsource.StreamAppe
 	return keys, nil
 }
 
-// errPartial: the statement stored some streams and not others.
+
+// builtin reports the library's own event types.
+func builtin(typ string) bool { return typ == eventsource.TypeStreamDeleted || eventsource.IsMarker(typ) }
+
+// errPartial: the statements stored some streams and not others.
 var errPartial = errors.New("partial append")
 
 // try runs the append once.
@@ -212,7 +236,7 @@ func (s *Store) try(ctx context.Context, p *prepared) ([]eventsource.AppendResul
 	if len(p.appends) == 1 && s.cfg.Outbox == nil {
 		res, ok, err := s.exec(ctx, s.db, p)
 		if err != nil {
-			return nil, s.appendError(ctx, err)
+			return s.appendError(ctx, err, p, s.tx)
 		}
 		if ok {
 			return res, nil
@@ -235,7 +259,7 @@ func (s *Store) try(ctx context.Context, p *prepared) ([]eventsource.AppendResul
 	case errors.Is(err, errPartial):
 		return s.diagnose(ctx, p)
 	case err != nil:
-		return nil, s.appendError(ctx, err)
+		return s.appendError(ctx, err, p, false) // the savepoint or transaction was rolled back
 	}
 	return res, nil
 }
@@ -254,92 +278,83 @@ func (s *Store) atomically(ctx context.Context, fn func(DB) error) error {
 	return tx.Commit(ctx)
 }
 
-// exec runs the append statement. ok reports that every stream was
-// stored.
+// args returns the parameters of stream i's append statement and picks
+// the statement.
+func (s *Store) args(p *prepared, i int) (string, []any) {
+	a, c := &p.appends[i], &p.cols[i]
+	n := len(a.Events)
+	args := make([]any, 0, 12)
+	args = append(args, a.StreamID, int64(a.Expected), int32(n), p.state, c.enc)
+	many := 0
+	if n == 1 {
+		args = append(args, c.ids[0], c.types[0], c.svs[0], c.data[0], c.md[0], c.times[0])
+	} else {
+		many = 1
+		args = append(args, c.ids, c.types, c.svs, c.data, c.md, c.times)
+	}
+	notify := 0
+	if s.statementNotifies() {
+		notify = 1
+		args = append(args, s.cfg.Channel)
+	}
+	return s.sql.append[kindOf(int64(a.Expected))][many][notify], args
+}
+
+// exec runs the append statements, one per stream (pipelined in one round
+// trip when several). ok reports that every stream was stored.
 func (s *Store) exec(ctx context.Context, db DB, p *prepared) ([]eventsource.AppendResult, bool, error) {
+	results := make([]eventsource.AppendResult, len(p.appends))
 	if len(p.appends) == 1 {
-		a := &p.appends[0]
-		args := []any{a.StreamID, int64(a.Expected), p.ids, p.types, p.svs, p.data, p.md, p.times, p.enc[0], p.state}
-		q := s.sql.appendOne
-		if s.notify {
-			q = s.sql.appendOneNotify
-			args = append(args, s.cfg.Channel)
-		}
+		q, args := s.args(p, 0)
 		rows, err := db.Query(ctx, q, args...)
 		if err != nil {
 			return nil, false, err
 		}
-		defer rows.Close()
-		res := eventsource.AppendResult{StreamID: a.StreamID, Positions: make([]eventsource.Position, len(a.Events))}
-		n := 0
-		for rows.Next() {
-			var version, pos int64
-			var xid uint64
-			if err := rows.Scan(&version, &pos, &xid); err != nil {
-				return nil, false, err
-			}
-			if version > res.Version {
-				res.Version = version
-			}
-			res.Positions[n] = eventsource.Position{Transaction: xid, Sequence: pos}
-			n++
-		}
-		if err := rows.Err(); err != nil {
+		if results[0], err = scanAppend(rows, p.appends[0].StreamID); err != nil {
 			return nil, false, err
 		}
-		if n == 0 {
-			return nil, false, nil
+		return results, len(results[0].Positions) == len(p.appends[0].Events), nil
+	}
+	b := &pgx.Batch{}
+	for i := range p.appends {
+		q, args := s.args(p, i)
+		b.Queue(q, args...)
+	}
+	br := db.SendBatch(ctx, b)
+	ok := true
+	for i := range p.appends {
+		rows, err := br.Query()
+		if err == nil {
+			results[i], err = scanAppend(rows, p.appends[i].StreamID)
 		}
-		if n != len(a.Events) {
-			return nil, false, fmt.Errorf("eventsource/postgres: append to %q stored %d of %d events", a.StreamID, n, len(a.Events))
+		if err != nil {
+			_ = br.Close()
+			return nil, false, err
 		}
-		sortPositions(res.Positions)
-		return []eventsource.AppendResult{res}, true, nil
+		ok = ok && len(results[i].Positions) == len(p.appends[i].Events)
 	}
-	expected := make([]int64, len(p.appends))
-	counts := make([]int32, len(p.appends))
-	states := make([]int16, len(p.appends))
-	for i, a := range p.appends {
-		expected[i], counts[i], states[i] = int64(a.Expected), int32(len(a.Events)), p.state
-	}
-	args := []any{p.streams, expected, counts, states, p.sidx, p.rank, p.ids, p.types, p.svs, p.data, p.md, p.times, p.enc}
-	q := s.sql.appendMany
-	if s.notify {
-		q = s.sql.appendManyNtfy
-		args = append(args, s.cfg.Channel)
-	}
-	rows, err := db.Query(ctx, q, args...)
-	if err != nil {
+	if err := br.Close(); err != nil {
 		return nil, false, err
 	}
+	return results, ok, nil
+}
+
+// scanAppend reads an append statement's rows: the stored events'
+// versions and positions.
+func scanAppend(rows pgx.Rows, stream string) (eventsource.AppendResult, error) {
 	defer rows.Close()
-	index := make(map[string]int, len(p.appends))
-	results := make([]eventsource.AppendResult, len(p.appends))
-	for i, a := range p.appends {
-		index[a.StreamID] = i
-		results[i] = eventsource.AppendResult{StreamID: a.StreamID, Positions: make([]eventsource.Position, 0, len(a.Events))}
-	}
+	res := eventsource.AppendResult{StreamID: stream}
 	for rows.Next() {
-		var stream string
 		var version, pos int64
 		var xid uint64
-		if err := rows.Scan(&stream, &version, &pos, &xid); err != nil {
-			return nil, false, err
+		if err := rows.Scan(&version, &pos, &xid); err != nil {
+			return res, err
 		}
-		r := &results[index[stream]]
-		r.Positions = append(r.Positions, eventsource.Position{Transaction: xid, Sequence: pos})
-		r.Version = max(r.Version, version)
+		res.Version = max(res.Version, version)
+		res.Positions = append(res.Positions, eventsource.Position{Transaction: xid, Sequence: pos})
 	}
-	if err := rows.Err(); err != nil {
-		return nil, false, err
-	}
-	for i := range results {
-		if len(results[i].Positions) != len(p.appends[i].Events) {
-			return nil, false, nil
-		}
-		sortPositions(results[i].Positions)
-	}
-	return results, true, nil
+	sortPositions(res.Positions)
+	return res, rows.Err()
 }
 
 func sortPositions(ps []eventsource.Position) {
@@ -350,26 +365,39 @@ func sortPositions(ps []eventsource.Position) {
 	}
 }
 
-// appendError classifies an error of the append statement.
-func (s *Store) appendError(ctx context.Context, err error) error {
+// appendError classifies an error of the append statement. A unique
+// violation of an event ID is diagnosed against what is committed (through
+// the pool: the statement's transaction may be aborted): a retry of a
+// committed append, which is the duplicate result unless the caller's
+// transaction was aborted; IDs reused otherwise (ErrDuplicateEvent); or a
+// twin append still in flight, to be retried.
+func (s *Store) appendError(ctx context.Context, err error, p *prepared, aborted bool) ([]eventsource.AppendResult, error) {
 	code, constraint := sqlState(err)
 	switch {
-	case code == "23505" && (constraint == s.t.name.Base()+"_event_id"):
-		return &retry{fmt.Errorf("%w: another transaction stored one of these event IDs at the same time: %w",
-			eventsource.ErrConcurrency, wrap(ctx, "append", err))}
-	case code == "40001" || code == "40P01":
-		return &retry{fmt.Errorf("%w: %w", eventsource.ErrConcurrency, wrap(ctx, "append", err))}
+	case code == "23505" && constraint == s.t.name.Base()+"_event_id":
+		res, derr := s.In(s.pool).diagnose(ctx, p)
+		var r *retry
+		switch {
+		case derr == nil && !aborted:
+			return res, nil
+		case derr == nil || errors.As(derr, &r) || errors.Is(derr, eventsource.ErrConcurrency):
+			return nil, &retry{err: fmt.Errorf("%w: another transaction stored these event IDs at the same time: %w",
+				eventsource.ErrConcurrency, wrap(ctx, "append", err))}
+		case errors.Is(derr, eventsource.ErrDuplicateEvent):
+			return nil, derr
+		}
+		return nil, wrap(ctx, "append", err)
+	case code == "23505" && constraint == s.t.name.Base()+"_pkey",
+		code == "40001", code == "40P01":
+		return nil, &retry{err: fmt.Errorf("%w: %w", eventsource.ErrConcurrency, wrap(ctx, "append", err))}
 	}
-	return wrap(ctx, "append", err)
+	return nil, wrap(ctx, "append", err)
 }
 
-// diagnose finds out why an append stored nothing: a retry of stored
-// events (returned as a duplicate result), reused IDs, a stream that is
-// deleted, archived or shredded, or a conflict.
 func (s *Store) diagnose(ctx context.Context, p *prepared) ([]eventsource.AppendResult, error) {
 	b := &pgx.Batch{}
-	b.Queue(s.sql.diagStreams, p.streams)
-	b.Queue(s.sql.diagEvents, p.ids)
+	b.Queue(s.sql.diagStreams, p.streamIDs())
+	b.Queue(s.sql.diagEvents, p.allIDs())
 	br := s.db.SendBatch(ctx, b)
 	type streamRow struct {
 		version   int64
@@ -385,7 +413,7 @@ func (s *Store) diagnose(ctx context.Context, p *prepared) ([]eventsource.Append
 	for rows.Next() {
 		var id string
 		var r streamRow
-		if err := rows.Scan(&id, &r.version, &r.state, &r.reordered); err != nil {
+		if err := rows.Scan(&id, &r.state, &r.version, &r.reordered); err != nil {
 			rows.Close()
 			_ = br.Close()
 			return nil, wrap(ctx, "append: diagnose", err)
@@ -452,26 +480,21 @@ func (s *Store) diagnose(ctx context.Context, p *prepared) ([]eventsource.Append
 		}
 	}
 	// Every stream matches now: the append lost a race (another transaction
-	// created or changed a stream after its snapshot, or appended in a
-	// transaction numbered after it). Run again, it will see the new state.
-	return nil, &retry{race}
+	// appended after its snapshot was taken). Run again, it will see the new
+	// state: no statement failed, so even in the caller's transaction.
+	return nil, &retry{err: race, clean: true}
 }
 
-// enqueue writes the outbox messages of the appended events in db.
+
 func (s *Store) enqueue(ctx context.Context, db DB, p *prepared, res []eventsource.AppendResult) error {
 	if s.cfg.Outbox == nil {
 		return nil
 	}
 	now := time.Now()
-	msgs := make([]broker.Message, 0, len(p.ids))
-	k := 0
+	var msgs []broker.Message
 	for i, a := range p.appends {
 		first := res[i].Version - int64(len(a.Events)) + 1
 		for j, e := range a.Events {
-			if p.plain != nil {
-				e.Data = p.plain[k]
-			}
-			k++
 			if e.Time.IsZero() {
 				e.Time = now
 			}
@@ -484,3 +507,4 @@ func (s *Store) enqueue(ctx context.Context, db DB, p *prepared, res []eventsour
 	}
 	return nil
 }
+

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -36,66 +37,89 @@ func (s *Store) DeleteStream(ctx context.Context, streamID string, expected even
 }
 
 // TruncateStream implements eventsource.Lifecycle with a DELETE of the
-// stream's events before the version (from the archive too).
+// stream's events before the version (from the archive too), keeping its
+// last event.
 func (s *Store) TruncateStream(ctx context.Context, streamID string, before int64) (int, error) {
 	if err := eventsource.ValidateStreamID(streamID); err != nil {
 		return 0, err
 	}
-	var exists, n int64
+	var exists bool
+	var n int64
 	if err := s.db.QueryRow(ctx, s.sql.truncate, streamID, before).Scan(&exists, &n); err != nil {
 		return 0, wrap(ctx, "truncate stream", err)
 	}
-	if exists == 0 {
+	if !exists {
 		return 0, fmt.Errorf("%w: %q", eventsource.ErrStreamNotFound, streamID)
 	}
 	return int(n), nil
 }
 
-// ArchiveStream implements eventsource.Lifecycle: in one statement it marks
-// the stream archived (waiting for a transaction appending to it) and moves
-// its events to the archive table.
+// marker returns the append of a marker closing a stream.
+func marker(streamID, typ string, expected eventsource.ExpectedVersion) []eventsource.StreamAppend {
+	return []eventsource.StreamAppend{{StreamID: streamID, Expected: expected,
+		Events: []eventsource.EventData{{Type: typ, SchemaVersion: 1}}}}
+}
+
+// ArchiveStream implements eventsource.Lifecycle. In one transaction (a
+// savepoint of yours), it appends the marker, which closes the stream
+// (concurrent appenders conflict with it, later ones find the stream
+// closed), and moves the events before it to the archive table.
 func (s *Store) ArchiveStream(ctx context.Context, streamID string) error {
 	if err := eventsource.ValidateStreamID(streamID); err != nil {
 		return err
 	}
-	var updated, moved int64
-	var state *int16
-	if err := s.db.QueryRow(ctx, s.sql.archive, streamID).Scan(&updated, &moved, &state); err != nil {
-		return wrap(ctx, "archive stream", err)
-	}
-	if updated > 0 {
+	err := s.atomically(ctx, func(db DB) error {
+		res, err := s.In(db).appendState(ctx, marker(streamID, markerArchived, eventsource.StreamExists), stateArchived)
+		if err != nil {
+			return err
+		}
+		if _, err := db.Exec(ctx, s.sql.archive, streamID, res[0].Version); err != nil {
+			return wrap(ctx, "archive stream", err)
+		}
 		return nil
-	}
+	})
+	var ce *eventsource.ConcurrencyError
 	switch {
-	case state != nil && *state == stateDeleted:
-		return fmt.Errorf("%w: %q", eventsource.ErrStreamDeleted, streamID)
-	case state != nil && *state == stateShredded:
-		return fmt.Errorf("%w: %q", eventsource.ErrShredded, streamID)
+	case errors.Is(err, eventsource.ErrStreamArchived):
+		return nil
+	case errors.As(err, &ce) && ce.Actual == 0:
+		return fmt.Errorf("%w: %q", eventsource.ErrStreamNotFound, streamID)
 	}
-	return fmt.Errorf("%w: %q", eventsource.ErrStreamNotFound, streamID)
+	return err
 }
 
 // ShredStream implements eventsource.Shredder. With Config.EncryptionKey
 // it deletes the stream's data key, so its sealed payloads can no longer be
 // opened; payloads the stream stored in plain text (before encryption was
 // turned on, or without it) are erased in place. Either way the stream's
-// snapshot is deleted and the stream is marked shredded: reads return its
-// records with Shredded set, appends are refused with ErrShredded (also for
-// a stream that had no events yet, whose ID is thereby reserved).
+// snapshot is deleted and, when the stream was open, a marker closes it as
+// shredded: reads return its records with Shredded set, appends are
+// refused with ErrShredded (also for a stream that had no events yet,
+// whose ID is thereby reserved). A deleted or archived stream stays so,
+// its payloads erased.
 //
 // What it does not cover: metadata (stored in plain text), copies outside
 // the tables (outbox messages of the events, which carry the plain payload,
 // messages already published to a broker, read models built from the
 // events), and backups or WAL archives taken before the shred, which hold
-// the wrapped key (and the KEK opens it) or the plain payload.
+// the wrapped key (and the EncryptionKey opens it) or the plain payload.
 func (s *Store) ShredStream(ctx context.Context, streamID string) error {
 	if err := eventsource.ValidateStreamID(streamID); err != nil {
 		return err
 	}
-	if _, err := s.db.Exec(ctx, s.sql.shred, streamID); err != nil {
-		return wrap(ctx, "shred stream", err)
-	}
-	return nil
+	return s.atomically(ctx, func(db DB) error {
+		_, err := s.In(db).appendState(ctx, marker(streamID, markerShredded, eventsource.AnyVersion), stateShredded)
+		switch {
+		case err == nil, errors.Is(err, eventsource.ErrShredded), errors.Is(err, eventsource.ErrStreamDeleted),
+			errors.Is(err, eventsource.ErrStreamArchived):
+		default:
+			return err
+		}
+		if _, err := db.Exec(ctx, s.sql.shred, streamID); err != nil {
+			return wrap(ctx, "shred stream", err)
+		}
+		return nil
+	})
 }
 
 // SaveSnapshot implements eventsource.SnapshotStore through the pool, never

@@ -11,6 +11,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -57,7 +58,7 @@ const (
 )
 
 // maxSuffix is the longest suffix the store appends to the table name
-// ("_snapshots_pkey", "_stream_version").
+// ("_snapshots_pkey").
 const maxSuffix = 15
 
 // Config describes an event store. The zero value uses a table named
@@ -74,9 +75,17 @@ type Config struct {
 	// longer than 63 bytes).
 	Channel string
 	// DisableNotify stops appends from notifying. Readers then find new
-	// events by polling only. Notifying costs each appending transaction a
-	// moment at commit, where PostgreSQL serializes notifying commits.
+	// events by polling only.
 	DisableNotify bool
+	// NotifyInterval coalesces the notifications of appends that run in a
+	// transaction of the store's own (through the pool): after such an
+	// append commits, the store sends one NOTIFY through the pool, at most
+	// one per interval, so readers wake at most an interval late. An append
+	// in your transaction notifies from its statement, which PostgreSQL
+	// delivers at your commit; that costs the commit a lock that serializes
+	// notifying commits. Default DefaultNotifyInterval (5ms); negative
+	// notifies from every append's statement.
+	NotifyInterval time.Duration
 	// MaxEventBytes bounds an event's payload. Default DefaultMaxEventBytes;
 	// negative means no limit of the store's own (PostgreSQL's bytea limit
 	// of 1 GB remains).
@@ -114,6 +123,7 @@ type Store struct {
 	aead   cipher.AEAD // key-encryption, nil without EncryptionKey
 	log    *slog.Logger
 	notify bool
+	poker  *notifier // nil: notify from the statement
 }
 
 var (
@@ -154,7 +164,13 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	if cfg.MaxEventBytes == 0 {
 		cfg.MaxEventBytes = DefaultMaxEventBytes
 	}
+	if cfg.NotifyInterval == 0 {
+		cfg.NotifyInterval = DefaultNotifyInterval
+	}
 	s := &Store{pool: pool, db: pool, cfg: cfg, t: t, log: telemetry.Logger(cfg.Logger), notify: !cfg.DisableNotify}
+	if s.notify && cfg.NotifyInterval > 0 {
+		s.poker = &notifier{pool: pool, channel: cfg.Channel, interval: cfg.NotifyInterval, log: s.log}
+	}
 	if cfg.EncryptionKey != nil {
 		if len(cfg.EncryptionKey) != 32 {
 			return nil, fmt.Errorf("%w: EncryptionKey is %d bytes, want 32 (AES-256)", ErrInvalidConfig, len(cfg.EncryptionKey))
@@ -248,7 +264,6 @@ func parseTables(table string) (tables, error) {
 		"{seq}", t.seq,
 		"{events_pkey}", n.Derived("_pkey"),
 		"{event_id}", n.Derived("_event_id"),
-		"{stream_version}", n.Derived("_stream_version"),
 		"{log_index}", n.Derived("_log"),
 		"{streams}", t.streams,
 		"{streams_pkey}", n.Derived("_streams_pkey"),

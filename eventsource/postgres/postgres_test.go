@@ -92,7 +92,7 @@ func TestTableNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(ddl, `"`+long+`_snapshots_pkey"`) || !strings.Contains(ddl, `"`+long+`_stream_version"`) {
+	if !strings.Contains(ddl, `"`+long+`_snapshots_pkey"`) || !strings.Contains(ddl, `"`+long+`_archive_pkey"`) {
 		t.Fatalf("derived names: %s", ddl)
 	}
 	// Two stores on differently named tables in one schema are independent.

@@ -92,15 +92,15 @@ func (s *Store) ReadStream(ctx context.Context, streamID string, opts eventsourc
 			return
 		}
 		// No events in range: does the stream exist?
-		var version int64
-		err = s.db.QueryRow(ctx, s.sql.streamState, streamID).Scan(&state, &version)
+		var exists bool
+		err = s.db.QueryRow(ctx, s.sql.streamState, streamID).Scan(&state, &exists)
 		switch {
-		case err == pgx.ErrNoRows || err == nil && version == 0:
-			yield(eventsource.Record{}, fmt.Errorf("%w: %q", eventsource.ErrStreamNotFound, streamID))
 		case err != nil:
 			yield(eventsource.Record{}, wrap(ctx, "read stream", err))
 		case state == stateDeleted:
 			yield(eventsource.Record{}, fmt.Errorf("%w: %q", eventsource.ErrStreamDeleted, streamID))
+		case !exists:
+			yield(eventsource.Record{}, fmt.Errorf("%w: %q", eventsource.ErrStreamNotFound, streamID))
 		}
 	}
 }

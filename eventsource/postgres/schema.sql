@@ -3,7 +3,8 @@
 -- postgres.Config.Table; Store.Schema returns the result. Every statement is
 -- idempotent.
 
--- The events: every stream's, in one table. position is drawn at insert;
+-- The events: every stream's, in one table. position is drawn at insert
+-- (unique, from the identity sequence; no index of its own is needed);
 -- transaction_id is the appending transaction's 64-bit ID. Readers of the
 -- global log order by (transaction_id, position) and read only transactions
 -- below their snapshot's xmin (the fence), so late commits are never skipped.
@@ -22,24 +23,26 @@ CREATE TABLE IF NOT EXISTS {events} (
     occurred_at     timestamptz NOT NULL DEFAULT now(),
     -- Encrypted with the stream's key (or erased by shredding).
     encrypted       boolean     NOT NULL DEFAULT false,
-    CONSTRAINT {events_pkey} PRIMARY KEY (position),
-    CONSTRAINT {event_id} UNIQUE (event_id),
-    CONSTRAINT {stream_version} UNIQUE (stream_id, version)
+    -- A stream's events, and what decides between concurrent appenders.
+    CONSTRAINT {events_pkey} PRIMARY KEY (stream_id, version),
+    CONSTRAINT {event_id} UNIQUE (event_id)
 );
 
 -- The global log's order.
 CREATE INDEX IF NOT EXISTS {log_index} ON {events} (transaction_id, position);
 
--- One row per stream: its version (the expected-version check), the ID of
--- the last transaction that appended (appends must come in transaction
--- order), and its state: 0 open, 1 deleted, 2 archived, 3 shredded.
+-- Closed streams: one row per deleted (1), archived (2) or shredded (3)
+-- stream, written with the event that closed it. Open streams have no
+-- row: appends only insert events, and the events table's primary key
+-- decides between concurrent appenders.
 CREATE TABLE IF NOT EXISTS {streams} (
-    stream_id  text     NOT NULL,
-    version    bigint   NOT NULL,
-    last_xid   xid8     NOT NULL,
-    state      smallint NOT NULL DEFAULT 0,
+    stream_id  text        NOT NULL,
+    state      smallint    NOT NULL,
+    -- The version of the event that closed the stream.
+    version    bigint      NOT NULL,
+    closed_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT {streams_pkey} PRIMARY KEY (stream_id)
-) WITH (fillfactor = 80);
+);
 
 -- The latest snapshot of each stream.
 CREATE TABLE IF NOT EXISTS {snapshots} (

@@ -1,32 +1,35 @@
 package postgres
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/steadfast-go/steadfast/eventsource"
+)
 
 // statements holds the SQL of one store, built once by New.
 type statements struct {
-	appendOne       string // single stream, $1..$10
-	appendOneNotify string // the same, notifying on $11
-	appendMany      string // several streams, $1..$13
-	appendManyNtfy  string
-	diagStreams     string
-	diagEvents      string
-	readStream      string
-	readBackward    string
-	asOfTime        string
-	readLog         string
-	blocker         string
-	prepared        string
-	getKeys         string
-	saveSnapshot    string
-	loadSnapshot    string
-	truncate        string
-	archive         string
-	shred           string
-	streamKey       string
-	streamState     string
+	// append[kind][several events][notify] appends to one stream.
+	append       [kinds][2][2]string
+	diagStreams  string
+	diagEvents   string
+	readStream   string
+	readBackward string
+	streamState  string
+	asOfTime     string
+	readLog      string
+	blocker      string
+	prepared     string
+	getKeys      string
+	streamKey    string
+	saveSnapshot string
+	loadSnapshot string
+	truncate     string
+	archive      string
+	shred        string
 }
 
-// streamStates: 0 open, 1 deleted, 2 archived, 3 shredded.
+// Stream states, kept in the streams table for closed streams only: an
+// open stream has no row there.
 const (
 	stateOpen     = 0
 	stateDeleted  = 1
@@ -34,8 +37,8 @@ const (
 	stateShredded = 3
 )
 
-// notifySuffix turns an append statement ending in "SELECT ... FROM ins"
-// into one that also sends a notification on $n when it inserted rows. The
+// notifying turns an append statement ending in "SELECT ... FROM ins" into
+// one that also sends a notification on param when it inserted rows. The
 // uncorrelated subquery is an InitPlan: it runs once, before the first row
 // is returned, after ins has run.
 func notifying(q, param string) string {
@@ -45,93 +48,41 @@ func notifying(q, param string) string {
 
 func buildStatements(t tables) statements {
 	r := strings.NewReplacer("{events}", t.events, "{streams}", t.streams, "{snapshots}", t.snapshots,
-		"{keys}", t.keys, "{archive}", t.archive, "{seq}", t.name.Sibling("_seq"),
-		"{seq_literal}", "'"+strings.ReplaceAll(t.seq, "'", "''")+"'")
+		"{keys}", t.keys, "{archive}", t.archive,
+		"{seq_literal}", "'"+strings.ReplaceAll(t.seq, "'", "''")+"'",
+		"{markers}", "'"+markerArchived+"', '"+markerShredded+"'",
+		"{builtin}", "'"+eventsource.TypeStreamDeleted+"', '"+markerArchived+"', '"+markerShredded+"'")
 	s := func(q string) string { return r.Replace(q) }
 	st := statements{
-		// The append of one stream, in one statement. The stream's row is
-		// inserted (new stream) or updated under its row lock, and only if
-		// the stream matches the expectation ($2: -1 any, -2 exists, 0 no
-		// stream, n exact), is open, has no events of a transaction numbered
-		// after this one, and none of the event IDs is stored yet. In READ
-		// COMMITTED, ON CONFLICT DO UPDATE checks its WHERE against the
-		// latest committed row after waiting for the lock, so a concurrent
-		// appender makes this one find the conflict, not overwrite it. The
-		// events are inserted only when the row was written, numbered from
-		// the stream's previous version. Nothing raises an error: a conflict
-		// returns no rows and leaves the caller's transaction usable.
-		appendOne: s(`WITH up AS (
-    INSERT INTO {streams} AS s (stream_id, version, last_xid, state)
-    SELECT $1, cardinality($3::text[]), pg_current_xact_id(), $10::smallint
-    WHERE ($2::bigint IN (-1, 0) OR EXISTS (SELECT 1 FROM {streams} x WHERE x.stream_id = $1))
-      AND NOT EXISTS (SELECT 1 FROM {events} e WHERE e.event_id = ANY ($3::text[]))
-      AND NOT EXISTS (SELECT 1 FROM {archive} a WHERE a.event_id = ANY ($3::text[]))
-    ON CONFLICT (stream_id) DO UPDATE
-        SET version = s.version + excluded.version, last_xid = excluded.last_xid, state = excluded.state
-        WHERE s.state = 0 AND s.last_xid <= excluded.last_xid AND ($2::bigint < 0 OR s.version = $2::bigint)
-    RETURNING s.version
-), ins AS (
-    INSERT INTO {events} (stream_id, version, event_id, type, schema_version, data, metadata, occurred_at, encrypted)
-    SELECT $1, up.version - cardinality($3::text[]) + e.ord, e.id, e.type, e.sv, e.data, e.md::jsonb,
-           coalesce(e.at, now()), $9::bool
-    FROM up, unnest($3::text[], $4::text[], $5::int[], $6::bytea[], $7::text[], $8::timestamptz[])
-         WITH ORDINALITY AS e(id, type, sv, data, md, at, ord)
-    ORDER BY e.ord
-    RETURNING version, position, transaction_id
-)
-SELECT ins.version, ins.position, ins.transaction_id FROM ins`),
-
-		// The same for several streams: $1 stream IDs, $2 expectations, $3
-		// event counts, $4 states; per event $5 its stream's index (1-based)
-		// and $6 its rank in that stream, then the event columns. Rows are
-		// locked in stream ID order. A stream whose expectation fails gets no
-		// row while the others may: the caller runs it in a savepoint and
-		// rolls back when fewer streams came back.
-		appendMany: s(`WITH st AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::smallint[])
-        WITH ORDINALITY AS st(stream_id, expected, n, state, idx)
-), up AS (
-    INSERT INTO {streams} AS s (stream_id, version, last_xid, state)
-    SELECT st.stream_id, st.n, pg_current_xact_id(), st.state FROM st
-    WHERE (st.expected IN (-1, 0) OR EXISTS (SELECT 1 FROM {streams} x WHERE x.stream_id = st.stream_id))
-      AND NOT EXISTS (SELECT 1 FROM {events} e WHERE e.event_id = ANY ($7::text[]))
-      AND NOT EXISTS (SELECT 1 FROM {archive} a WHERE a.event_id = ANY ($7::text[]))
-    ORDER BY st.stream_id
-    ON CONFLICT (stream_id) DO UPDATE
-        SET version = s.version + excluded.version, last_xid = excluded.last_xid, state = excluded.state
-        WHERE s.state = 0 AND s.last_xid <= excluded.last_xid
-          AND (SELECT st2.expected < 0 OR st2.expected = s.version FROM st st2 WHERE st2.stream_id = s.stream_id)
-    RETURNING s.stream_id, s.version
-), ins AS (
-    INSERT INTO {events} (stream_id, version, event_id, type, schema_version, data, metadata, occurred_at, encrypted)
-    SELECT st.stream_id, up.version - st.n + e.rank, e.id, e.type, e.sv, e.data, e.md::jsonb, coalesce(e.at, now()), e.enc
-    FROM unnest($5::int[], $6::int[], $7::text[], $8::text[], $9::int[], $10::bytea[], $11::text[], $12::timestamptz[], $13::bool[])
-         WITH ORDINALITY AS e(sidx, rank, id, type, sv, data, md, at, enc, ord)
-    JOIN st ON st.idx = e.sidx
-    JOIN up ON up.stream_id = st.stream_id
-    ORDER BY e.ord
-    RETURNING stream_id, version, position, transaction_id
-)
-SELECT ins.stream_id, ins.version, ins.position, ins.transaction_id FROM ins`),
-
-		// Why an append stored nothing: the streams as they are now, and
-		// whether a transaction numbered after this one appended last.
-		diagStreams: s(`SELECT x.stream_id, coalesce(s.version, 0), coalesce(s.state, 0),
-       coalesce(s.last_xid > pg_current_xact_id_if_assigned(), false)
+		// Why an append stored nothing: each stream's state, last version
+		// (its last event, or its archive's), and whether its last event
+		// belongs to a transaction numbered after this one.
+		diagStreams: s(`SELECT x.stream_id,
+       coalesce((SELECT c.state FROM {streams} c WHERE c.stream_id = x.stream_id), 0),
+       coalesce(l.version, (SELECT max(a.version) FROM {archive} a WHERE a.stream_id = x.stream_id), 0),
+       coalesce(l.transaction_id > pg_current_xact_id_if_assigned(), false)
 FROM unnest($1::text[]) AS x(stream_id)
-LEFT JOIN {streams} s ON s.stream_id = x.stream_id`),
+LEFT JOIN LATERAL (
+    SELECT e.version, e.transaction_id FROM {events} e WHERE e.stream_id = x.stream_id ORDER BY e.version DESC LIMIT 1
+) l ON true`),
 
-		// The stored events of an append's IDs (a retry of a committed one?).
-		diagEvents: s(`SELECT event_id, stream_id, version, position, transaction_id FROM {events} WHERE event_id = ANY ($1::text[])
-UNION ALL
-SELECT event_id, stream_id, version, position, transaction_id FROM {archive} WHERE event_id = ANY ($1::text[])`),
+		diagEvents: s(`SELECT e.event_id, e.stream_id, e.version, e.position, e.transaction_id
+FROM unnest($1::text[]) AS u(id) CROSS JOIN LATERAL (
+    SELECT event_id, stream_id, version, position, transaction_id FROM {events} WHERE event_id = u.id
+    UNION ALL
+    SELECT event_id, stream_id, version, position, transaction_id FROM {archive} WHERE event_id = u.id
+) e`),
 
 		// A stream read: the events between versions $2 and $3, at most $4
 		// (NULL: all), with the stream's state and key; from the archive
-		// when archived. $5 leaves the metadata out. No rows: the caller
-		// reads the stream's state (streamState).
-		readStream: s(streamReadSQL("ASC")),
+		// when archived; without the markers of archiving and shredding.
+		// $5 leaves the metadata out. No rows: the caller reads the
+		// stream's state (streamState).
+		readStream:   s(streamReadSQL("ASC")),
 		readBackward: s(streamReadSQL("DESC")),
+		streamState: s(`SELECT coalesce((SELECT state FROM {streams} WHERE stream_id = $1), 0),
+       EXISTS (SELECT 1 FROM {events} WHERE stream_id = $1 AND type NOT IN ({markers}))
+           OR EXISTS (SELECT 1 FROM {archive} WHERE stream_id = $1)`),
 
 		asOfTime: s(`SELECT coalesce(max(v), 0) FROM (
     SELECT version FROM {events} WHERE stream_id = $1 AND occurred_at <= $2
@@ -139,12 +90,6 @@ SELECT event_id, stream_id, version, position, transaction_id FROM {archive} WHE
     SELECT version FROM {archive} WHERE stream_id = $1 AND occurred_at <= $2
 ) x(v)`),
 
-		// A page of the global log. The fence is the xmin of this
-		// statement's snapshot: every transaction below it has ended, so the
-		// events below it are all visible now and no event can appear below
-		// it later. Events at or past it wait, even committed ones (held).
-		// future: events stamped with transaction IDs the server has not
-		// assigned yet (the events table came from another cluster).
 		readLog: s(`WITH f AS MATERIALIZED (
     SELECT x.fence, x.next_xid, pg_sequence_last_value({seq_literal}::regclass) AS last_seq,
            EXISTS (SELECT 1 FROM {events} b WHERE b.transaction_id >= x.fence) AS held,
@@ -165,14 +110,10 @@ FROM f LEFT JOIN LATERAL (
     LIMIT $3
 ) e ON true`),
 
-		// The session running the fence's transaction.
 		blocker: `SELECT pid, xact_start, coalesce(state, ''), coalesce(application_name, ''), coalesce(left(query, 200), '')
 FROM pg_stat_activity WHERE backend_xid = $1::xid8::xid LIMIT 1`,
 		prepared: `SELECT gid, prepared FROM pg_prepared_xacts WHERE transaction = $1::xid8::xid LIMIT 1`,
 
-		// Get or create the data keys of streams ($1) with fresh wrapped
-		// keys ($2). A key created by a transaction that commits while this
-		// statement waits is not in its snapshot: the caller reads again.
 		getKeys: s(`WITH ins AS (
     INSERT INTO {keys} (stream_id, key)
     SELECT * FROM unnest($1::text[], $2::bytea[])
@@ -184,58 +125,61 @@ UNION ALL
 SELECT k.stream_id, k.key, true FROM {keys} k
 WHERE k.stream_id = ANY ($1::text[]) AND k.stream_id NOT IN (SELECT stream_id FROM ins)`),
 		streamKey:   s(`SELECT key FROM {keys} WHERE stream_id = $1`),
-		streamState: s(`SELECT state, version FROM {streams} WHERE stream_id = $1`),
 
 		saveSnapshot: s(`INSERT INTO {snapshots} AS s (stream_id, version, event_id, schema_version, data, encrypted, taken_at)
 SELECT $1, $2, $3, $4, $5, $6, $7
-WHERE EXISTS (SELECT 1 FROM {streams} x WHERE x.stream_id = $1 AND x.state IN (0, 2))
+WHERE NOT EXISTS (SELECT 1 FROM {streams} c WHERE c.stream_id = $1 AND c.state IN (1, 3))
 ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, event_id = excluded.event_id,
     schema_version = excluded.schema_version, data = excluded.data, encrypted = excluded.encrypted, taken_at = excluded.taken_at`),
 		loadSnapshot: s(`SELECT s.version, s.event_id, s.schema_version, s.data, s.encrypted, s.taken_at, k.key
 FROM {snapshots} s LEFT JOIN {keys} k ON k.stream_id = s.stream_id
 WHERE s.stream_id = $1`),
 
-		truncate: s(`WITH s AS (SELECT 1 FROM {streams} WHERE stream_id = $1 AND version > 0),
-d AS (DELETE FROM {events} WHERE stream_id = $1 AND version < $2 RETURNING 1),
-a AS (DELETE FROM {archive} WHERE stream_id = $1 AND version < $2 RETURNING 1)
-SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM d) + (SELECT count(*) FROM a)`),
+		// Truncate: never the stream's last event (appends check the
+		// version they expect against it).
+		truncate: s(`WITH l AS (
+    SELECT coalesce((SELECT max(version) FROM {events} WHERE stream_id = $1), 0) AS last,
+           EXISTS (SELECT 1 FROM {archive} WHERE stream_id = $1) AS archived
+), d AS (
+    DELETE FROM {events} e USING l WHERE e.stream_id = $1 AND e.version < least($2::bigint, l.last) RETURNING 1
+), a AS (
+    DELETE FROM {archive} WHERE stream_id = $1 AND version < $2::bigint RETURNING 1
+)
+SELECT (SELECT last > 0 OR archived FROM l), (SELECT count(*) FROM d) + (SELECT count(*) FROM a)`),
 
-		// Archive: lock the stream's row (waiting for an appender), then
-		// move its events.
-		archive: s(`WITH s AS (
-    UPDATE {streams} SET state = 2 WHERE stream_id = $1 AND state IN (0, 2) AND version > 0 RETURNING 1
-), moved AS (
-    DELETE FROM {events} e WHERE e.stream_id = $1 AND EXISTS (SELECT 1 FROM s)
+		// Archive, after the marker was appended as version $2: move the
+		// events before it.
+		archive: s(`WITH moved AS (
+    DELETE FROM {events} e WHERE e.stream_id = $1 AND e.version < $2::bigint
     RETURNING e.position, e.transaction_id, e.stream_id, e.version, e.event_id, e.type, e.schema_version,
               e.data, e.metadata, e.occurred_at, e.encrypted
-), ins AS (
-    INSERT INTO {archive} SELECT * FROM moved RETURNING 1
 )
-SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM ins),
-       (SELECT state FROM {streams} WHERE stream_id = $1)`),
+INSERT INTO {archive} SELECT * FROM moved`),
 
-		// Shred: mark the stream (creating its row if needed, so it cannot be
-		// created later), delete its key and snapshot, and erase payloads
-		// that were stored in plain text.
-		shred: s(`WITH s AS (
-    INSERT INTO {streams} AS s (stream_id, version, last_xid, state) VALUES ($1, 0, pg_current_xact_id(), 3)
-    ON CONFLICT (stream_id) DO UPDATE SET state = 3
-    RETURNING 1
-), k AS (
+		// Shred, after the marker (if the stream was open): delete the key
+		// (keeping a NULL row, so the stream stays shredded), the snapshot,
+		// and payloads stored in plain text.
+		shred: s(`WITH k AS (
     INSERT INTO {keys} AS k (stream_id, key, shredded_at) VALUES ($1, NULL, now())
     ON CONFLICT (stream_id) DO UPDATE SET key = NULL, shredded_at = coalesce(k.shredded_at, now())
     RETURNING 1
 ), snap AS (
     DELETE FROM {snapshots} WHERE stream_id = $1 RETURNING 1
 ), e AS (
-    UPDATE {events} SET data = NULL, encrypted = true WHERE stream_id = $1 AND (NOT encrypted OR data IS NOT NULL) RETURNING 1
+    UPDATE {events} SET data = NULL, encrypted = true
+    WHERE stream_id = $1 AND (NOT encrypted OR data IS NOT NULL) AND type NOT IN ({builtin}) RETURNING 1
 ), a AS (
     UPDATE {archive} SET data = NULL, encrypted = true WHERE stream_id = $1 AND (NOT encrypted OR data IS NOT NULL) RETURNING 1
 )
-SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM k) + (SELECT count(*) FROM snap) + (SELECT count(*) FROM e) + (SELECT count(*) FROM a)`),
+SELECT (SELECT count(*) FROM k) + (SELECT count(*) FROM snap) + (SELECT count(*) FROM e) + (SELECT count(*) FROM a)`),
 	}
-	st.appendOneNotify = notifying(st.appendOne, "$11")
-	st.appendManyNtfy = notifying(st.appendMany, "$14")
+	for k := range kinds {
+		for many := range 2 {
+			q := s(appendSQL(appendKind(k), many == 1))
+			st.append[k][many][0] = q
+			st.append[k][many][1] = notifying(q, "$12")
+		}
+	}
 	return st
 }
 
@@ -243,17 +187,152 @@ const eventColumns = `e.version, e.position, e.transaction_id, e.event_id, e.typ
            CASE WHEN $5::bool THEN NULL ELSE e.metadata END, e.occurred_at, e.encrypted`
 
 func streamReadSQL(dir string) string {
-	return `SELECT s.state, k.key, e.*
-FROM {streams} s
-LEFT JOIN {keys} k ON k.stream_id = s.stream_id
+	return `SELECT c.state, k.key, e.*
+FROM (SELECT coalesce((SELECT state FROM {streams} WHERE stream_id = $1), 0) AS state) c
+LEFT JOIN {keys} k ON k.stream_id = $1
 JOIN LATERAL (
     SELECT * FROM (
         (SELECT ` + eventColumns + ` FROM {events} e
-         WHERE s.state <> 2 AND e.stream_id = s.stream_id AND e.version >= $2 AND e.version <= $3)
+         WHERE c.state <> 2 AND e.stream_id = $1 AND e.version >= $2 AND e.version <= $3 AND e.type NOT IN ({markers}))
         UNION ALL
         (SELECT ` + eventColumns + ` FROM {archive} e
-         WHERE s.state = 2 AND e.stream_id = s.stream_id AND e.version >= $2 AND e.version <= $3)
+         WHERE c.state = 2 AND e.stream_id = $1 AND e.version >= $2 AND e.version <= $3)
     ) e ORDER BY e.version ` + dir + ` LIMIT $4
-) e ON true
-WHERE s.stream_id = $1`
+) e ON true`
 }
+
+// appendKind is the expectation of an append, each with its own statement,
+// so that every statement's plan is the same whatever its parameters and
+// PostgreSQL settles on one generic plan for it instead of planning every
+// call anew.
+type appendKind int
+
+const (
+	kindExact    appendKind = iota // ExpectedVersion(n), n >= 1
+	kindExists                     // StreamExists
+	kindNoStream                   // NoStream
+	kindAny                        // AnyVersion
+	kinds
+)
+
+func kindOf(e int64) appendKind {
+	switch {
+	case e > 0:
+		return kindExact
+	case e == -2:
+		return kindExists
+	case e == 0:
+		return kindNoStream
+	}
+	return kindAny
+}
+
+// appendSQL is the append of one stream, in one statement, and inserts
+// only: no row is updated, so appends stay as cheap as inserts even while a
+// long transaction elsewhere on the server keeps PostgreSQL from pruning
+// old row versions (a row updated on every append would grow a chain of
+// versions that each update walks).
+//
+// The primary key (stream_id, version) decides between concurrent
+// appenders. The statement computes the stream's version as its snapshot
+// sees it (base): the expected version when exact (checking that the event
+// there exists), the last event's otherwise. It inserts the first event at
+// base+1 with ON CONFLICT DO NOTHING, only if the stream is not closed (no
+// row in the streams table) and its last event belongs to a transaction
+// numbered at most this one (the global log orders by transaction, so a
+// stream's appends must come in transaction order). If another appender
+// took base+1, whether it committed before the snapshot or commits while
+// this statement waits for it, the insert does nothing, nor do the other
+// events, which are inserted only after the first one: the statement
+// returns no rows, raises nothing, and the caller's transaction stays
+// usable. Once the first event is in, no one else can insert after it
+// before this transaction ends, so the others cannot conflict. A conflict
+// on an event ID of the first event also does nothing (the caller then
+// finds out why); on another event's ID it raises a unique violation.
+//
+// Any and Exists appends, which would succeed again when retried after
+// their first attempt committed, first look the event IDs up, one index
+// probe each (a scalar subquery, which the planner cannot turn into a hash
+// of the whole table as it would an EXISTS or = ANY).
+//
+// Parameters: $1 stream, $2 expected version, $3 event count, $4 the state
+// a marker closes the stream with (0 for events; 1 tombstone, 2 archive
+// marker, 3 shred marker: the streams table gets its row), $5 encrypted,
+// then the event columns $6 ID, $7 type, $8 schema version, $9 data, $10
+// metadata (text, NULL for none), $11 time (NULL: now()): scalars for one
+// event, arrays for several. Rows of several events come from
+// generate_subscripts rather than unnest, whose row estimate follows the
+// array's length and would also make PostgreSQL plan every call anew.
+func appendSQL(kind appendKind, many bool) string {
+	const open = `NOT EXISTS (SELECT 1 FROM {streams} c WHERE c.stream_id = $1)`
+	var base string
+	switch kind {
+	case kindExact:
+		base = `SELECT $2::bigint AS v, ` + open + `
+           AND (SELECT e.transaction_id <= pg_current_xact_id() FROM {events} e
+                WHERE e.stream_id = $1 AND e.version = $2::bigint) IS TRUE AS ok`
+	case kindNoStream:
+		base = `SELECT 0::bigint AS v, $2::bigint = 0 AND ` + open + ` AS ok`
+	case kindExists, kindAny:
+		want := `$2::bigint = -2 AND l.version IS NOT NULL`
+		if kind == kindAny {
+			want = `(l.version IS NOT NULL OR $2::bigint = -1)`
+		}
+		base = `SELECT coalesce(l.version, 0) AS v, ` + want + ` AND ` + open + `
+           AND coalesce(l.transaction_id <= pg_current_xact_id(), true) AS ok
+    FROM (SELECT 1) x LEFT JOIN LATERAL (
+        SELECT e.version, e.transaction_id FROM {events} e WHERE e.stream_id = $1 ORDER BY e.version DESC LIMIT 1
+    ) l ON true`
+		if many {
+			base += `
+    WHERE NOT EXISTS (SELECT 1 FROM generate_subscripts($6::text[], 1) AS u(i)
+                      WHERE (SELECT 1 FROM {events} d WHERE d.event_id = ($6::text[])[u.i]) IS NOT NULL
+                         OR (SELECT 1 FROM {archive} a WHERE a.event_id = ($6::text[])[u.i]) IS NOT NULL)`
+		} else {
+			base += `
+    WHERE (SELECT 1 FROM {events} d WHERE d.event_id = $6::text) IS NULL
+      AND (SELECT 1 FROM {archive} a WHERE a.event_id = $6::text) IS NULL`
+		}
+	}
+	const cols = `INSERT INTO {events} (stream_id, version, event_id, type, schema_version, data, metadata, occurred_at, encrypted)`
+	first := `SELECT $1, base.v + 1, $6::text, $7::text, $8::int, $9::bytea, $10::text::jsonb, coalesce($11::timestamptz, now()), $5::bool
+    FROM base WHERE base.ok`
+	rest := ""
+	if many {
+		first = `SELECT $1, base.v + 1, ($6::text[])[1], ($7::text[])[1], ($8::int[])[1], ($9::bytea[])[1],
+           ($10::text[])[1]::jsonb, coalesce(($11::timestamptz[])[1], now()), $5::bool
+    FROM base WHERE base.ok`
+		rest = `, rest AS (
+    ` + cols + `
+    SELECT $1, first.version - 1 + i, ($6::text[])[i], ($7::text[])[i], ($8::int[])[i], ($9::bytea[])[i],
+           ($10::text[])[i]::jsonb, coalesce(($11::timestamptz[])[i], now()), $5::bool
+    FROM first, generate_subscripts($6::text[], 1) AS i
+    WHERE i > 1
+    ORDER BY i
+    RETURNING version, position, transaction_id
+)`
+	}
+	ins := `ins AS (SELECT * FROM first)`
+	if many {
+		ins = `ins AS (SELECT * FROM first UNION ALL SELECT * FROM rest)`
+	}
+	return `WITH base AS (
+    ` + base + `
+), first AS (
+    ` + cols + `
+    ` + first + `
+    ON CONFLICT DO NOTHING
+    RETURNING version, position, transaction_id
+)` + rest + `, closed AS (
+    INSERT INTO {streams} (stream_id, state, version)
+    SELECT $1, $4::smallint, first.version - 1 + $3::int FROM first WHERE $4::smallint <> 0
+    RETURNING 1
+), ` + ins + `
+SELECT ins.version, ins.position, ins.transaction_id FROM ins`
+}
+
+// The markers of archiving and shredding, left out of stream reads.
+const (
+	markerArchived = eventsource.TypeStreamArchived
+	markerShredded = eventsource.TypeStreamShredded
+)
