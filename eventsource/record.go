@@ -364,17 +364,26 @@ func ValidateAppend(appends []StreamAppend) error {
 	if len(appends) == 0 {
 		return fmt.Errorf("%w: no streams to append to", ErrInvalidEvent)
 	}
-	seen := make(map[string]bool, len(appends))
-	ids := make(map[string]bool)
+	n := 0
+	for i := range appends {
+		n += len(appends[i].Events)
+	}
+	// Duplicates are looked for by pairs in small appends, with a map in
+	// large ones.
+	var ids map[string]bool
+	if n > 16 {
+		ids = make(map[string]bool, n)
+	}
 	for i := range appends {
 		a := &appends[i]
 		if err := ValidateStreamID(a.StreamID); err != nil {
 			return err
 		}
-		if seen[a.StreamID] {
-			return fmt.Errorf("%w: stream %q appears twice in one append", ErrInvalidEvent, a.StreamID)
+		for j := range i {
+			if appends[j].StreamID == a.StreamID {
+				return fmt.Errorf("%w: stream %q appears twice in one append", ErrInvalidEvent, a.StreamID)
+			}
 		}
-		seen[a.StreamID] = true
 		if !a.Expected.valid() {
 			return fmt.Errorf("%w: stream %q: %v is not an expected version", ErrInvalidEvent, a.StreamID, a.Expected)
 		}
@@ -386,15 +395,38 @@ func ValidateAppend(appends []StreamAppend) error {
 			if why := eventProblem(e); why != "" {
 				return fmt.Errorf("%w: stream %q, event %d: %s", ErrInvalidEvent, a.StreamID, j, why)
 			}
-			if e.ID != "" {
-				if ids[e.ID] {
-					return fmt.Errorf("%w: stream %q, event %d: ID %q appears twice in one append", ErrInvalidEvent, a.StreamID, j, e.ID)
-				}
+			if e.ID == "" {
+				continue
+			}
+			dup := false
+			if ids != nil {
+				dup = ids[e.ID]
 				ids[e.ID] = true
+			} else {
+				dup = seenID(appends, i, j, e.ID)
+			}
+			if dup {
+				return fmt.Errorf("%w: stream %q, event %d: ID %q appears twice in one append", ErrInvalidEvent, a.StreamID, j, e.ID)
 			}
 		}
 	}
 	return nil
+}
+
+// seenID reports whether an event before event j of stream i has ID id.
+func seenID(appends []StreamAppend, i, j int, id string) bool {
+	for x := 0; x <= i; x++ {
+		evs := appends[x].Events
+		if x == i {
+			evs = evs[:j]
+		}
+		for _, e := range evs {
+			if e.ID == id {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // eventProblem says what is wrong with e, or "".

@@ -273,14 +273,14 @@ func (r *Repository[S, C, E]) replay(ctx context.Context, streamID string, opts 
 				ErrTruncated, streamID, rec.Version)
 		}
 		next++
+		if rec.Shredded {
+			return Loaded[S]{}, fmt.Errorf("%w: stream %q", ErrShredded, streamID)
+		}
 		if snap != nil && rec.Version == snap.Version {
 			if rec.ID != snap.EventID {
 				return l, errStaleSnapshot
 			}
 			continue
-		}
-		if rec.Shredded {
-			return Loaded[S]{}, fmt.Errorf("%w: stream %q", ErrShredded, streamID)
 		}
 		if err := r.reg.each(&rec, fold); err != nil {
 			if err == typeErr {

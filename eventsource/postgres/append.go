@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"crypto/cipher"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -26,7 +25,6 @@ const maxAttempts = 4
 type prepared struct {
 	appends []eventsource.StreamAppend // with IDs filled; Data in plain text
 	cols    []columns                  // per stream
-	state   int16                      // the state a marker closes its stream with
 }
 
 // columns are one stream's events as statement parameters.
@@ -81,14 +79,10 @@ func (p *prepared) allIDs() []string {
 // happens only to transactions that wrote something before appending to a
 // contended stream; retry them.
 func (s *Store) Append(ctx context.Context, appends ...eventsource.StreamAppend) ([]eventsource.AppendResult, error) {
-	return s.appendState(ctx, appends, stateOpen)
-}
-
-func (s *Store) appendState(ctx context.Context, appends []eventsource.StreamAppend, state int16) ([]eventsource.AppendResult, error) {
 	if err := eventsource.ValidateAppend(appends); err != nil {
 		return nil, err
 	}
-	p, err := s.prepare(ctx, appends, state)
+	p, err := s.prepare(ctx, appends)
 	if err != nil {
 		return nil, err
 	}
@@ -126,8 +120,8 @@ type retry struct {
 func (r *retry) Error() string { return r.err.Error() }
 func (r *retry) Unwrap() error { return r.err }
 
-func (s *Store) prepare(ctx context.Context, appends []eventsource.StreamAppend, state int16) (*prepared, error) {
-	p := &prepared{appends: make([]eventsource.StreamAppend, len(appends)), cols: make([]columns, len(appends)), state: state}
+func (s *Store) prepare(ctx context.Context, appends []eventsource.StreamAppend) (*prepared, error) {
+	p := &prepared{appends: make([]eventsource.StreamAppend, len(appends)), cols: make([]columns, len(appends))}
 	var keys map[string]cipher.AEAD
 	if s.aead != nil {
 		var err error
@@ -154,11 +148,7 @@ func (s *Store) prepare(ctx context.Context, appends []eventsource.StreamAppend,
 			evs[j] = e
 			c.ids[j], c.types[j], c.svs[j] = e.ID, e.Type, int32(e.SchemaVersion)
 			if len(e.Metadata) > 0 {
-				b, err := json.Marshal(e.Metadata)
-				if err != nil {
-					return nil, fmt.Errorf("%w: stream %q, event %d: metadata: %v", eventsource.ErrInvalidEvent, a.StreamID, j, err)
-				}
-				c.md[j] = pgtype.Text{String: string(b), Valid: true}
+				c.md[j] = pgtype.Text{String: string(storeutil.AppendMetadataJSON(nil, e.Metadata)), Valid: true}
 			}
 			c.times[j] = pgtype.Timestamptz{Time: e.Time, Valid: !e.Time.IsZero()}
 			c.data[j] = e.Data
@@ -283,8 +273,8 @@ func (s *Store) atomically(ctx context.Context, fn func(DB) error) error {
 func (s *Store) args(p *prepared, i int) (string, []any) {
 	a, c := &p.appends[i], &p.cols[i]
 	n := len(a.Events)
-	args := make([]any, 0, 12)
-	args = append(args, a.StreamID, int64(a.Expected), int32(n), p.state, c.enc)
+	args := make([]any, 0, 10)
+	args = append(args, a.StreamID, int64(a.Expected), c.enc)
 	many := 0
 	if n == 1 {
 		args = append(args, c.ids[0], c.types[0], c.svs[0], c.data[0], c.md[0], c.times[0])

@@ -26,7 +26,7 @@ func (s *Store) DeleteStream(ctx context.Context, streamID string, expected even
 		return eventsource.AppendResult{}, err
 	}
 	a[0].Expected = exp
-	res, err := s.appendState(ctx, a, stateDeleted)
+	res, err := s.Append(ctx, a...)
 	if err != nil {
 		return eventsource.AppendResult{}, storeutil.DeleteError(err, expected)
 	}
@@ -69,7 +69,7 @@ func (s *Store) ArchiveStream(ctx context.Context, streamID string) error {
 		return err
 	}
 	err := s.atomically(ctx, func(db DB) error {
-		res, err := s.In(db).appendState(ctx, marker(streamID, markerArchived, eventsource.StreamExists), stateArchived)
+		res, err := s.In(db).Append(ctx, marker(streamID, markerArchived, eventsource.StreamExists)...)
 		if err != nil {
 			return err
 		}
@@ -108,7 +108,7 @@ func (s *Store) ShredStream(ctx context.Context, streamID string) error {
 		return err
 	}
 	return s.atomically(ctx, func(db DB) error {
-		_, err := s.In(db).appendState(ctx, marker(streamID, markerShredded, eventsource.AnyVersion), stateShredded)
+		_, err := s.In(db).Append(ctx, marker(streamID, markerShredded, eventsource.AnyVersion)...)
 		switch {
 		case err == nil, errors.Is(err, eventsource.ErrShredded), errors.Is(err, eventsource.ErrStreamDeleted),
 			errors.Is(err, eventsource.ErrStreamArchived):

@@ -62,8 +62,8 @@ const (
 const maxSuffix = 15
 
 // Config describes an event store. The zero value uses a table named
-// "events" (and its companions events_streams, events_snapshots,
-// events_keys, events_archive) on the connection's search_path.
+// "events" (and its companions events_snapshots, events_keys,
+// events_archive) on the connection's search_path.
 type Config struct {
 	// Table is the events table, "name" or "schema.name": lowercase
 	// letters, digits and underscores (see internal/pgtable), the table
@@ -242,7 +242,6 @@ func Migrate(ctx context.Context, db DB, table string) error {
 type tables struct {
 	name      pgtable.Name
 	events    string
-	streams   string
 	snapshots string
 	keys      string
 	archive   string
@@ -256,7 +255,7 @@ func parseTables(table string) (tables, error) {
 	if err != nil {
 		return tables{}, err
 	}
-	t := tables{name: n, events: n.Ident(), streams: n.Sibling("_streams"), snapshots: n.Sibling("_snapshots"),
+	t := tables{name: n, events: n.Ident(), snapshots: n.Sibling("_snapshots"),
 		keys: n.Sibling("_keys"), archive: n.Sibling("_archive"), seq: n.Sibling("_seq"),
 		lock: n.LockKey("steadfast.eventsource")}
 	t.schema = strings.NewReplacer(
@@ -265,8 +264,6 @@ func parseTables(table string) (tables, error) {
 		"{events_pkey}", n.Derived("_pkey"),
 		"{event_id}", n.Derived("_event_id"),
 		"{log_index}", n.Derived("_log"),
-		"{streams}", t.streams,
-		"{streams_pkey}", n.Derived("_streams_pkey"),
 		"{snapshots}", t.snapshots,
 		"{snapshots_pkey}", n.Derived("_snapshots_pkey"),
 		"{keys}", t.keys,

@@ -23,26 +23,16 @@ CREATE TABLE IF NOT EXISTS {events} (
     occurred_at     timestamptz NOT NULL DEFAULT now(),
     -- Encrypted with the stream's key (or erased by shredding).
     encrypted       boolean     NOT NULL DEFAULT false,
-    -- A stream's events, and what decides between concurrent appenders.
+    -- A stream's events, and what decides between concurrent appenders:
+    -- an append inserts its first event at the version after the one it
+    -- expects. A stream's last event may close it: a tombstone, or the
+    -- marker of archiving or shredding.
     CONSTRAINT {events_pkey} PRIMARY KEY (stream_id, version),
     CONSTRAINT {event_id} UNIQUE (event_id)
 );
 
 -- The global log's order.
 CREATE INDEX IF NOT EXISTS {log_index} ON {events} (transaction_id, position);
-
--- Closed streams: one row per deleted (1), archived (2) or shredded (3)
--- stream, written with the event that closed it. Open streams have no
--- row: appends only insert events, and the events table's primary key
--- decides between concurrent appenders.
-CREATE TABLE IF NOT EXISTS {streams} (
-    stream_id  text        NOT NULL,
-    state      smallint    NOT NULL,
-    -- The version of the event that closed the stream.
-    version    bigint      NOT NULL,
-    closed_at  timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT {streams_pkey} PRIMARY KEY (stream_id)
-);
 
 -- The latest snapshot of each stream.
 CREATE TABLE IF NOT EXISTS {snapshots} (

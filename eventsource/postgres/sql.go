@@ -28,8 +28,8 @@ type statements struct {
 	shred        string
 }
 
-// Stream states, kept in the streams table for closed streams only: an
-// open stream has no row there.
+// Stream states. A stream is closed by its last event: a tombstone
+// (deleted), or the marker of archiving or shredding.
 const (
 	stateOpen     = 0
 	stateDeleted  = 1
@@ -47,23 +47,25 @@ func notifying(q, param string) string {
 }
 
 func buildStatements(t tables) statements {
-	r := strings.NewReplacer("{events}", t.events, "{streams}", t.streams, "{snapshots}", t.snapshots,
+	r := strings.NewReplacer("{events}", t.events, "{snapshots}", t.snapshots,
 		"{keys}", t.keys, "{archive}", t.archive,
+		"{events_pkey}", t.name.Derived("_pkey"),
 		"{seq_literal}", "'"+strings.ReplaceAll(t.seq, "'", "''")+"'",
 		"{markers}", "'"+markerArchived+"', '"+markerShredded+"'",
-		"{builtin}", "'"+eventsource.TypeStreamDeleted+"', '"+markerArchived+"', '"+markerShredded+"'")
+		"{builtin}", "'"+eventsource.TypeStreamDeleted+"', '"+markerArchived+"', '"+markerShredded+"'",
+		"{tombstone}", "'"+eventsource.TypeStreamDeleted+"'", "{archived}", "'"+markerArchived+"'", "{shredded}", "'"+markerShredded+"'")
 	s := func(q string) string { return r.Replace(q) }
 	st := statements{
 		// Why an append stored nothing: each stream's state, last version
 		// (its last event, or its archive's), and whether its last event
 		// belongs to a transaction numbered after this one.
 		diagStreams: s(`SELECT x.stream_id,
-       coalesce((SELECT c.state FROM {streams} c WHERE c.stream_id = x.stream_id), 0),
-       coalesce(l.version, (SELECT max(a.version) FROM {archive} a WHERE a.stream_id = x.stream_id), 0),
+       CASE l.type WHEN {tombstone} THEN 1 WHEN {archived} THEN 2 WHEN {shredded} THEN 3 ELSE 0 END,
+       coalesce(l.version, 0),
        coalesce(l.transaction_id > pg_current_xact_id_if_assigned(), false)
 FROM unnest($1::text[]) AS x(stream_id)
 LEFT JOIN LATERAL (
-    SELECT e.version, e.transaction_id FROM {events} e WHERE e.stream_id = x.stream_id ORDER BY e.version DESC LIMIT 1
+    SELECT e.version, e.transaction_id, e.type FROM {events} e WHERE e.stream_id = x.stream_id ORDER BY e.version DESC LIMIT 1
 ) l ON true`),
 
 		diagEvents: s(`SELECT e.event_id, e.stream_id, e.version, e.position, e.transaction_id
@@ -80,7 +82,7 @@ FROM unnest($1::text[]) AS u(id) CROSS JOIN LATERAL (
 		// stream's state (streamState).
 		readStream:   s(streamReadSQL("ASC")),
 		readBackward: s(streamReadSQL("DESC")),
-		streamState: s(`SELECT coalesce((SELECT state FROM {streams} WHERE stream_id = $1), 0),
+		streamState: s(`SELECT ` + stateOf("$1") + `,
        EXISTS (SELECT 1 FROM {events} WHERE stream_id = $1 AND type NOT IN ({markers}))
            OR EXISTS (SELECT 1 FROM {archive} WHERE stream_id = $1)`),
 
@@ -128,7 +130,7 @@ WHERE k.stream_id = ANY ($1::text[]) AND k.stream_id NOT IN (SELECT stream_id FR
 
 		saveSnapshot: s(`INSERT INTO {snapshots} AS s (stream_id, version, event_id, schema_version, data, encrypted, taken_at)
 SELECT $1, $2, $3, $4, $5, $6, $7
-WHERE NOT EXISTS (SELECT 1 FROM {streams} c WHERE c.stream_id = $1 AND c.state IN (1, 3))
+WHERE ` + stateOf("$1") + ` NOT IN (1, 3)
 ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, event_id = excluded.event_id,
     schema_version = excluded.schema_version, data = excluded.data, encrypted = excluded.encrypted, taken_at = excluded.taken_at`),
 		loadSnapshot: s(`SELECT s.version, s.event_id, s.schema_version, s.data, s.encrypted, s.taken_at, k.key
@@ -177,7 +179,10 @@ SELECT (SELECT count(*) FROM k) + (SELECT count(*) FROM snap) + (SELECT count(*)
 		for many := range 2 {
 			q := s(appendSQL(appendKind(k), many == 1))
 			st.append[k][many][0] = q
-			st.append[k][many][1] = notifying(q, "$12")
+			st.append[k][many][1] = notifying(q, "$10")
+			if many == 0 {
+				st.append[k][many][0] = unwrapInsert(q)
+			}
 		}
 	}
 	return st
@@ -188,7 +193,7 @@ const eventColumns = `e.version, e.position, e.transaction_id, e.event_id, e.typ
 
 func streamReadSQL(dir string) string {
 	return `SELECT c.state, k.key, e.*
-FROM (SELECT coalesce((SELECT state FROM {streams} WHERE stream_id = $1), 0) AS state) c
+FROM (SELECT ` + stateOf("$1") + ` AS state) c
 LEFT JOIN {keys} k ON k.stream_id = $1
 JOIN LATERAL (
     SELECT * FROM (
@@ -227,6 +232,13 @@ func kindOf(e int64) appendKind {
 	return kindAny
 }
 
+// stateOf is the state of the stream named by the SQL expression id: the
+// state its last event closes it with.
+func stateOf(id string) string {
+	return `CASE (SELECT l.type FROM {events} l WHERE l.stream_id = ` + id + ` ORDER BY l.version DESC LIMIT 1)
+    WHEN {tombstone} THEN 1 WHEN {archived} THEN 2 WHEN {shredded} THEN 3 ELSE 0 END`
+}
+
 // appendSQL is the append of one stream, in one statement, and inserts
 // only: no row is updated, so appends stay as cheap as inserts even while a
 // long transaction elsewhere on the server keeps PostgreSQL from pruning
@@ -234,100 +246,95 @@ func kindOf(e int64) appendKind {
 // versions that each update walks).
 //
 // The primary key (stream_id, version) decides between concurrent
-// appenders. The statement computes the stream's version as its snapshot
-// sees it (base): the expected version when exact (checking that the event
-// there exists), the last event's otherwise. It inserts the first event at
-// base+1 with ON CONFLICT DO NOTHING, only if the stream is not closed (no
-// row in the streams table) and its last event belongs to a transaction
-// numbered at most this one (the global log orders by transaction, so a
-// stream's appends must come in transaction order). If another appender
-// took base+1, whether it committed before the snapshot or commits while
-// this statement waits for it, the insert does nothing, nor do the other
-// events, which are inserted only after the first one: the statement
-// returns no rows, raises nothing, and the caller's transaction stays
-// usable. Once the first event is in, no one else can insert after it
-// before this transaction ends, so the others cannot conflict. A conflict
-// on an event ID of the first event also does nothing (the caller then
-// finds out why); on another event's ID it raises a unique violation.
+// appenders. The statement reads the stream's last event as its snapshot
+// sees it (base): the one at the expected version when exact, the last one
+// otherwise. It inserts the first event after it with ON CONFLICT DO
+// NOTHING, only if that event exists as expected, does not close the
+// stream (a tombstone or a marker), and belongs to a transaction numbered
+// at most this one (the global log orders by transaction, so a stream's
+// appends must come in transaction order). If another appender took the
+// version, whether it committed before the snapshot or commits while this
+// statement waits for it, the insert does nothing, nor do the other events,
+// which are inserted only after the first one: the statement returns no
+// rows, raises nothing, and the caller's transaction stays usable. Once the
+// first event is in, no one else can insert after it before this
+// transaction ends, so the others cannot conflict. A stored event ID raises
+// a unique violation, which the caller diagnoses.
 //
 // Any and Exists appends, which would succeed again when retried after
 // their first attempt committed, first look the event IDs up, one index
 // probe each (a scalar subquery, which the planner cannot turn into a hash
 // of the whole table as it would an EXISTS or = ANY).
 //
-// Parameters: $1 stream, $2 expected version, $3 event count, $4 the state
-// a marker closes the stream with (0 for events; 1 tombstone, 2 archive
-// marker, 3 shred marker: the streams table gets its row), $5 encrypted,
-// then the event columns $6 ID, $7 type, $8 schema version, $9 data, $10
-// metadata (text, NULL for none), $11 time (NULL: now()): scalars for one
-// event, arrays for several. Rows of several events come from
-// generate_subscripts rather than unnest, whose row estimate follows the
-// array's length and would also make PostgreSQL plan every call anew.
+// Parameters: $1 stream, $2 expected version, $3 encrypted, then the event
+// columns $4 ID, $5 type, $6 schema version, $7 data, $8 metadata (text,
+// NULL for none), $9 time (NULL: now()): scalars for one event, arrays for
+// several. Rows of several events come from generate_subscripts rather
+// than unnest, whose row estimate follows the array's length and would make
+// PostgreSQL plan every call anew.
 func appendSQL(kind appendKind, many bool) string {
-	const open = `NOT EXISTS (SELECT 1 FROM {streams} c WHERE c.stream_id = $1)`
-	var base string
+	// from and where select the stream's last event l as expected, or the
+	// row a stream without events starts from.
+	const usable = `l.type NOT IN ({builtin}) AND l.transaction_id <= pg_current_xact_id()`
+	var base, from, where string
 	switch kind {
 	case kindExact:
-		base = `SELECT $2::bigint AS v, ` + open + `
-           AND (SELECT e.transaction_id <= pg_current_xact_id() FROM {events} e
-                WHERE e.stream_id = $1 AND e.version = $2::bigint) IS TRUE AS ok`
+		base, from = `$2::bigint`, `FROM {events} l`
+		where = `l.stream_id = $1 AND l.version = $2::bigint AND ` + usable
 	case kindNoStream:
-		base = `SELECT 0::bigint AS v, $2::bigint = 0 AND ` + open + ` AS ok`
+		base = `0::bigint`
+		where = `$2::bigint = 0 AND NOT EXISTS (SELECT 1 FROM {events} l WHERE l.stream_id = $1)`
 	case kindExists, kindAny:
-		want := `$2::bigint = -2 AND l.version IS NOT NULL`
-		if kind == kindAny {
-			want = `(l.version IS NOT NULL OR $2::bigint = -1)`
-		}
-		base = `SELECT coalesce(l.version, 0) AS v, ` + want + ` AND ` + open + `
-           AND coalesce(l.transaction_id <= pg_current_xact_id(), true) AS ok
-    FROM (SELECT 1) x LEFT JOIN LATERAL (
-        SELECT e.version, e.transaction_id FROM {events} e WHERE e.stream_id = $1 ORDER BY e.version DESC LIMIT 1
+		base = `coalesce(l.version, 0)`
+		from = `FROM (SELECT 1) x LEFT JOIN LATERAL (
+        SELECT e.version, e.transaction_id, e.type FROM {events} e WHERE e.stream_id = $1 ORDER BY e.version DESC LIMIT 1
     ) l ON true`
+		where = `$2::bigint = -2 AND l.version IS NOT NULL AND ` + usable
+		if kind == kindAny {
+			where = `$2::bigint = -1 AND (l.version IS NULL OR ` + usable + `)`
+		}
 		if many {
-			base += `
-    WHERE NOT EXISTS (SELECT 1 FROM generate_subscripts($6::text[], 1) AS u(i)
-                      WHERE (SELECT 1 FROM {events} d WHERE d.event_id = ($6::text[])[u.i]) IS NOT NULL
-                         OR (SELECT 1 FROM {archive} a WHERE a.event_id = ($6::text[])[u.i]) IS NOT NULL)`
+			where += `
+      AND NOT EXISTS (SELECT 1 FROM generate_subscripts($4::text[], 1) AS u(i)
+                      WHERE (SELECT 1 FROM {events} d WHERE d.event_id = ($4::text[])[u.i]) IS NOT NULL
+                         OR (SELECT 1 FROM {archive} a WHERE a.event_id = ($4::text[])[u.i]) IS NOT NULL)`
 		} else {
-			base += `
-    WHERE (SELECT 1 FROM {events} d WHERE d.event_id = $6::text) IS NULL
-      AND (SELECT 1 FROM {archive} a WHERE a.event_id = $6::text) IS NULL`
+			where += `
+      AND (SELECT 1 FROM {events} d WHERE d.event_id = $4::text) IS NULL
+      AND (SELECT 1 FROM {archive} a WHERE a.event_id = $4::text) IS NULL`
 		}
 	}
 	const cols = `INSERT INTO {events} (stream_id, version, event_id, type, schema_version, data, metadata, occurred_at, encrypted)`
-	first := `SELECT $1, base.v + 1, $6::text, $7::text, $8::int, $9::bytea, $10::text::jsonb, coalesce($11::timestamptz, now()), $5::bool
-    FROM base WHERE base.ok`
-	rest := ""
-	if many {
-		first = `SELECT $1, base.v + 1, ($6::text[])[1], ($7::text[])[1], ($8::int[])[1], ($9::bytea[])[1],
-           ($10::text[])[1]::jsonb, coalesce(($11::timestamptz[])[1], now()), $5::bool
-    FROM base WHERE base.ok`
-		rest = `, rest AS (
+	const returning = `RETURNING version, position, transaction_id`
+	if !many {
+		// One event: the insert is the statement (notifying wraps it).
+		return `WITH ins AS (
     ` + cols + `
-    SELECT $1, first.version - 1 + i, ($6::text[])[i], ($7::text[])[i], ($8::int[])[i], ($9::bytea[])[i],
-           ($10::text[])[i]::jsonb, coalesce(($11::timestamptz[])[i], now()), $5::bool
-    FROM first, generate_subscripts($6::text[], 1) AS i
+    SELECT $1, ` + base + ` + 1, $4::text, $5::text, $6::int, $7::bytea, $8::text::jsonb, coalesce($9::timestamptz, now()), $3::bool
+    ` + from + `
+    WHERE ` + where + `
+    ON CONFLICT ON CONSTRAINT {events_pkey} DO NOTHING
+    ` + returning + `
+)
+SELECT ins.version, ins.position, ins.transaction_id FROM ins`
+	}
+	return `WITH first AS (
+    ` + cols + `
+    SELECT $1, ` + base + ` + 1, ($4::text[])[1], ($5::text[])[1], ($6::int[])[1], ($7::bytea[])[1],
+           ($8::text[])[1]::jsonb, coalesce(($9::timestamptz[])[1], now()), $3::bool
+    ` + from + `
+    WHERE ` + where + `
+    ON CONFLICT ON CONSTRAINT {events_pkey} DO NOTHING
+    ` + returning + `
+), rest AS (
+    ` + cols + `
+    SELECT $1, first.version - 1 + i, ($4::text[])[i], ($5::text[])[i], ($6::int[])[i], ($7::bytea[])[i],
+           ($8::text[])[i]::jsonb, coalesce(($9::timestamptz[])[i], now()), $3::bool
+    FROM first, generate_subscripts($4::text[], 1) AS i
     WHERE i > 1
     ORDER BY i
-    RETURNING version, position, transaction_id
-)`
-	}
-	ins := `ins AS (SELECT * FROM first)`
-	if many {
-		ins = `ins AS (SELECT * FROM first UNION ALL SELECT * FROM rest)`
-	}
-	return `WITH base AS (
-    ` + base + `
-), first AS (
-    ` + cols + `
-    ` + first + `
-    ON CONFLICT DO NOTHING
-    RETURNING version, position, transaction_id
-)` + rest + `, closed AS (
-    INSERT INTO {streams} (stream_id, state, version)
-    SELECT $1, $4::smallint, first.version - 1 + $3::int FROM first WHERE $4::smallint <> 0
-    RETURNING 1
-), ` + ins + `
+    ` + returning + `
+), ins AS (SELECT * FROM first UNION ALL SELECT * FROM rest)
 SELECT ins.version, ins.position, ins.transaction_id FROM ins`
 }
 
@@ -336,3 +343,11 @@ const (
 	markerArchived = eventsource.TypeStreamArchived
 	markerShredded = eventsource.TypeStreamShredded
 )
+
+// unwrapInsert turns "WITH ins AS (INSERT ...) SELECT ... FROM ins" into
+// the bare INSERT ... RETURNING, which PostgreSQL runs without the common
+// table expression's materialization.
+func unwrapInsert(q string) string {
+	q = strings.TrimPrefix(q, "WITH ins AS (\n    ")
+	return q[:strings.LastIndex(q, "\n)\nSELECT ins.")]
+}
