@@ -189,14 +189,35 @@ func TestConfigValidation(t *testing.T) {
 	reg := eventsource.NewRegistry()
 	d := eventsource.Decider[int, int, int]{Decide: func(int, int) ([]int, error) { return nil, nil }, Evolve: func(s, _ int) int { return s }}
 	for name, f := range map[string]func() error{
-		"nil store":        func() error { _, err := eventsource.NewRepository(nil, reg, d, eventsource.RepositoryConfig[int]{}); return err },
-		"nil registry":     func() error { _, err := eventsource.NewRepository(s, nil, d, eventsource.RepositoryConfig[int]{}); return err },
-		"no Decide":        func() error { _, err := eventsource.NewRepository(s, reg, eventsource.Decider[int, int, int]{}, eventsource.RepositoryConfig[int]{}); return err },
-		"negative":         func() error { _, err := eventsource.NewRepository(s, reg, d, eventsource.RepositoryConfig[int]{MaxAttempts: -1}); return err },
-		"bad backoff":      func() error { _, err := eventsource.NewRepository(s, reg, d, eventsource.RepositoryConfig[int]{Backoff: broker.Backoff{Initial: -1}}); return err },
-		"reader nil":       func() error { _, err := eventsource.NewReader(nil, reg, eventsource.ReaderConfig{}); return err },
-		"reader batch":     func() error { _, err := eventsource.NewReader(s, reg, eventsource.ReaderConfig{BatchSize: -1}); return err },
-		"reader policy":    func() error { _, err := eventsource.NewReader(s, reg, eventsource.ReaderConfig{Undecodable: 7}); return err },
+		"nil store": func() error {
+			_, err := eventsource.NewRepository(nil, reg, d, eventsource.RepositoryConfig[int]{})
+			return err
+		},
+		"nil registry": func() error {
+			_, err := eventsource.NewRepository(s, nil, d, eventsource.RepositoryConfig[int]{})
+			return err
+		},
+		"no Decide": func() error {
+			_, err := eventsource.NewRepository(s, reg, eventsource.Decider[int, int, int]{}, eventsource.RepositoryConfig[int]{})
+			return err
+		},
+		"negative": func() error {
+			_, err := eventsource.NewRepository(s, reg, d, eventsource.RepositoryConfig[int]{MaxAttempts: -1})
+			return err
+		},
+		"bad backoff": func() error {
+			_, err := eventsource.NewRepository(s, reg, d, eventsource.RepositoryConfig[int]{Backoff: broker.Backoff{Initial: -1}})
+			return err
+		},
+		"reader nil": func() error { _, err := eventsource.NewReader(nil, reg, eventsource.ReaderConfig{}); return err },
+		"reader batch": func() error {
+			_, err := eventsource.NewReader(s, reg, eventsource.ReaderConfig{BatchSize: -1})
+			return err
+		},
+		"reader policy": func() error {
+			_, err := eventsource.NewReader(s, reg, eventsource.ReaderConfig{Undecodable: 7})
+			return err
+		},
 		"reader nil handler": func() error {
 			r, _ := eventsource.NewReader(s, reg, eventsource.ReaderConfig{})
 			return r.Run(context.Background(), eventsource.Position{}, nil)

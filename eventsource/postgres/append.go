@@ -214,9 +214,10 @@ func (s *Store) streamKeys(ctx context.Context, appends []eventsource.StreamAppe
 	return keys, nil
 }
 
-
 // builtin reports the library's own event types.
-func builtin(typ string) bool { return typ == eventsource.TypeStreamDeleted || eventsource.IsMarker(typ) }
+func builtin(typ string) bool {
+	return typ == eventsource.TypeStreamDeleted || eventsource.IsMarker(typ)
+}
 
 // errPartial: the statements stored some streams and not others.
 var errPartial = errors.New("partial append")
@@ -475,7 +476,6 @@ func (s *Store) diagnose(ctx context.Context, p *prepared) ([]eventsource.Append
 	return nil, &retry{err: race, clean: true}
 }
 
-
 func (s *Store) enqueue(ctx context.Context, db DB, p *prepared, res []eventsource.AppendResult) error {
 	if s.cfg.Outbox == nil {
 		return nil
@@ -497,4 +497,3 @@ func (s *Store) enqueue(ctx context.Context, db DB, p *prepared, res []eventsour
 	}
 	return nil
 }
-

@@ -126,7 +126,7 @@ SELECT stream_id, key, present FROM ins
 UNION ALL
 SELECT k.stream_id, k.key, true FROM {keys} k
 WHERE k.stream_id = ANY ($1::text[]) AND k.stream_id NOT IN (SELECT stream_id FROM ins)`),
-		streamKey:   s(`SELECT key FROM {keys} WHERE stream_id = $1`),
+		streamKey: s(`SELECT key FROM {keys} WHERE stream_id = $1`),
 
 		saveSnapshot: s(`INSERT INTO {snapshots} AS s (stream_id, version, event_id, schema_version, data, encrypted, taken_at)
 SELECT $1, $2, $3, $4, $5, $6, $7
