@@ -179,9 +179,10 @@ type ReadOptions struct {
 	// AsOfTime reads the stream as it was at that time: the events up to
 	// the last one whose Time is at or before it. Zero means no bound.
 	AsOfTime time.Time
-	// SkipMetadata leaves Record.Metadata nil: less to read and decode when
-	// only the events matter (Repository loads set it).
-	SkipMetadata bool
+	// Minimal reads only what folding the stream into a state needs:
+	// Version, ID, Type, SchemaVersion, Data and Shredded; Metadata, Time
+	// and Position are left zero. Repository loads set it.
+	Minimal bool
 }
 
 // Filter selects events of the global log. The zero Filter selects all.

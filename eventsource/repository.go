@@ -236,7 +236,7 @@ func (r *Repository[S, C, E]) load(ctx context.Context, streamID string, opts Re
 // snapshot names; else the result is errStaleSnapshot.
 func (r *Repository[S, C, E]) replay(ctx context.Context, streamID string, opts ReadOptions, snap *loadedSnapshot[S]) (Loaded[S], error) {
 	l := Loaded[S]{State: r.d.initial()}
-	opts.SkipMetadata = true
+	opts.Minimal = true
 	next := int64(1)
 	if snap != nil {
 		l.State, l.Version, l.Snapshot, l.LastEventID = snap.state, snap.Version, snap.Version, snap.EventID

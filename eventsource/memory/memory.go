@@ -415,8 +415,8 @@ func (s *Store) readStream(ctx context.Context, tx *Tx, streamID string, opts ev
 			return
 		}
 		for _, r := range selectStream(recs, opts) {
-			if opts.SkipMetadata {
-				r.Metadata = nil
+			if opts.Minimal {
+				r.Metadata, r.Time, r.Position = nil, time.Time{}, eventsource.Position{}
 			}
 			if !yield(r, nil) {
 				return

@@ -35,9 +35,9 @@ func (s *Store) ReadStream(ctx context.Context, streamID string, opts eventsourc
 			}
 			hi = min(hi, v)
 		}
-		q := s.sql.readStream
+		dir := 0
 		if opts.Backward {
-			q = s.sql.readBackward
+			dir = 1
 			if opts.From > 0 {
 				hi = min(hi, opts.From)
 			}
@@ -49,56 +49,86 @@ func (s *Store) ReadStream(ctx context.Context, streamID string, opts eventsourc
 			l := int64(opts.Limit)
 			limit = &l
 		}
-		rows, err := s.db.Query(ctx, q, streamID, lo, hi, limit, opts.SkipMetadata)
-		if err != nil {
-			yield(eventsource.Record{}, wrap(ctx, "read stream", err))
-			return
-		}
-		defer rows.Close()
-		var (
-			state   int16
-			wrapped []byte
-			aead    keyCache
-			md      []byte
-			n       int
-		)
-		for rows.Next() {
-			r := eventsource.Record{StreamID: streamID}
-			var sv int32
-			if err := rows.Scan(&state, &wrapped, &r.Version, &r.Position.Sequence, &r.Position.Transaction, &r.ID, &r.Type,
-				&sv, &r.Data, &md, &r.Time, &r.Shredded); err != nil {
+		read := func(archive int) (n int, state int16, ok bool) {
+			minimal := 0
+			if opts.Minimal {
+				minimal = 1
+			}
+			rows, err := s.db.Query(ctx, s.sql.readStream[minimal][archive][dir], streamID, lo, hi, limit)
+			if err != nil {
 				yield(eventsource.Record{}, wrap(ctx, "read stream", err))
-				return
+				return 0, 0, false
 			}
-			if n == 0 && state == stateDeleted {
-				yield(eventsource.Record{}, fmt.Errorf("%w: %q", eventsource.ErrStreamDeleted, streamID))
-				return
+			defer rows.Close()
+			// Scanned into once-allocated variables: their addresses escape
+			// into Scan, and yield gets a copy.
+			var (
+				wrapped []byte
+				aead    keyCache
+				md      []byte
+				r       eventsource.Record
+				sv      int32
+			)
+			dest := []any{&state, &wrapped, &r.Version, &r.Position.Sequence, &r.Position.Transaction, &r.ID, &r.Type,
+				&sv, &r.Data, &md, &r.Time, &r.Shredded}
+			if opts.Minimal {
+				dest = []any{&state, &wrapped, &r.Version, &r.ID, &r.Type, &sv, &r.Data, &r.Shredded}
 			}
-			n++
-			r.SchemaVersion = int(sv)
-			if err := s.finish(&r, md, wrapped, &aead); err != nil {
-				yield(eventsource.Record{}, err)
-				return
+			var fast *minimalDecoder
+			if opts.Minimal {
+				fast = newMinimalDecoder(rows.FieldDescriptions())
 			}
-			if !yield(r, nil) {
-				return
+			for rows.Next() {
+				r = eventsource.Record{StreamID: streamID}
+				var err error
+				if fast != nil {
+					state, wrapped, err = fast.decode(rows.RawValues(), &r)
+				} else {
+					err = rows.Scan(dest...)
+				}
+				if err != nil {
+					yield(eventsource.Record{}, wrap(ctx, "read stream", err))
+					return n, state, false
+				}
+				if fast != nil {
+					sv = int32(r.SchemaVersion)
+				}
+
+				if n == 0 && state == stateDeleted {
+					yield(eventsource.Record{}, fmt.Errorf("%w: %q", eventsource.ErrStreamDeleted, streamID))
+					return n, state, false
+				}
+				n++
+				r.SchemaVersion = int(sv)
+				if err := s.finish(&r, md, wrapped, &aead); err != nil {
+					yield(eventsource.Record{}, err)
+					return n, state, false
+				}
+				if !yield(r, nil) {
+					return n, state, false
+				}
 			}
+			if err := rows.Err(); err != nil {
+				yield(eventsource.Record{}, wrap(ctx, "read stream", err))
+				return n, state, false
+			}
+			return n, state, true
 		}
-		if err := rows.Err(); err != nil {
-			yield(eventsource.Record{}, wrap(ctx, "read stream", err))
+		n, _, ok := read(0)
+		if !ok || n > 0 {
 			return
 		}
-		if n > 0 {
-			return
-		}
-		// No events in range: does the stream exist?
+		// No events in range: does the stream exist, is it archived?
+		var state int16
 		var exists bool
-		err = s.db.QueryRow(ctx, s.sql.streamState, streamID).Scan(&state, &exists)
+		err := s.db.QueryRow(ctx, s.sql.streamState, streamID).Scan(&state, &exists)
 		switch {
 		case err != nil:
 			yield(eventsource.Record{}, wrap(ctx, "read stream", err))
 		case state == stateDeleted:
 			yield(eventsource.Record{}, fmt.Errorf("%w: %q", eventsource.ErrStreamDeleted, streamID))
+		case state == stateArchived:
+			read(1)
 		case !exists:
 			yield(eventsource.Record{}, fmt.Errorf("%w: %q", eventsource.ErrStreamNotFound, streamID))
 		}

@@ -9,11 +9,11 @@ import (
 // statements holds the SQL of one store, built once by New.
 type statements struct {
 	// append[kind][several events][notify] appends to one stream.
-	append       [kinds][2][2]string
-	diagStreams  string
-	diagEvents   string
-	readStream   string
-	readBackward string
+	append      [kinds][2][2]string
+	diagStreams string
+	diagEvents  string
+	// readStream[minimal][archive][backward] reads a stream.
+	readStream   [2][2][2]string
 	streamState  string
 	asOfTime     string
 	readLog      string
@@ -76,12 +76,16 @@ FROM unnest($1::text[]) AS u(id) CROSS JOIN LATERAL (
 ) e`),
 
 		// A stream read: the events between versions $2 and $3, at most $4
-		// (NULL: all), with the stream's state and key; from the archive
-		// when archived; without the markers of archiving and shredding.
-		// $5 leaves the metadata out. No rows: the caller reads the
-		// stream's state (streamState).
-		readStream:   s(streamReadSQL("ASC")),
-		readBackward: s(streamReadSQL("DESC")),
+		// (NULL: all), with the stream's state and key, without the markers
+		// of archiving and shredding. No rows: the caller reads the
+		// stream's state (streamState), and the archive when the stream is
+		// archived.
+		readStream: [2][2][2]string{
+			{{s(streamReadSQL("{events}", "ASC", false)), s(streamReadSQL("{events}", "DESC", false))},
+				{s(streamReadSQL("{archive}", "ASC", false)), s(streamReadSQL("{archive}", "DESC", false))}},
+			{{s(streamReadSQL("{events}", "ASC", true)), s(streamReadSQL("{events}", "DESC", true))},
+				{s(streamReadSQL("{archive}", "ASC", true)), s(streamReadSQL("{archive}", "DESC", true))}},
+		},
 		streamState: s(`SELECT ` + stateOf("$1") + `,
        EXISTS (SELECT 1 FROM {events} WHERE stream_id = $1 AND type NOT IN ({markers}))
            OR EXISTS (SELECT 1 FROM {archive} WHERE stream_id = $1)`),
@@ -189,21 +193,30 @@ SELECT (SELECT count(*) FROM k) + (SELECT count(*) FROM snap) + (SELECT count(*)
 }
 
 const eventColumns = `e.version, e.position, e.transaction_id, e.event_id, e.type, e.schema_version, e.data,
-           CASE WHEN $5::bool THEN NULL ELSE e.metadata END, e.occurred_at, e.encrypted`
+           e.metadata, e.occurred_at, e.encrypted`
 
-func streamReadSQL(dir string) string {
-	return `SELECT c.state, k.key, e.*
-FROM (SELECT ` + stateOf("$1") + ` AS state) c
-LEFT JOIN {keys} k ON k.stream_id = $1
-JOIN LATERAL (
-    SELECT * FROM (
-        (SELECT ` + eventColumns + ` FROM {events} e
-         WHERE c.state <> 2 AND e.stream_id = $1 AND e.version >= $2 AND e.version <= $3 AND e.type NOT IN ({markers}))
-        UNION ALL
-        (SELECT ` + eventColumns + ` FROM {archive} e
-         WHERE c.state = 2 AND e.stream_id = $1 AND e.version >= $2 AND e.version <= $3)
-    ) e ORDER BY e.version ` + dir + ` LIMIT $4
-) e ON true`
+// minimalColumns are the columns of a ReadOptions.Minimal read.
+const minimalColumns = `e.version, e.event_id, e.type, e.schema_version, e.data, e.encrypted`
+
+// streamReadSQL reads a stream's events from table (the events or the
+// archive) in direction dir, one index scan whose rows stream to the client
+// as they are found. The stream's state and key are uncorrelated scalar
+// subqueries: computed once, before the first row.
+func streamReadSQL(table, dir string, minimal bool) string {
+	cols := eventColumns
+	if minimal {
+		cols = minimalColumns
+	}
+	markers := ""
+	if table == "{events}" {
+		markers = ` AND e.type NOT IN ({markers})`
+	}
+	return `SELECT ` + stateOf("$1") + `, (SELECT k.key FROM {keys} k WHERE k.stream_id = $1),
+       ` + cols + `
+FROM ` + table + ` e
+WHERE e.stream_id = $1 AND e.version >= $2 AND e.version <= $3` + markers + `
+ORDER BY e.version ` + dir + `
+LIMIT $4`
 }
 
 // appendKind is the expectation of an append, each with its own statement,
