@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/eventsource"
@@ -20,6 +21,8 @@ func testAppendAndRead(t *testing.T, h *Harness) {
 	}
 	evs := []eventsource.EventData{added(t, "a", 1), added(t, "a", 2), added(t, "a", 3)}
 	evs[1].ID = "my-own-id"
+	evs[0].Metadata = eventsource.Metadata{broker.HeaderCorrelationID: "corr-\"1\"\n", "k": "v"}
+	evs[2].Time = time.Date(2023, 5, 6, 7, 8, 9, 123456000, time.UTC)
 	res := appendOK(t, ctx, s, "order-1", eventsource.NoStream, evs...)
 	if res.Version != 3 || len(res.Positions) != 3 || res.Duplicate || res.StreamID != "order-1" {
 		t.Fatalf("append result %+v", res)
@@ -68,6 +71,25 @@ func testAppendAndRead(t *testing.T, h *Harness) {
 	} {
 		if got := versions(readStream(t, ctx, s, "order-1", tc.opts)); !slices.Equal(got, tc.want) {
 			t.Errorf("read %+v: versions %v, want %v", tc.opts, got, tc.want)
+		}
+	}
+	// The global log returns the same records.
+	log := drainLog(t, ctx, s, eventsource.Position{}, eventsource.Filter{})
+	if len(log) != len(recs) {
+		t.Fatalf("log holds %d events, the stream %d", len(log), len(recs))
+	}
+	for i := range recs {
+		a, b := recs[i], log[i]
+		if a.ID != b.ID || a.StreamID != b.StreamID || a.Version != b.Version || a.Position != b.Position || a.Type != b.Type ||
+			a.SchemaVersion != b.SchemaVersion || string(a.Data) != string(b.Data) || !a.Time.Equal(b.Time) ||
+			len(a.Metadata) != len(b.Metadata) || a.Metadata[broker.HeaderCorrelationID] != b.Metadata[broker.HeaderCorrelationID] {
+			t.Fatalf("record %d differs between the stream and the log:\n%+v\n%+v", i, a, b)
+		}
+	}
+	// A minimal read has what a load needs.
+	for i, r := range readStream(t, ctx, s, "order-1", eventsource.ReadOptions{Minimal: true}) {
+		if r.ID != recs[i].ID || r.Version != recs[i].Version || r.Type != recs[i].Type || string(r.Data) != string(recs[i].Data) {
+			t.Fatalf("minimal read %d: %+v, want the fields of %+v", i, r, recs[i])
 		}
 	}
 	// Stopping an iteration early is fine, and the store stays usable.

@@ -186,7 +186,7 @@ func (s *Store) ReadLog(ctx context.Context, q eventsource.LogQuery) (eventsourc
 		return eventsource.Page{}, wrap(ctx, "read log", err)
 	}
 	defer rows.Close()
-	page := eventsource.Page{Records: make([]eventsource.Record, 0, min(q.Limit, 64))}
+	page := eventsource.Page{Records: make([]eventsource.Record, 0, min(q.Limit, 1024))}
 	var (
 		next    uint64
 		lastSeq pgtype.Int8
@@ -194,7 +194,23 @@ func (s *Store) ReadLog(ctx context.Context, q eventsource.LogQuery) (eventsourc
 		future  bool
 		keys    keyCache
 	)
-	for rows.Next() {
+	if d := newLogDecoder(rows.FieldDescriptions()); d != nil {
+		for rows.Next() {
+			var r eventsource.Record
+			md, key, ok, err := d.decode(rows.RawValues(), &page, &next, &lastSeq, &held, &future, &r)
+			if err != nil {
+				return eventsource.Page{}, err
+			}
+			if !ok {
+				continue
+			}
+			if err := s.finish(&r, md, key, &keys); err != nil {
+				return eventsource.Page{}, err
+			}
+			page.Records = append(page.Records, r)
+		}
+	}
+	for rows.Next() { // when the wire formats were not the expected ones
 		var (
 			pos, version pgtype.Int8
 			xid          pgtype.Uint64
