@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/steadfast-go/steadfast/broker"
@@ -32,10 +31,12 @@ import (
 //
 //   - BenchmarkAppend/1-event/{1,8}-writers: one event per transaction, each
 //     writer on its own stream, expected version checked. events/s.
+//     steadfast-nonotify: without the (coalesced) notifications.
 //   - BenchmarkAppend/100-events: 100 events per transaction. events/s.
 //   - BenchmarkLoad/10000-events: load a 10,000-event stream and fold it
 //     (steadfast: Repository.Load with the registry; steadfast-snapshot:
-//     with a snapshot at the last event, so it reads one row).
+//     with a snapshot at the last event, so it reads one row; raw: SELECT
+//     type, data ... ORDER BY version, encoding/json, a type switch).
 //   - BenchmarkReadLog: read 100,000 events of 1,000 streams from the start,
 //     1,000 per page, decoding every event. events/s.
 
@@ -415,5 +416,3 @@ FROM raw_events WHERE position > $1 ORDER BY position LIMIT 1000`, pos)
 		})
 	})
 }
-
-var _ = pgx.ErrNoRows

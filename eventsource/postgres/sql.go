@@ -31,7 +31,6 @@ type statements struct {
 // Stream states. A stream is closed by its last event: a tombstone
 // (deleted), or the marker of archiving or shredding.
 const (
-	stateOpen     = 0
 	stateDeleted  = 1
 	stateArchived = 2
 	stateShredded = 3
