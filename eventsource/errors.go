@@ -53,8 +53,11 @@ var (
 	// ErrInvalidConfig: a Config field is out of range.
 	ErrInvalidConfig = errors.New("eventsource: invalid config")
 	// ErrCheckpointAhead: a global-log checkpoint lies beyond anything the
-	// store has assigned, as after a database restore; reading on would skip
-	// the events written since. Reset the reader (rebuild its projection).
+	// store has assigned, as after restoring an older backup, where reading
+	// on would skip the events written since (reset the reader: rebuild its
+	// projection); or stored events carry transaction numbers the store has
+	// not assigned yet (a table copied from another PostgreSQL cluster),
+	// which would hold every reader back for good.
 	ErrCheckpointAhead = errors.New("eventsource: checkpoint ahead of the store")
 	// ErrUnavailable: the store could not be reached, or the connection
 	// failed before it answered. An append that fails with it may or may

@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -70,7 +71,9 @@ func harness(cfg postgres.Config) eventsourcetest.Harness {
 			}
 			return pgTx{s.In(tx), tx}, pid
 		},
-		Features: eventsourcetest.Features{Shredding: true},
+		// Any transaction on the server holds the log back: other packages'
+		// tests running at the same time may, for a while.
+		Features: eventsourcetest.Features{Shredding: true, Timeout: 3 * time.Minute},
 	}
 }
 
