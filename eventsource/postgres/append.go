@@ -33,8 +33,8 @@ type columns struct {
 	types []string
 	svs   []int32
 	data  [][]byte
-	md    []pgtype.Text
-	times []pgtype.Timestamptz
+	md    []string    // JSON, "" for none
+	times []time.Time // nil when every event takes the server's clock
 	enc   bool
 }
 
@@ -135,7 +135,7 @@ func (s *Store) prepare(ctx context.Context, appends []eventsource.StreamAppend)
 		// and stay readable after shredding.
 		enc := keys != nil && !(n == 1 && builtin(a.Events[0].Type))
 		c := columns{ids: make([]string, n), types: make([]string, n), svs: make([]int32, n), data: make([][]byte, n),
-			md: make([]pgtype.Text, n), times: make([]pgtype.Timestamptz, n), enc: enc}
+			md: make([]string, n), enc: enc}
 		evs := make([]eventsource.EventData, n)
 		for j, e := range a.Events {
 			if s.cfg.MaxEventBytes > 0 && len(e.Data) > s.cfg.MaxEventBytes {
@@ -148,9 +148,20 @@ func (s *Store) prepare(ctx context.Context, appends []eventsource.StreamAppend)
 			evs[j] = e
 			c.ids[j], c.types[j], c.svs[j] = e.ID, e.Type, int32(e.SchemaVersion)
 			if len(e.Metadata) > 0 {
-				c.md[j] = pgtype.Text{String: string(storeutil.AppendMetadataJSON(nil, e.Metadata)), Valid: true}
+				c.md[j] = string(storeutil.AppendMetadataJSON(nil, e.Metadata))
 			}
-			c.times[j] = pgtype.Timestamptz{Time: e.Time, Valid: !e.Time.IsZero()}
+			if !e.Time.IsZero() && c.times == nil {
+				// Events without a time get the client's clock when others
+				// in the append have one.
+				now := time.Now()
+				c.times = make([]time.Time, n)
+				for k := range c.times {
+					c.times[k] = now
+				}
+			}
+			if c.times != nil && !e.Time.IsZero() {
+				c.times[j] = e.Time
+			}
 			c.data[j] = e.Data
 			if enc {
 				sealed, err := seal(keys[a.StreamID], e.Data, []byte(e.ID))
@@ -278,7 +289,11 @@ func (s *Store) args(p *prepared, i int) (string, []any) {
 	args = append(args, a.StreamID, int64(a.Expected), c.enc)
 	many := 0
 	if n == 1 {
-		args = append(args, c.ids[0], c.types[0], c.svs[0], c.data[0], c.md[0], c.times[0])
+		var at pgtype.Timestamptz
+		if c.times != nil {
+			at = pgtype.Timestamptz{Time: c.times[0], Valid: true}
+		}
+		args = append(args, c.ids[0], c.types[0], c.svs[0], c.data[0], c.md[0], at)
 	} else {
 		many = 1
 		args = append(args, c.ids, c.types, c.svs, c.data, c.md, c.times)
@@ -301,7 +316,7 @@ func (s *Store) exec(ctx context.Context, db DB, p *prepared) ([]eventsource.App
 		if err != nil {
 			return nil, false, err
 		}
-		if results[0], err = scanAppend(rows, p.appends[0].StreamID); err != nil {
+		if results[0], err = scanAppend(rows, p.appends[0].StreamID, len(p.appends[0].Events)); err != nil {
 			return nil, false, err
 		}
 		return results, len(results[0].Positions) == len(p.appends[0].Events), nil
@@ -316,7 +331,7 @@ func (s *Store) exec(ctx context.Context, db DB, p *prepared) ([]eventsource.App
 	for i := range p.appends {
 		rows, err := br.Query()
 		if err == nil {
-			results[i], err = scanAppend(rows, p.appends[i].StreamID)
+			results[i], err = scanAppend(rows, p.appends[i].StreamID, len(p.appends[i].Events))
 		}
 		if err != nil {
 			_ = br.Close()
@@ -331,29 +346,34 @@ func (s *Store) exec(ctx context.Context, db DB, p *prepared) ([]eventsource.App
 }
 
 // scanAppend reads an append statement's rows: the stored events'
-// versions and positions.
-func scanAppend(rows pgx.Rows, stream string) (eventsource.AppendResult, error) {
+// versions and positions, one row per event, or for several events one
+// row holding the last version, every position and the transaction.
+func scanAppend(rows pgx.Rows, stream string, n int) (eventsource.AppendResult, error) {
 	defer rows.Close()
 	res := eventsource.AppendResult{StreamID: stream}
 	for rows.Next() {
-		var version, pos int64
+		var version int64
 		var xid uint64
+		if n > 1 {
+			var pos []int64
+			if err := rows.Scan(&version, &pos, &xid); err != nil {
+				return res, err
+			}
+			res.Version = version
+			res.Positions = make([]eventsource.Position, len(pos))
+			for i, p := range pos {
+				res.Positions[i] = eventsource.Position{Transaction: xid, Sequence: p}
+			}
+			continue
+		}
+		var pos int64
 		if err := rows.Scan(&version, &pos, &xid); err != nil {
 			return res, err
 		}
-		res.Version = max(res.Version, version)
+		res.Version = version
 		res.Positions = append(res.Positions, eventsource.Position{Transaction: xid, Sequence: pos})
 	}
-	sortPositions(res.Positions)
 	return res, rows.Err()
-}
-
-func sortPositions(ps []eventsource.Position) {
-	for i := 1; i < len(ps); i++ {
-		for j := i; j > 0 && ps[j].Before(ps[j-1]); j-- {
-			ps[j], ps[j-1] = ps[j-1], ps[j]
-		}
-	}
 }
 
 // appendError classifies an error of the append statement. A unique

@@ -36,13 +36,17 @@ const (
 	stateShredded = 3
 )
 
-// notifying turns an append statement ending in "SELECT ... FROM ins" into
+// notifying turns an append statement ending in "SELECT ... FROM ins ..." into
 // one that also sends a notification on param when it inserted rows. The
 // uncorrelated subquery is an InitPlan: it runs once, before the first row
 // is returned, after ins has run.
 func notifying(q, param string) string {
-	return strings.Replace(q, "\nSELECT ins.", "\n, n AS (SELECT pg_notify("+param+", '') FROM (SELECT 1 FROM ins LIMIT 1) x)\nSELECT ins.", 1) +
-		"\nWHERE (SELECT count(*) FROM n) >= 0"
+	i := strings.LastIndex(q, "\nSELECT ")
+	q = q[:i] + "\n, n AS (SELECT pg_notify(" + param + ", '') FROM (SELECT 1 FROM ins LIMIT 1) x)" + q[i:]
+	if strings.HasSuffix(q, "HAVING count(*) > 0") {
+		return strings.TrimSuffix(q, "HAVING count(*) > 0") + "HAVING count(*) > 0 AND (SELECT count(*) FROM n) >= 0"
+	}
+	return q + "\nWHERE (SELECT count(*) FROM n) >= 0"
 }
 
 func buildStatements(t tables) statements {
@@ -279,8 +283,8 @@ func stateOf(id string) string {
 // of the whole table as it would an EXISTS or = ANY).
 //
 // Parameters: $1 stream, $2 expected version, $3 encrypted, then the event
-// columns $4 ID, $5 type, $6 schema version, $7 data, $8 metadata (text,
-// NULL for none), $9 time (NULL: now()): scalars for one event, arrays for
+// columns $4 ID, $5 type, $6 schema version, $7 data, $8 metadata (JSON
+// text, ” for none), $9 time (NULL: now()): scalars for one event, arrays for
 // several. Rows of several events come from generate_subscripts rather
 // than unnest, whose row estimate follows the array's length and would make
 // PostgreSQL plan every call anew.
@@ -322,7 +326,7 @@ func appendSQL(kind appendKind, many bool) string {
 		// One event: the insert is the statement (notifying wraps it).
 		return `WITH ins AS (
     ` + cols + `
-    SELECT $1, ` + base + ` + 1, $4::text, $5::text, $6::int, $7::bytea, $8::text::jsonb, coalesce($9::timestamptz, now()), $3::bool
+    SELECT $1, ` + base + ` + 1, $4::text, $5::text, $6::int, $7::bytea, NULLIF($8::text, '')::jsonb, coalesce($9::timestamptz, now()), $3::bool
     ` + from + `
     WHERE ` + where + `
     ON CONFLICT ON CONSTRAINT {events_pkey} DO NOTHING
@@ -333,7 +337,7 @@ SELECT ins.version, ins.position, ins.transaction_id FROM ins`
 	return `WITH first AS (
     ` + cols + `
     SELECT $1, ` + base + ` + 1, ($4::text[])[1], ($5::text[])[1], ($6::int[])[1], ($7::bytea[])[1],
-           ($8::text[])[1]::jsonb, coalesce(($9::timestamptz[])[1], now()), $3::bool
+           NULLIF(($8::text[])[1], '')::jsonb, coalesce(($9::timestamptz[])[1], now()), $3::bool
     ` + from + `
     WHERE ` + where + `
     ON CONFLICT ON CONSTRAINT {events_pkey} DO NOTHING
@@ -341,13 +345,14 @@ SELECT ins.version, ins.position, ins.transaction_id FROM ins`
 ), rest AS (
     ` + cols + `
     SELECT $1, first.version - 1 + i, ($4::text[])[i], ($5::text[])[i], ($6::int[])[i], ($7::bytea[])[i],
-           ($8::text[])[i]::jsonb, coalesce(($9::timestamptz[])[i], now()), $3::bool
+           NULLIF(($8::text[])[i], '')::jsonb, coalesce(($9::timestamptz[])[i], now()), $3::bool
     FROM first, generate_subscripts($4::text[], 1) AS i
     WHERE i > 1
     ORDER BY i
     ` + returning + `
 ), ins AS (SELECT * FROM first UNION ALL SELECT * FROM rest)
-SELECT ins.version, ins.position, ins.transaction_id FROM ins`
+SELECT max(ins.version), array_agg(ins.position ORDER BY ins.position), min(ins.transaction_id) FROM ins
+HAVING count(*) > 0`
 }
 
 // The markers of archiving and shredding, left out of stream reads.
