@@ -5,6 +5,7 @@ import (
 	"crypto/cipher"
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -148,7 +149,14 @@ func (s *Store) prepare(ctx context.Context, appends []eventsource.StreamAppend)
 			evs[j] = e
 			c.ids[j], c.types[j], c.svs[j] = e.ID, e.Type, int32(e.SchemaVersion)
 			if len(e.Metadata) > 0 {
-				c.md[j] = string(storeutil.AppendMetadataJSON(nil, e.Metadata))
+				// Events of one append usually share one metadata map (the
+				// context's): encode it once.
+				if j > 0 && len(a.Events[j-1].Metadata) > 0 &&
+					reflect.ValueOf(e.Metadata).Pointer() == reflect.ValueOf(a.Events[j-1].Metadata).Pointer() {
+					c.md[j] = c.md[j-1]
+				} else {
+					c.md[j] = string(storeutil.AppendMetadataJSON(nil, e.Metadata))
+				}
 			}
 			if !e.Time.IsZero() && c.times == nil {
 				// Events without a time get the client's clock when others
