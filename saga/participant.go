@@ -54,14 +54,6 @@ type ParticipantRecord struct {
 	UpdatedAt time.Time
 }
 
-// ParticipantTx is the transaction a ParticipantStore hands to Handle's
-// function.
-type ParticipantTx interface {
-	Tx
-	// Savepoint runs fn in a nested transaction; see StoreTx.Savepoint.
-	Savepoint(ctx context.Context, fn func(ctx context.Context, tx Tx) error) error
-}
-
 // ParticipantStore is the storage port of participants: their records and
 // the outbox their replies leave through. saga/postgres implements it in
 // the participant's own database, so the action, its record and its reply
@@ -73,14 +65,15 @@ type ParticipantStore interface {
 	// then stores the record fn returns (nil: unchanged), enqueues msgs
 	// through the outbox, and commits. When fn returns an error, nothing
 	// is written and Handle returns it.
-	Handle(ctx context.Context, key ParticipantKey, fn func(ctx context.Context, tx ParticipantTx, rec ParticipantRecord) (*ParticipantRecord, []broker.Message, error)) error
+	Handle(ctx context.Context, key ParticipantKey, fn func(ctx context.Context, tx Tx, rec ParticipantRecord) (*ParticipantRecord, []broker.Message, error)) error
 }
 
 // ParticipantFunc performs (or undoes) a step for a command, inside tx. Its
 // result is the reply payload (nil is fine). Return Refuse(err) to say no:
-// the reply is a failure with err's text and nothing tx wrote is kept. Any
-// other error is transient: the whole transaction rolls back and the
-// delivery is redelivered by the broker.
+// the transaction rolls back (nothing tx wrote is kept) and a second one
+// records the refusal and sends the failure reply with err's text. Any
+// other error is transient: the transaction rolls back and the delivery is
+// redelivered by the broker.
 type ParticipantFunc func(ctx context.Context, tx Tx, cmd Command) ([]byte, error)
 
 // ParticipantConfig configures a Participant.
@@ -145,7 +138,7 @@ func NewParticipant(store ParticipantStore, cfg ParticipantConfig) (*Participant
 		tracer: telemetry.Tracer(cfg.TracerProvider, "saga")}, nil
 }
 
-// Handle processes one command delivery. It is a broker.Handler.
+// Handle processes one command delivery.
 func (p *Participant) Handle(ctx context.Context, d broker.Delivery) error {
 	cmd, err := ParseCommand(d.Message)
 	if err != nil {
@@ -158,17 +151,29 @@ func (p *Participant) Handle(ctx context.Context, d broker.Delivery) error {
 			attribute.String("saga.action", cmd.Action()), attribute.String("saga.participant", p.cfg.Name),
 			attribute.String("messaging.message.id", d.ID)))
 	key := ParticipantKey{Participant: p.cfg.Name, SagaID: cmd.SagaID, Step: cmd.Step}
-	err = p.store.Handle(ctx, key, func(ctx context.Context, tx ParticipantTx, rec ParticipantRecord) (*ParticipantRecord, []broker.Message, error) {
-		if cmd.Compensate {
-			return p.compensate(ctx, tx, cmd, rec)
+	decide := func(refused *refusal) func(context.Context, Tx, ParticipantRecord) (*ParticipantRecord, []broker.Message, error) {
+		return func(ctx context.Context, tx Tx, rec ParticipantRecord) (*ParticipantRecord, []broker.Message, error) {
+			if cmd.Compensate {
+				return p.compensate(ctx, tx, cmd, rec, refused)
+			}
+			return p.act(ctx, tx, cmd, rec, refused)
 		}
-		return p.act(ctx, tx, cmd, rec)
-	})
+	}
+	err = p.store.Handle(ctx, key, decide(nil))
+	// A refusal rolled back what the function wrote; a second transaction
+	// records it (the record may have changed in between: it decides
+	// again, without running the function).
+	var r *refusal
+	if errors.As(err, &r) {
+		err = p.store.Handle(ctx, key, decide(r))
+	}
 	endSpan(span, err)
 	return err
 }
 
-func (p *Participant) act(ctx context.Context, tx ParticipantTx, cmd Command, rec ParticipantRecord) (*ParticipantRecord, []broker.Message, error) {
+// act decides on a command to perform the step. refused is the refusal
+// of this command's first transaction, on the second.
+func (p *Participant) act(ctx context.Context, tx Tx, cmd Command, rec ParticipantRecord, refused *refusal) (*ParticipantRecord, []broker.Message, error) {
 	switch rec.State {
 	case ParticipantDone:
 		return nil, p.reply(ctx, cmd, OutcomeSuccess, rec.Payload, ""), nil
@@ -179,20 +184,21 @@ func (p *Participant) act(ctx context.Context, tx ParticipantTx, cmd Command, re
 			return nil, p.reply(ctx, cmd, OutcomeFailure, nil, rec.Reason), nil
 		}
 	}
-	payload, err := p.run(ctx, tx, p.cfg.Action, cmd)
-	switch {
-	case errors.Is(err, ErrRefused):
-		reason := cut(err.Error(), MaxReasonBytes)
+	if refused != nil {
+		reason := cut(refused.Error(), MaxReasonBytes)
 		return &ParticipantRecord{State: ParticipantRefused, Command: cmd.Message.ID, Reason: reason},
 			p.reply(ctx, cmd, OutcomeFailure, nil, reason), nil
-	case err != nil:
+	}
+	payload, err := run(ctx, tx, p.cfg.Action, cmd)
+	if err != nil {
 		return nil, nil, err
 	}
 	return &ParticipantRecord{State: ParticipantDone, Command: cmd.Message.ID, Payload: payload},
 		p.reply(ctx, cmd, OutcomeSuccess, payload, ""), nil
 }
 
-func (p *Participant) compensate(ctx context.Context, tx ParticipantTx, cmd Command, rec ParticipantRecord) (*ParticipantRecord, []broker.Message, error) {
+// compensate decides on a command to undo the step.
+func (p *Participant) compensate(ctx context.Context, tx Tx, cmd Command, rec ParticipantRecord, refused *refusal) (*ParticipantRecord, []broker.Message, error) {
 	switch rec.State {
 	case ParticipantCompensated:
 		return nil, p.reply(ctx, cmd, OutcomeSuccess, nil, ""), nil
@@ -202,14 +208,13 @@ func (p *Participant) compensate(ctx context.Context, tx ParticipantTx, cmd Comm
 		return &ParticipantRecord{State: ParticipantCompensated, Command: rec.Command, Reason: rec.Reason},
 			p.reply(ctx, cmd, OutcomeSuccess, nil, ""), nil
 	}
+	if refused != nil {
+		return nil, p.reply(ctx, cmd, OutcomeFailure, nil, refused.Error()), nil
+	}
 	var payload []byte
 	if p.cfg.Compensation != nil {
 		var err error
-		payload, err = p.run(ctx, tx, p.cfg.Compensation, cmd)
-		switch {
-		case errors.Is(err, ErrRefused):
-			return nil, p.reply(ctx, cmd, OutcomeFailure, nil, err.Error()), nil
-		case err != nil:
+		if payload, err = run(ctx, tx, p.cfg.Compensation, cmd); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -217,22 +222,26 @@ func (p *Participant) compensate(ctx context.Context, tx ParticipantTx, cmd Comm
 		p.reply(ctx, cmd, OutcomeSuccess, payload, ""), nil
 }
 
-// run calls fn in a savepoint, turning a panic into an error.
-func (p *Participant) run(ctx context.Context, tx ParticipantTx, fn ParticipantFunc, cmd Command) ([]byte, error) {
+// run calls fn, turning a panic into an error and a refusal into a
+// *refusal (which Handle answers in a second transaction).
+func run(ctx context.Context, tx Tx, fn ParticipantFunc, cmd Command) ([]byte, error) {
 	var payload []byte
-	var userErr error
-	err := tx.Savepoint(ctx, func(ctx context.Context, stx Tx) error {
-		userErr = protect(func() error {
-			var err error
-			payload, err = fn(ctx, stx, cmd)
-			return err
-		})
-		return userErr
+	err := protect(func() error {
+		var err error
+		payload, err = fn(ctx, tx, cmd)
+		return err
 	})
-	if userErr != nil {
-		return nil, userErr
+	if err != nil {
+		var r *refusal
+		if errors.As(err, &r) {
+			return nil, r
+		}
+		if errors.Is(err, ErrRefused) {
+			return nil, &refusal{err: err}
+		}
+		return nil, err
 	}
-	return payload, err
+	return payload, nil
 }
 
 func (p *Participant) reply(ctx context.Context, cmd Command, o Outcome, payload []byte, reason string) []broker.Message {

@@ -79,7 +79,7 @@ func (p *Participants) unlock(key saga.ParticipantKey, l *keyLock) {
 }
 
 // Handle implements saga.ParticipantStore.
-func (p *Participants) Handle(ctx context.Context, key saga.ParticipantKey, fn func(ctx context.Context, tx saga.ParticipantTx, rec saga.ParticipantRecord) (*saga.ParticipantRecord, []broker.Message, error)) error {
+func (p *Participants) Handle(ctx context.Context, key saga.ParticipantKey, fn func(ctx context.Context, tx saga.Tx, rec saga.ParticipantRecord) (*saga.ParticipantRecord, []broker.Message, error)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -108,12 +108,3 @@ func (p *Participants) Handle(ctx context.Context, key saga.ParticipantKey, fn f
 type ptx struct{ afters []func() }
 
 func (t *ptx) AfterCommit(f func()) { t.afters = append(t.afters, f) }
-
-func (t *ptx) Savepoint(ctx context.Context, fn func(ctx context.Context, tx saga.Tx) error) error {
-	sp := &savepoint{}
-	if err := fn(ctx, sp); err != nil {
-		return err
-	}
-	t.afters = append(t.afters, sp.afters...)
-	return nil
-}

@@ -155,7 +155,7 @@ func (p *Participants) load(ctx context.Context, tx pgx.Tx, key saga.Participant
 }
 
 // Handle implements saga.ParticipantStore.
-func (p *Participants) Handle(ctx context.Context, key saga.ParticipantKey, fn func(ctx context.Context, tx saga.ParticipantTx, rec saga.ParticipantRecord) (*saga.ParticipantRecord, []broker.Message, error)) error {
+func (p *Participants) Handle(ctx context.Context, key saga.ParticipantKey, fn func(ctx context.Context, tx saga.Tx, rec saga.ParticipantRecord) (*saga.ParticipantRecord, []broker.Message, error)) error {
 	for {
 		err := p.handle(ctx, key, fn)
 		if errors.Is(err, saga.ErrConflict) && ctx.Err() == nil {
@@ -165,7 +165,7 @@ func (p *Participants) Handle(ctx context.Context, key saga.ParticipantKey, fn f
 	}
 }
 
-func (p *Participants) handle(ctx context.Context, key saga.ParticipantKey, fn func(ctx context.Context, tx saga.ParticipantTx, rec saga.ParticipantRecord) (*saga.ParticipantRecord, []broker.Message, error)) error {
+func (p *Participants) handle(ctx context.Context, key saga.ParticipantKey, fn func(ctx context.Context, tx saga.Tx, rec saga.ParticipantRecord) (*saga.ParticipantRecord, []broker.Message, error)) error {
 	tx, err := p.pool.BeginTx(ctx, p.cfg.TxOptions)
 	if err != nil {
 		return fmt.Errorf("%s: participant: begin: %w", pkg, err)
@@ -215,6 +215,3 @@ type participantTx struct {
 
 func (t *participantTx) pgxTx() pgx.Tx        { return t.tx }
 func (t *participantTx) AfterCommit(f func()) { t.afters = append(t.afters, f) }
-func (t *participantTx) Savepoint(ctx context.Context, fn func(ctx context.Context, tx saga.Tx) error) error {
-	return savepoint(ctx, t.tx, &t.afters, fn)
-}

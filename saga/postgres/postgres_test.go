@@ -85,8 +85,14 @@ func newEnv(t testing.TB, conns int) *env {
 // relay publishes the env's outbox through pub until the test ends.
 func (e *env) relay(t testing.TB, pub broker.Publisher) {
 	t.Helper()
-	r, err := outbox.NewRelay(e.out, pub, outbox.Config{PollInterval: 50 * time.Millisecond, BatchSize: 200,
-		Logger: discard, StatsInterval: -1, DeletePublished: true, PublishTimeout: 10 * time.Second})
+	e.relayWith(t, pub, 0)
+}
+
+// relayWith is relay with the relay's WakeDelay.
+func (e *env) relayWith(t testing.TB, pub broker.Publisher, wakeDelay time.Duration) {
+	t.Helper()
+	r, err := outbox.NewRelay(e.out, pub, outbox.Config{PollInterval: 50 * time.Millisecond, WakeDelay: wakeDelay,
+		BatchSize: 500, Logger: discard, StatsInterval: -1, DeletePublished: true, PublishTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
