@@ -259,21 +259,42 @@ type OrderOptions struct {
 	Retry                    saga.Retry
 	CompRetry                saga.Retry
 	Deadline                 time.Duration
-	// Extra appends a local step (to tell versions apart).
-	Extra string
+	// Extra appends a local step (to tell versions apart), which calls
+	// OnExtra with the order ID once its transition committed.
+	Extra   string
+	OnExtra func(id string)
 }
 
-// OrderDef is the order flow: reserve-inventory (compensated by a release
-// command), charge-payment (the pivot), ship (retriable).
+// OrderDef is the order flow (see OrderDefinition) on the case's topics;
+// its Extra step counts its effect in h.Effects.
 func (h *Harness) OrderDef(o OrderOptions) *saga.Definition[Order] {
 	h.T.Helper()
+	if o.Extra != "" && o.OnExtra == nil {
+		name := o.Extra
+		o.OnExtra = func(id string) { h.Effects.Add(name, id) }
+	}
+	def, err := OrderDefinition(h.Topic, o)
+	if err != nil {
+		h.T.Fatalf("define: %v", err)
+	}
+	return def
+}
+
+// OrderDefinition is the order flow: reserve-inventory (a command to
+// topic("inventory"), compensated by a release command), charge-payment
+// (the pivot, to topic("payment"), keeping the payment ID of the reply),
+// ship (retriable, to topic("shipping"), keeping the tracking number), and
+// an optional local step o.Extra. Processes that must run the same
+// definition (an engine in another process) build it with the same topic
+// function.
+func OrderDefinition(topic func(string) string, o OrderOptions) (*saga.Definition[Order], error) {
 	if o.Version == 0 {
 		o.Version = 1
 	}
-	cmd := func(topic, typ string) func(context.Context, *Order) (broker.Message, error) {
+	cmd := func(name, typ string) func(context.Context, *Order) (broker.Message, error) {
 		return func(_ context.Context, ord *Order) (broker.Message, error) {
 			b, err := json.Marshal(ord)
-			return broker.Message{Topic: h.Topic(topic), Payload: b,
+			return broker.Message{Topic: topic(name), Payload: b,
 				Headers: map[string]string{broker.HeaderType: typ}}, err
 		}
 	}
@@ -302,7 +323,9 @@ func (h *Harness) OrderDef(o OrderOptions) *saga.Definition[Order] {
 		steps = append(steps, saga.Step[Order]{Name: o.Extra, Kind: saga.Retriable,
 			Action: func(_ context.Context, tx saga.Tx, ord *Order) error {
 				id := ord.ID
-				tx.AfterCommit(func() { h.Effects.Add(o.Extra, id) })
+				if o.OnExtra != nil {
+					tx.AfterCommit(func() { o.OnExtra(id) })
+				}
 				return nil
 			}})
 	}
@@ -311,12 +334,12 @@ func (h *Harness) OrderDef(o OrderOptions) *saga.Definition[Order] {
 	}
 	def, err := saga.Define(o.Name, o.Version, steps...)
 	if err != nil {
-		h.T.Fatalf("define: %v", err)
+		return nil, err
 	}
 	if o.Deadline > 0 {
 		def = def.WithDeadline(o.Deadline)
 	}
-	return def
+	return def, nil
 }
 
 // Faults lets a case make the participants misbehave. Every field is read
