@@ -130,7 +130,11 @@ func (tl Timeline) String() string {
 		fmt.Fprintf(&b, "awaiting reply to %s since %s\n", in.Awaiting, in.AwaitingSince.UTC().Format(time.RFC3339Nano))
 	}
 	if in.Request != "" {
-		fmt.Fprintf(&b, "pending request: %s %s\n", in.Request, in.RequestReason)
+		fmt.Fprintf(&b, "pending request: %s", in.Request)
+		if in.RequestReason != "" {
+			fmt.Fprintf(&b, " (%s)", in.RequestReason)
+		}
+		b.WriteByte('\n')
 	}
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SEQ\tT+\tEVENT\tSTEP\tATTEMPT\tMESSAGE\tTOOK\tDETAIL")

@@ -455,6 +455,13 @@ func (t *transition) park(reason string) {
 	t.clearWait()
 	t.event(EventParked, t.inst.StepName, t.inst.Attempt, "", reason, 0)
 	t.outcome = StatusParked
+	if t.inst.Request != "" {
+		// A request made before the instance parked (a cancel waiting for
+		// the pivot's outcome) no longer says what to do: the operator
+		// decides again on the parked instance.
+		t.event(EventRequestIgnored, t.inst.StepName, 0, "", string(t.inst.Request)+": the instance parked first", 0)
+		t.inst.Request, t.inst.RequestReason = "", ""
+	}
 	if t.e.cfg.ParkTopic != "" {
 		t.msgs = append(t.msgs, t.e.parkEvent(t.ctx, t.inst))
 	}
