@@ -121,6 +121,8 @@ func Run(t *testing.T, f Features, stores StoreFactory, brokers BrokerFactory) {
 		name string
 		fn   func(t *testing.T, h *Harness)
 	}{
+		{"StoreContract", caseStoreContract},
+		{"ConflictReload", caseConflictReload},
 		{"OrderFlow", caseOrderFlow},
 		{"StartIdempotent", caseStartIdempotent},
 		{"Timeout", caseTimeout},
