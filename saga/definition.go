@@ -182,9 +182,9 @@ var _ AnyDefinition = (*Definition[struct{}])(nil)
 //
 // Versions: an instance runs on the definition version it started with, to
 // the end. To change a saga, define version N+1 with the same name and
-// register it beside version N; new instances start on the highest version
-// registered, and version N can be dropped once its instances finished
-// (Engine.Check reports those that have not).
+// register it beside version N; start new instances with the new
+// definition, and drop version N once its instances finished (Engine.Check
+// reports those that have not).
 func Define[D any](name string, version int, steps ...Step[D]) (*Definition[D], error) {
 	bad := func(format string, args ...any) (*Definition[D], error) {
 		return nil, fmt.Errorf("%w: %s version %d: %s", ErrInvalidDefinition, name, version, fmt.Sprintf(format, args...))
