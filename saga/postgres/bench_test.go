@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,8 +63,46 @@ type benchOrder struct {
 	Items int    `json:"items"`
 }
 
+// counter is a pgx tracer counting the statements sent and the round
+// trips they took (a batch is one round trip).
+type counter struct{ stmts, trips atomic.Int64 }
+
+func (c *counter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	c.stmts.Add(1)
+	c.trips.Add(1)
+	return ctx
+}
+func (c *counter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (c *counter) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	c.trips.Add(1)
+	return ctx
+}
+func (c *counter) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {
+	c.stmts.Add(1)
+}
+func (c *counter) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
+// measure reports statements, round trips and this process's CPU time
+// per saga from now until done is called.
+func measure(b *testing.B, c *counter, n int) (done func()) {
+	s0, t0, cpu0 := c.stmts.Load(), c.trips.Load(), cpuTime()
+	return func() {
+		b.ReportMetric(float64(c.stmts.Load()-s0)/float64(n), "stmts/saga")
+		b.ReportMetric(float64(c.trips.Load()-t0)/float64(n), "trips/saga")
+		b.ReportMetric(float64(cpuTime()-cpu0)/float64(n), "client-cpu-ns/saga")
+	}
+}
+
+// cpuTime is the user and system CPU time of this process.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func benchSagas(b *testing.B, bk sagatest.Broker, wakeDelay time.Duration) {
-	e := newEnv(b, 40)
+	c := &counter{}
+	e := newTracedEnv(b, 40, c)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	prefix := fmt.Sprintf("bench%d", time.Now().UnixNano())
@@ -128,9 +167,11 @@ func benchSagas(b *testing.B, bk sagatest.Broker, wakeDelay time.Duration) {
 
 	b.ResetTimer()
 	t0 := time.Now()
+	done := measure(b, c, b.N)
 	start(b, eng, def, "run", b.N)
 	waitCompleted(b, meter, int64(20+b.N))
 	b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "sagas/s")
+	done()
 }
 
 func start(b *testing.B, eng *saga.Engine, def *saga.Definition[benchOrder], prefix string, n int) {
@@ -168,7 +209,8 @@ func waitCompleted(b *testing.B, m *sagatest.Meter, n int64) {
 
 // benchRaw does the Postgres writes of b.N sagas with pgx alone.
 func benchRaw(b *testing.B) {
-	e := newEnv(b, 40)
+	c := &counter{}
+	e := newTracedEnv(b, 40, c)
 	ctx := context.Background()
 	insertInstance := `INSERT INTO saga (id, type, version, status, step, step_name, attempt, awaiting, awaiting_since,
 timer, timer_at, wake_at, data, seq, revision, created_at, updated_at)
@@ -241,6 +283,7 @@ data = $4, updated_at = now(), wake_at = now() + interval '30s' WHERE id = $1 AN
 	}
 	b.ResetTimer()
 	t0 := time.Now()
+	done := measure(b, c, b.N)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range 3 * benchWorkers {
@@ -261,4 +304,5 @@ data = $4, updated_at = now(), wake_at = now() + interval '30s' WHERE id = $1 AN
 	}
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "sagas/s")
+	done()
 }

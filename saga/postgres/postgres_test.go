@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/steadfast-go/steadfast/broker"
@@ -27,12 +28,18 @@ var discard = slog.New(slog.DiscardHandler)
 // openPool opens a pool on url with room for an engine, participants and
 // a relay.
 func openPool(t testing.TB, url string, conns int) *pgxpool.Pool {
+	return openTracedPool(t, url, conns, nil)
+}
+
+// openTracedPool is openPool with a pgx tracer (nil: none).
+func openTracedPool(t testing.TB, url string, conns int, tracer pgx.QueryTracer) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.MaxConns = int32(conns)
+	cfg.ConnConfig.Tracer = tracer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
@@ -53,10 +60,13 @@ type env struct {
 	flows *postgres.Flows
 }
 
-func newEnv(t testing.TB, conns int) *env {
+func newEnv(t testing.TB, conns int) *env { return newTracedEnv(t, conns, nil) }
+
+// newTracedEnv is newEnv with a pgx tracer on the pool.
+func newTracedEnv(t testing.TB, conns int, tracer pgx.QueryTracer) *env {
 	t.Helper()
 	url := testenv.PostgresURL(t)
-	e := &env{url: url, pool: openPool(t, url, conns)}
+	e := &env{url: url, pool: openTracedPool(t, url, conns, tracer)}
 	ctx := context.Background()
 	var err error
 	if e.out, err = outboxpg.New(e.pool, outboxpg.Config{Table: "outbox", Channel: testenv.Name(t, "outbox")}); err != nil {
