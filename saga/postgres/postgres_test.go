@@ -156,7 +156,7 @@ func kafkaBrokerAt(t testing.TB, seeds []string) sagatest.Broker {
 	}
 	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
 		Config:            kafka.Config{Brokers: seeds},
-		RetryBackoff:      func(n int) time.Duration { return time.Duration(n) * 5 * time.Millisecond },
+		RetryBackoff:      broker.Backoff{Initial: 5 * time.Millisecond, Max: time.Second, Multiplier: 1.5, Jitter: -1},
 		CommitInterval:    200 * time.Millisecond,
 		HeartbeatInterval: 300 * time.Millisecond,
 		SessionTimeout:    6 * time.Second,
@@ -200,7 +200,7 @@ func rabbitBroker(t *testing.T) sagatest.Broker {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		c, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: url, Name: t.Name(),
-			ReconnectMin: 50 * time.Millisecond, ReconnectMax: time.Second})
+			Reconnect: broker.Backoff{Initial: 50 * time.Millisecond, Max: time.Second}})
 		if err != nil {
 			t.Fatalf("rabbitmq dial: %v", err)
 		}
