@@ -42,22 +42,24 @@ func TestNormalizeRejectsWholeBatch(t *testing.T) {
 	if !errors.Is(err, broker.ErrEmptyTopic) || !strings.Contains(err.Error(), "message 1") {
 		t.Fatalf("err = %v, want ErrEmptyTopic naming message 1", err)
 	}
-	big := broker.Message{Topic: "a", Key: "k", Payload: make([]byte, 8), Headers: map[string]string{"h": "v"}}
-	if big.Size() != 11 {
-		t.Fatalf("Size = %d, want 11", big.Size())
+	// Size counts the ID: "i" (1) + key (1) + payload (40) + header (2). An
+	// empty ID counts as the 36 bytes of the UUID that will fill it.
+	big := broker.Message{ID: "i", Topic: "a", Key: "k", Payload: make([]byte, 40), Headers: map[string]string{"h": "v"}}
+	if big.Size() != 44 {
+		t.Fatalf("Size = %d, want 44", big.Size())
 	}
-	if _, err := brokerimpl.Normalize([]broker.Message{big}, 10); !errors.Is(err, broker.ErrMessageTooLarge) {
+	if _, err := brokerimpl.Normalize([]broker.Message{big}, 43); !errors.Is(err, broker.ErrMessageTooLarge) {
 		t.Fatalf("err = %v, want ErrMessageTooLarge", err)
 	}
-	if _, err := brokerimpl.Normalize([]broker.Message{big}, 11); err != nil {
+	if _, err := brokerimpl.Normalize([]broker.Message{big}, 44); err != nil {
 		t.Fatalf("message at the limit rejected: %v", err)
 	}
 	// ValidateBatch applies the same checks without copying or filling.
 	batch := []broker.Message{{Topic: "a"}, big}
-	if err := brokerimpl.ValidateBatch(batch, 10); !errors.Is(err, broker.ErrMessageTooLarge) || !strings.Contains(err.Error(), "message 1") {
+	if err := brokerimpl.ValidateBatch(batch, 43); !errors.Is(err, broker.ErrMessageTooLarge) || !strings.Contains(err.Error(), "message 1") {
 		t.Fatalf("ValidateBatch err = %v, want ErrMessageTooLarge naming message 1", err)
 	}
-	if err := brokerimpl.ValidateBatch(batch, 11); err != nil || batch[0].ID != "" || !batch[0].Time.IsZero() {
+	if err := brokerimpl.ValidateBatch(batch, 44); err != nil || batch[0].ID != "" || !batch[0].Time.IsZero() {
 		t.Fatalf("ValidateBatch = %v and left %+v; want nil and the batch unchanged", err, batch[0])
 	}
 }
