@@ -75,7 +75,7 @@ func TestDeliveriesStayIntact(t *testing.T) {
 	k := newKit(t, brokers, nil)
 	topic := testenv.Name(t, "intact")
 	k.createTopic(t, topic, 4)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // generous: 20,000 messages under -race on a loaded machine
 	defer cancel()
 
 	const n, per = 20_000, 50
