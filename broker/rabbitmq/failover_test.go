@@ -74,6 +74,14 @@ func TestFailover(t *testing.T) {
 		firstBatch = make(chan struct{})
 		once       sync.Once
 	)
+	// However the test ends, the publishers stop before it does: a Fatal
+	// below must not leave them logging into a finished test.
+	pctx, cancelPub := context.WithCancel(ctx)
+	t.Cleanup(func() {
+		stopPub.Store(true)
+		cancelPub()
+		pubWG.Wait()
+	})
 	for p := range 3 {
 		pubWG.Add(1)
 		go func() {
@@ -85,7 +93,7 @@ func TestFailover(t *testing.T) {
 					m.Key = fmt.Sprintf("k%d", j%8)
 					batch = append(batch, m)
 				}
-				cctx, cancel := context.WithTimeout(ctx, time.Minute)
+				cctx, cancel := context.WithTimeout(pctx, time.Minute)
 				err := pub.Publish(cctx, batch...)
 				cancel()
 				calls.Add(1)
@@ -103,7 +111,11 @@ func TestFailover(t *testing.T) {
 			}
 		}()
 	}
-	<-firstBatch
+	select {
+	case <-firstBatch:
+	case <-ctx.Done():
+		t.Fatal("no publish call succeeded before the test's deadline")
+	}
 	before := calls.Load()
 	if err := restart(ctx); err != nil {
 		t.Fatalf("restart: %v", err)
