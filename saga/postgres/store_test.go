@@ -278,7 +278,7 @@ func TestNotifyWakesEngines(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 8)
 	ctx := context.Background()
-	h := sagatest.NewHarness(t, sagatest.Features{Logger: discard, Timeout: 30 * time.Second}, func(t *testing.T, pub broker.Publisher) sagatest.Stores {
+	h := sagatest.NewHarness(t, sagatest.Features{Logger: discard, Timeout: 2 * time.Minute}, func(t *testing.T, pub broker.Publisher) sagatest.Stores {
 		e.relay(t, pub)
 		return sagatest.Stores{Store: e.store, Participants: e.parts, Flows: e.flows}
 	}, sagatest.MemoryBroker)
