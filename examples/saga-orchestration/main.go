@@ -1,0 +1,317 @@
+// Command saga-orchestration runs the order flow as an orchestrated saga:
+// reserve inventory -> charge payment -> ship, with three participant
+// services answering the engine's commands. The payment service refuses
+// any order over 1000 (a declined card), so that order's saga compensates:
+// the inventory reserved for it is released, and nothing is shipped.
+//
+// What it shows, and the guarantees behind it:
+//
+//   - every transition (the instance's new state, its history and the
+//     commands it sends) commits as one store transaction, so a crash
+//     leaves the saga where its last commit put it;
+//   - charge-payment is the pivot: before it succeeded a failure
+//     compensates the completed steps in reverse order; after it the saga
+//     only moves forward (ship is retriable);
+//   - each participant performs an action (and its compensation) exactly
+//     once in its own store, however often the command is delivered;
+//   - starting a saga is idempotent on its ID.
+//
+// It runs with no infrastructure, on the memory broker and the memory saga
+// stores (saga/memory):
+//
+//	go run ./examples/saga-orchestration
+//
+// and on PostgreSQL (saga/postgres, with the transactional outbox and a
+// relay publishing the commands and replies; it creates example_saga*,
+// example_saga_participant and example_saga_outbox) when
+// STEADFAST_POSTGRES_URL is set:
+//
+//	make services && . .services/env && go run ./examples/saga-orchestration
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/memory"
+	"github.com/steadfast-go/steadfast/outbox"
+	outboxpg "github.com/steadfast-go/steadfast/outbox/postgres"
+	"github.com/steadfast-go/steadfast/saga"
+	sagamem "github.com/steadfast-go/steadfast/saga/memory"
+	sagapg "github.com/steadfast-go/steadfast/saga/postgres"
+)
+
+func main() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := run(ctx, os.Stdout, os.Getenv("STEADFAST_POSTGRES_URL")); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// Order is the saga's data.
+type Order struct {
+	ID        string `json:"id"`
+	Item      string `json:"item"`
+	Amount    int    `json:"amount"`
+	PaymentID string `json:"payment_id,omitempty"`
+}
+
+// The payment service's rule, so the output is the same on every run.
+const maxAmount = 1000
+
+// command sends the order as JSON to a participant's topic.
+func command(topic string) func(context.Context, *Order) (broker.Message, error) {
+	return func(_ context.Context, o *Order) (broker.Message, error) {
+		b, err := json.Marshal(o)
+		return broker.Message{Topic: topic, Payload: b}, err
+	}
+}
+
+// definition is the order flow.
+func definition() (*saga.Definition[Order], error) {
+	return saga.Define("order-fulfilment", 1,
+		saga.Step[Order]{Name: "reserve-inventory", Command: command("inventory"), CompensationCommand: command("inventory")},
+		saga.Step[Order]{Name: "charge-payment", Kind: saga.Pivot, Command: command("payment"),
+			OnReply: func(_ context.Context, o *Order, r saga.Reply) error { return r.Decode(&o.PaymentID) }},
+		saga.Step[Order]{Name: "ship", Kind: saga.Retriable, Command: command("shipping")},
+	)
+}
+
+// stores are the saga store and the participants' store of one backend.
+type stores struct {
+	name  string
+	saga  saga.Store
+	parts saga.ParticipantStore
+	close func()
+}
+
+func openStores(ctx context.Context, b *memory.Broker, postgresURL string) (*stores, error) {
+	quiet := slog.New(slog.DiscardHandler)
+	if postgresURL == "" {
+		store, err := sagamem.New(sagamem.Config{Publisher: b, Logger: quiet})
+		if err != nil {
+			return nil, err
+		}
+		parts, err := sagamem.NewParticipants(sagamem.Config{Publisher: b, Logger: quiet})
+		if err != nil {
+			store.Close()
+			return nil, err
+		}
+		return &stores{name: "memory", saga: store, parts: parts, close: func() { parts.Close(); store.Close() }}, nil
+	}
+	pool, err := pgxpool.New(ctx, postgresURL)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	fail := func(err error) (*stores, error) { pool.Close(); return nil, err }
+	// Commands and replies leave through the outbox, in the transactions
+	// of the transitions and of the participants; a relay publishes them.
+	ob, err := outboxpg.New(pool, outboxpg.Config{Table: "example_saga_outbox"})
+	if err != nil {
+		return fail(err)
+	}
+	store, err := sagapg.New(pool, sagapg.Config{Table: "example_saga", Outbox: ob})
+	if err != nil {
+		return fail(err)
+	}
+	parts, err := sagapg.NewParticipants(pool, sagapg.ParticipantsConfig{Table: "example_saga_participant", Outbox: ob})
+	if err != nil {
+		return fail(err)
+	}
+	for _, migrate := range []func(context.Context) error{
+		ob.Migrate, store.Migrate,
+		func(ctx context.Context) error {
+			return sagapg.MigrateParticipants(ctx, pool, "example_saga_participant")
+		},
+	} {
+		if err := migrate(ctx); err != nil {
+			return fail(err)
+		}
+	}
+	relay, err := outbox.NewRelay(ob, b, outbox.Config{Logger: quiet, PollInterval: 20 * time.Millisecond})
+	if err != nil {
+		return fail(err)
+	}
+	relayCtx, stopRelay := context.WithCancel(ctx)
+	relayDone := make(chan struct{})
+	go func() { defer close(relayDone); _ = relay.Run(relayCtx) }()
+	return &stores{name: "postgres", saga: store, parts: parts, close: func() {
+		stopRelay()
+		<-relayDone
+		pool.Close()
+	}}, nil
+}
+
+func run(ctx context.Context, out io.Writer, postgresURL string) error {
+	quiet := slog.New(slog.DiscardHandler)
+	b := memory.New(memory.Config{})
+	defer b.Close()
+	st, err := openStores(ctx, b, postgresURL)
+	if err != nil {
+		return err
+	}
+	defer st.close()
+	if st.name == "memory" {
+		fmt.Fprintln(out, "saga store: memory (set STEADFAST_POSTGRES_URL for PostgreSQL)")
+	} else {
+		fmt.Fprintln(out, "saga store: postgres, commands and replies through the outbox")
+	}
+
+	def, err := definition()
+	if err != nil {
+		return err
+	}
+	eng, err := saga.NewEngine(st.saga, saga.Config{Subscriber: b, Logger: quiet, PollInterval: 50 * time.Millisecond})
+	if err != nil {
+		return err
+	}
+	if err := eng.Register(def); err != nil {
+		return err
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = eng.Run(runCtx) }()
+
+	// The participant services. What they did, per order, for the story.
+	var (
+		mu      sync.Mutex
+		story   = map[string][]string{}
+		runID   = broker.NewID()[24:] // keeps reruns on one database apart
+		label   = func(id string) string { return strings.TrimSuffix(id, "-"+runID) }
+		tell    = func(id, s string) { mu.Lock(); story[id] = append(story[id], s); mu.Unlock() }
+		decoded = func(c saga.Command) (Order, error) {
+			var o Order
+			if err := c.Decode(&o); err != nil {
+				return o, saga.Refuse(err) // a command that does not parse is refused, not retried
+			}
+			return o, nil
+		}
+	)
+	services := map[string]saga.ParticipantConfig{
+		"inventory": {
+			Action: func(_ context.Context, _ saga.Tx, c saga.Command) ([]byte, error) {
+				o, err := decoded(c)
+				if err != nil {
+					return nil, err
+				}
+				tell(c.SagaID, "inventory: reserved 1 "+o.Item)
+				return nil, nil
+			},
+			Compensation: func(_ context.Context, _ saga.Tx, c saga.Command) ([]byte, error) {
+				o, err := decoded(c)
+				if err != nil {
+					return nil, err
+				}
+				tell(c.SagaID, "inventory: released 1 "+o.Item+" (compensation)")
+				return nil, nil
+			},
+		},
+		"payment": {Action: func(_ context.Context, _ saga.Tx, c saga.Command) ([]byte, error) {
+			o, err := decoded(c)
+			if err != nil {
+				return nil, err
+			}
+			if o.Amount > maxAmount {
+				tell(c.SagaID, fmt.Sprintf("payment: refused %d (card declined)", o.Amount))
+				return nil, saga.Refusef("card declined for %d", o.Amount)
+			}
+			tell(c.SagaID, fmt.Sprintf("payment: charged %d", o.Amount))
+			return json.Marshal("pay-" + label(o.ID))
+		}},
+		"shipping": {Action: func(_ context.Context, _ saga.Tx, c saga.Command) ([]byte, error) {
+			o, err := decoded(c)
+			if err != nil {
+				return nil, err
+			}
+			tell(c.SagaID, "shipping: shipped "+o.Item)
+			return nil, nil
+		}},
+	}
+	for name, cfg := range services {
+		cfg.Name = name
+		cfg.Logger = quiet
+		p, err := saga.NewParticipant(st.parts, cfg)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = b.Subscribe(runCtx, broker.Subscription{Topic: name, Group: name}, p.Handle)
+		}()
+	}
+
+	orders := []Order{
+		{ID: "order-1", Item: "book", Amount: 40},
+		{ID: "order-2", Item: "piano", Amount: 4800},
+		{ID: "order-3", Item: "lamp", Amount: 75},
+	}
+	for _, o := range orders {
+		label := o.ID
+		o.ID += "-" + runID
+		created, err := saga.Start(ctx, eng, def, o.ID, o)
+		if err != nil {
+			return err
+		}
+		if o.ID == orders[0].ID+"-"+runID { // a client retrying its request
+			again, err := saga.Start(ctx, eng, def, o.ID, o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "%s: started (created %t), started again (created %t): one instance\n", label, created, again)
+		}
+		in, err := waitFinished(ctx, st.saga, o.ID)
+		if err != nil {
+			return fmt.Errorf("%s: %w", label, err)
+		}
+		var got Order
+		if err := json.Unmarshal(in.Data, &got); err != nil {
+			return err
+		}
+		mu.Lock()
+		for _, s := range story[o.ID] {
+			fmt.Fprintf(out, "%s:   %s\n", label, s)
+		}
+		mu.Unlock()
+		line := fmt.Sprintf("%s: %s", label, in.Status)
+		if got.PaymentID != "" {
+			line += ", payment " + got.PaymentID
+		}
+		if in.Failure != "" {
+			line += ": " + in.Failure
+		}
+		fmt.Fprintln(out, line)
+	}
+	return nil
+}
+
+// waitFinished polls the store until the instance has finished.
+func waitFinished(ctx context.Context, store saga.Store, id string) (saga.Instance, error) {
+	for {
+		in, err := store.Get(ctx, id)
+		if err == nil && in.Status.Finished() {
+			return in, nil
+		}
+		select {
+		case <-ctx.Done():
+			return in, fmt.Errorf("waiting for the saga to finish (status %q, last error %v): %w", in.Status, err, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
