@@ -19,9 +19,11 @@
 //	go run ./examples/idempotency
 //
 // On real backends it uses Redis for the middleware and the endpoint
-// (STEADFAST_REDIS_URL) and Postgres for Store.Handler
+// (STEADFAST_REDIS_URL), Postgres for Store.Handler
 // (STEADFAST_POSTGRES_URL; it creates example_idempotency and
-// example_charges); without Postgres the exactly-once part is skipped:
+// example_charges; without it the exactly-once part is skipped), and Kafka
+// or RabbitMQ as the broker (STEADFAST_KAFKA_BROKERS,
+// STEADFAST_RABBITMQ_URL):
 //
 //	make services && . .services/env && go run ./examples/idempotency
 package main
@@ -45,7 +47,9 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/kafka"
 	"github.com/steadfast-go/steadfast/broker/memory"
+	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/idempotency"
 	idemmem "github.com/steadfast-go/steadfast/idempotency/memory"
 	idempg "github.com/steadfast-go/steadfast/idempotency/postgres"
@@ -54,12 +58,90 @@ import (
 
 // backends says which real servers to use; empty fields mean "in process".
 type backends struct {
-	postgresURL string // STEADFAST_POSTGRES_URL
-	redisURL    string // STEADFAST_REDIS_URL
+	postgresURL  string // STEADFAST_POSTGRES_URL
+	redisURL     string // STEADFAST_REDIS_URL
+	kafkaBrokers string // STEADFAST_KAFKA_BROKERS
+	rabbitmqURL  string // STEADFAST_RABBITMQ_URL
 }
 
 func backendsFromEnv() backends {
-	return backends{postgresURL: os.Getenv("STEADFAST_POSTGRES_URL"), redisURL: os.Getenv("STEADFAST_REDIS_URL")}
+	return backends{
+		postgresURL:  os.Getenv("STEADFAST_POSTGRES_URL"),
+		redisURL:     os.Getenv("STEADFAST_REDIS_URL"),
+		kafkaBrokers: os.Getenv("STEADFAST_KAFKA_BROKERS"),
+		rabbitmqURL:  os.Getenv("STEADFAST_RABBITMQ_URL"),
+	}
+}
+
+// openBroker picks Kafka, RabbitMQ or the memory broker, and prepares the
+// topics and their groups so that nothing published before a group
+// subscribes is lost.
+func openBroker(ctx context.Context, out io.Writer, be backends, topics map[string]string) (broker.Publisher, broker.Subscriber, func(), error) {
+	backoff := broker.Backoff{Initial: time.Millisecond, Jitter: -1} // quick redeliveries for the example
+	switch {
+	case be.kafkaBrokers != "":
+		cfg := kafka.Config{Brokers: kafka.ParseBrokers(be.kafkaBrokers), ClientID: "example-idempotency"}
+		admin, err := kafka.NewAdmin(cfg)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		defer admin.Close()
+		for t := range topics {
+			if err := admin.CreateTopic(ctx, kafka.TopicSpec{Name: t, Partitions: 3}); err != nil && !errors.Is(err, kafka.ErrTopicExists) {
+				return nil, nil, nil, err
+			}
+		}
+		pub, err := kafka.NewPublisher(kafka.PublisherConfig{Config: cfg})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{Config: cfg, RetryBackoff: backoff})
+		if err != nil {
+			pub.Close()
+			return nil, nil, nil, err
+		}
+		fmt.Fprintln(out, "broker: kafka")
+		return pub, sub, func() { sub.Close(); pub.Close() }, nil
+	case be.rabbitmqURL != "":
+		conn, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: be.rabbitmqURL, Name: "example-idempotency"})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		pub, err := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{})
+		if err != nil {
+			conn.Close()
+			return nil, nil, nil, err
+		}
+		sub, err := rabbitmq.NewSubscriber(conn, rabbitmq.SubscriberConfig{RetryBackoff: backoff})
+		if err != nil {
+			pub.Close()
+			conn.Close()
+			return nil, nil, nil, err
+		}
+		for t, g := range topics {
+			if err := sub.Setup(ctx, t, g); err != nil {
+				sub.Close()
+				pub.Close()
+				conn.Close()
+				return nil, nil, nil, err
+			}
+		}
+		fmt.Fprintln(out, "broker: rabbitmq")
+		return pub, sub, func() {
+			sub.Close()
+			pub.Close()
+			for t, g := range topics { // remove this run's exchanges and queues
+				if topo, err := sub.Topology(t, g); err == nil {
+					_ = conn.Delete(context.WithoutCancel(ctx), topo)
+				}
+			}
+			conn.Close()
+		}, nil
+	default:
+		b := memory.New(memory.Config{RedeliveryBackoff: backoff})
+		fmt.Fprintln(out, "broker: memory (set STEADFAST_KAFKA_BROKERS or STEADFAST_RABBITMQ_URL for a real broker)")
+		return b, b, func() { b.Close() }, nil
+	}
 }
 
 func main() {
@@ -103,12 +185,17 @@ func run(ctx context.Context, out io.Writer, be backends) error {
 		fmt.Fprintln(out, "dedup store: memory (set STEADFAST_REDIS_URL for Redis)")
 	}
 
-	b := memory.New(memory.Config{RedeliveryBackoff: broker.Backoff{Initial: time.Millisecond, Jitter: -1}})
-	defer b.Close()
+	topic := "payments-" + runID
+	ledgerTopic := "ledger-" + runID
+	pub, sub, closeBroker, err := openBroker(ctx, out, be, map[string]string{topic: "billing", ledgerTopic: "ledger"})
+	if err != nil {
+		return err
+	}
+	defer closeBroker()
+	b := &bus{pub, sub}
 
 	// The producer retried order-1 twice (same message ID each time), and
 	// order-2's handler fails once after charging.
-	topic := "payments." + runID
 	o1 := broker.NewMessage(topic, []byte("order-1"))
 	o1.Key = "order-1"
 	o2 := broker.NewMessage(topic, []byte("order-2"))
@@ -142,7 +229,11 @@ func run(ctx context.Context, out io.Writer, be backends) error {
 		}
 		return nil
 	}
-	if err := consume(ctx, b, topic, "billing", msgs, dedup(charge)); err != nil {
+	if err := consume(ctx, b, topic, "billing", msgs, dedup(charge), func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return dups["order-1"] == 2 && charges["order-1"] == 1 && charges["order-2"] == 2
+	}); err != nil {
 		return err
 	}
 	for _, o := range []string{"order-1", "order-2"} {
@@ -154,7 +245,7 @@ func run(ctx context.Context, out io.Writer, be backends) error {
 	fmt.Fprintln(out, "-- postgres Store.Handler: claim and effect in one transaction, exactly-once effect")
 	if be.postgresURL == "" {
 		fmt.Fprintln(out, "skipped: set STEADFAST_POSTGRES_URL to run it")
-	} else if err := exactlyOnce(ctx, out, b, be.postgresURL, topic, msgs, runID); err != nil {
+	} else if err := exactlyOnce(ctx, out, b, be.postgresURL, ledgerTopic, msgs, runID); err != nil {
 		return err
 	}
 
@@ -163,26 +254,44 @@ func run(ctx context.Context, out io.Writer, be backends) error {
 	return endpoint(ctx, out, store, quiet)
 }
 
-// consume publishes msgs to topic and runs h for group until every message
-// is acknowledged.
-func consume(ctx context.Context, b *memory.Broker, topic, group string, msgs []broker.Message, h broker.Handler) error {
+// bus is a publisher and a subscriber of one broker.
+type bus struct {
+	broker.Publisher
+	broker.Subscriber
+}
+
+// consume publishes msgs to topic and runs h for group until done reports
+// that every message was handled.
+func consume(ctx context.Context, b *bus, topic, group string, msgs []broker.Message, h broker.Handler, done func() bool) error {
 	if err := b.Publish(ctx, msgs...); err != nil {
 		return err
 	}
 	subCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	done := make(chan error, 1)
+	subDone := make(chan error, 1)
 	go func() {
-		done <- b.Subscribe(subCtx, broker.Subscription{Topic: topic, Group: group, Concurrency: 1}, h)
+		subDone <- b.Subscribe(subCtx, broker.Subscription{Topic: topic, Group: group, Concurrency: 1}, h)
 	}()
-	if err := waitFor(ctx, func() bool { return b.Pending(topic, group) == 0 }); err != nil {
+	err := waitFor(ctx, func() bool {
+		select {
+		case err := <-subDone: // the subscription failed
+			subDone <- err
+			return true
+		default:
+			return done()
+		}
+	})
+	stop()
+	if serr := <-subDone; serr != nil {
+		return fmt.Errorf("subscribe %s: %w", group, serr)
+	}
+	if err != nil {
 		return fmt.Errorf("waiting for %s: %w", group, err)
 	}
-	stop()
-	return <-done
+	return nil
 }
 
-func exactlyOnce(ctx context.Context, out io.Writer, b *memory.Broker, url, topic string, msgs []broker.Message, runID string) error {
+func exactlyOnce(ctx context.Context, out io.Writer, b *bus, url, topic string, msgs []broker.Message, runID string) error {
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
@@ -227,18 +336,26 @@ func exactlyOnce(ctx context.Context, out io.Writer, b *memory.Broker, url, topi
 	// The same messages (same IDs), on a topic of the ledger's own.
 	ledger := make([]broker.Message, len(msgs))
 	for i, m := range msgs {
-		m.Topic = "ledger." + topic
+		m.Topic = topic
 		ledger[i] = m
 	}
-	if err := consume(ctx, b, "ledger."+topic, "ledger", ledger, h); err != nil {
+	rows := func(order string) int {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM example_charges WHERE run = $1 AND order_id = $2`, runID, order).Scan(&n); err != nil {
+			return -1
+		}
+		return n
+	}
+	if err := consume(ctx, b, topic, "ledger", ledger, h, func() bool {
+		mu.Lock()
+		d := dups["order-1"]
+		mu.Unlock()
+		return d == 2 && rows("order-1") == 1 && rows("order-2") == 1
+	}); err != nil {
 		return err
 	}
 	for _, o := range []string{"order-1", "order-2"} {
-		var n int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM example_charges WHERE run = $1 AND order_id = $2`, runID, o).Scan(&n); err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "%s: %d deliveries dropped as duplicates, %d charge row(s)\n", o, dups[o], n)
+		fmt.Fprintf(out, "%s: %d deliveries dropped as duplicates, %d charge row(s)\n", o, dups[o], rows(o))
 	}
 	fmt.Fprintln(out, "order-2 has one row: its failed attempt rolled back the row and the claim together")
 	return nil

@@ -39,14 +39,15 @@ func check(t *testing.T, be backends, want ...string) string {
 
 func TestIdempotencyMemory(t *testing.T) {
 	t.Parallel()
-	check(t, backends{}, "dedup store: memory", "skipped: set STEADFAST_POSTGRES_URL")
+	check(t, backends{}, "dedup store: memory", "broker: memory", "skipped: set STEADFAST_POSTGRES_URL")
 }
 
 func TestIdempotencyBackends(t *testing.T) {
 	t.Parallel()
-	be := backends{postgresURL: testenv.PostgresURL(t), redisURL: testenv.RedisURL(t)}
+	be := backends{postgresURL: testenv.PostgresURL(t), redisURL: testenv.RedisURL(t), rabbitmqURL: testenv.RabbitMQURL(t)}
 	want := []string{
 		"dedup store: redis",
+		"broker: rabbitmq",
 		"order-1: 2 deliveries dropped as duplicates, 1 charge row(s)",
 		"order-2: 0 deliveries dropped as duplicates, 1 charge row(s)",
 	}
@@ -56,4 +57,12 @@ func TestIdempotencyBackends(t *testing.T) {
 	}
 	// A second run on the same tables and server works too.
 	check(t, be, want...)
+}
+
+func TestIdempotencyKafkaPostgres(t *testing.T) {
+	t.Parallel()
+	be := backends{postgresURL: testenv.PostgresURL(t), kafkaBrokers: strings.Join(testenv.Kafka(t), ",")}
+	check(t, be, "dedup store: memory", "broker: kafka",
+		"order-1: 2 deliveries dropped as duplicates, 1 charge row(s)",
+		"order-2: 0 deliveries dropped as duplicates, 1 charge row(s)")
 }
