@@ -24,7 +24,8 @@
 // and on PostgreSQL (saga/postgres, with the transactional outbox and a
 // relay publishing the commands and replies; it creates example_saga*,
 // example_saga_participant and example_saga_outbox) when
-// STEADFAST_POSTGRES_URL is set:
+// STEADFAST_POSTGRES_URL is set, with the commands and replies on Kafka or
+// RabbitMQ when STEADFAST_KAFKA_BROKERS or STEADFAST_RABBITMQ_URL is set:
 //
 //	make services && . .services/env && go run ./examples/saga-orchestration
 package main
@@ -32,6 +33,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -44,7 +46,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/kafka"
 	"github.com/steadfast-go/steadfast/broker/memory"
+	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/outbox"
 	outboxpg "github.com/steadfast-go/steadfast/outbox/postgres"
 	"github.com/steadfast-go/steadfast/saga"
@@ -52,10 +56,25 @@ import (
 	sagapg "github.com/steadfast-go/steadfast/saga/postgres"
 )
 
+// backends says which servers to use; empty fields mean "in process".
+type backends struct {
+	postgresURL  string // STEADFAST_POSTGRES_URL
+	kafkaBrokers string // STEADFAST_KAFKA_BROKERS
+	rabbitmqURL  string // STEADFAST_RABBITMQ_URL
+}
+
+func backendsFromEnv() backends {
+	return backends{
+		postgresURL:  os.Getenv("STEADFAST_POSTGRES_URL"),
+		kafkaBrokers: os.Getenv("STEADFAST_KAFKA_BROKERS"),
+		rabbitmqURL:  os.Getenv("STEADFAST_RABBITMQ_URL"),
+	}
+}
+
 func main() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := run(ctx, os.Stdout, os.Getenv("STEADFAST_POSTGRES_URL")); err != nil {
+	if err := run(ctx, os.Stdout, backendsFromEnv()); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -79,14 +98,85 @@ func command(topic string) func(context.Context, *Order) (broker.Message, error)
 	}
 }
 
-// definition is the order flow.
-func definition() (*saga.Definition[Order], error) {
+// definition is the order flow; the participants' topics start with
+// prefix.
+func definition(prefix string) (*saga.Definition[Order], error) {
 	return saga.Define("order-fulfilment", 1,
-		saga.Step[Order]{Name: "reserve-inventory", Command: command("inventory"), CompensationCommand: command("inventory")},
-		saga.Step[Order]{Name: "charge-payment", Kind: saga.Pivot, Command: command("payment"),
+		saga.Step[Order]{Name: "reserve-inventory", Command: command(prefix + "inventory"), CompensationCommand: command(prefix + "inventory")},
+		saga.Step[Order]{Name: "charge-payment", Kind: saga.Pivot, Command: command(prefix + "payment"),
 			OnReply: func(_ context.Context, o *Order, r saga.Reply) error { return r.Decode(&o.PaymentID) }},
-		saga.Step[Order]{Name: "ship", Kind: saga.Retriable, Command: command("shipping")},
+		saga.Step[Order]{Name: "ship", Kind: saga.Retriable, Command: command(prefix + "shipping")},
 	)
+}
+
+// openBroker picks Kafka, RabbitMQ or the memory broker, and prepares the
+// topics and their groups so that nothing published before a group
+// subscribes is lost.
+func openBroker(ctx context.Context, out io.Writer, be backends, topics map[string]string) (broker.Publisher, broker.Subscriber, func(), error) {
+	switch {
+	case be.kafkaBrokers != "":
+		cfg := kafka.Config{Brokers: kafka.ParseBrokers(be.kafkaBrokers), ClientID: "example-saga-orchestration"}
+		admin, err := kafka.NewAdmin(cfg)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		defer admin.Close()
+		for t := range topics {
+			if err := admin.CreateTopic(ctx, kafka.TopicSpec{Name: t, Partitions: 3}); err != nil && !errors.Is(err, kafka.ErrTopicExists) {
+				return nil, nil, nil, err
+			}
+		}
+		pub, err := kafka.NewPublisher(kafka.PublisherConfig{Config: cfg})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{Config: cfg})
+		if err != nil {
+			pub.Close()
+			return nil, nil, nil, err
+		}
+		fmt.Fprintln(out, "broker: kafka")
+		return pub, sub, func() { sub.Close(); pub.Close() }, nil
+	case be.rabbitmqURL != "":
+		conn, err := rabbitmq.Dial(ctx, rabbitmq.Config{URL: be.rabbitmqURL, Name: "example-saga-orchestration"})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		pub, err := rabbitmq.NewPublisher(conn, rabbitmq.PublisherConfig{})
+		if err != nil {
+			conn.Close()
+			return nil, nil, nil, err
+		}
+		sub, err := rabbitmq.NewSubscriber(conn, rabbitmq.SubscriberConfig{})
+		if err != nil {
+			pub.Close()
+			conn.Close()
+			return nil, nil, nil, err
+		}
+		for t, g := range topics {
+			if err := sub.Setup(ctx, t, g); err != nil {
+				sub.Close()
+				pub.Close()
+				conn.Close()
+				return nil, nil, nil, err
+			}
+		}
+		fmt.Fprintln(out, "broker: rabbitmq")
+		return pub, sub, func() {
+			sub.Close()
+			pub.Close()
+			for t, g := range topics { // remove this run's exchanges and queues
+				if topo, err := sub.Topology(t, g); err == nil {
+					_ = conn.Delete(context.WithoutCancel(ctx), topo)
+				}
+			}
+			conn.Close()
+		}, nil
+	default:
+		b := memory.New(memory.Config{})
+		fmt.Fprintln(out, "broker: memory (set STEADFAST_KAFKA_BROKERS or STEADFAST_RABBITMQ_URL for a real broker)")
+		return b, b, func() { b.Close() }, nil
+	}
 }
 
 // stores are the saga store and the participants' store of one backend.
@@ -97,7 +187,7 @@ type stores struct {
 	close func()
 }
 
-func openStores(ctx context.Context, b *memory.Broker, postgresURL string) (*stores, error) {
+func openStores(ctx context.Context, b broker.Publisher, postgresURL string) (*stores, error) {
 	quiet := slog.New(slog.DiscardHandler)
 	if postgresURL == "" {
 		store, err := sagamem.New(sagamem.Config{Publisher: b, Logger: quiet})
@@ -154,11 +244,20 @@ func openStores(ctx context.Context, b *memory.Broker, postgresURL string) (*sto
 	}}, nil
 }
 
-func run(ctx context.Context, out io.Writer, postgresURL string) error {
+func run(ctx context.Context, out io.Writer, be backends) error {
 	quiet := slog.New(slog.DiscardHandler)
-	b := memory.New(memory.Config{})
-	defer b.Close()
-	st, err := openStores(ctx, b, postgresURL)
+	runID := broker.NewID()[24:] // keeps reruns on one database or broker apart
+	prefix := "shop-" + runID + "."
+	replies := prefix + "saga-replies"
+	pub, sub, closeBroker, err := openBroker(ctx, out, be, map[string]string{
+		prefix + "inventory": "inventory", prefix + "payment": "payment", prefix + "shipping": "shipping",
+		replies: saga.DefaultGroup,
+	})
+	if err != nil {
+		return err
+	}
+	defer closeBroker()
+	st, err := openStores(ctx, pub, be.postgresURL)
 	if err != nil {
 		return err
 	}
@@ -169,11 +268,11 @@ func run(ctx context.Context, out io.Writer, postgresURL string) error {
 		fmt.Fprintln(out, "saga store: postgres, commands and replies through the outbox")
 	}
 
-	def, err := definition()
+	def, err := definition(prefix)
 	if err != nil {
 		return err
 	}
-	eng, err := saga.NewEngine(st.saga, saga.Config{Subscriber: b, Logger: quiet, PollInterval: 50 * time.Millisecond})
+	eng, err := saga.NewEngine(st.saga, saga.Config{Subscriber: sub, ReplyTopic: replies, Logger: quiet, PollInterval: 50 * time.Millisecond})
 	if err != nil {
 		return err
 	}
@@ -192,7 +291,6 @@ func run(ctx context.Context, out io.Writer, postgresURL string) error {
 	var (
 		mu      sync.Mutex
 		story   = map[string][]string{}
-		runID   = broker.NewID()[24:] // keeps reruns on one database apart
 		label   = func(id string) string { return strings.TrimSuffix(id, "-"+runID) }
 		tell    = func(id, s string) { mu.Lock(); story[id] = append(story[id], s); mu.Unlock() }
 		decoded = func(c saga.Command) (Order, error) {
@@ -253,7 +351,7 @@ func run(ctx context.Context, out io.Writer, postgresURL string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = b.Subscribe(runCtx, broker.Subscription{Topic: name, Group: name}, p.Handle)
+			_ = sub.Subscribe(runCtx, broker.Subscription{Topic: prefix + name, Group: name}, p.Handle)
 		}()
 	}
 

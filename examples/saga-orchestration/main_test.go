@@ -10,7 +10,7 @@ import (
 	"github.com/steadfast-go/steadfast/internal/testenv"
 )
 
-// want is the whole narrative after the first line, which names the store.
+// want is the narrative after the lines naming the broker and the store.
 const want = `order-1: started (created true), started again (created false): one instance
 order-1:   inventory: reserved 1 book
 order-1:   payment: charged 40
@@ -27,31 +27,44 @@ order-3: completed, payment pay-order-3
 `
 
 // check runs the example and compares what it prints.
-func check(t *testing.T, postgresURL, store string) {
+func check(t *testing.T, be backends, broker, store string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	var out bytes.Buffer
-	if err := run(ctx, &out, postgresURL); err != nil {
+	if err := run(ctx, &out, be); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
-	first, rest, _ := strings.Cut(out.String(), "\n")
-	if !strings.HasPrefix(first, "saga store: "+store) {
-		t.Errorf("first line %q, want the %s store", first, store)
+	lines := strings.SplitAfterN(out.String(), "\n", 3)
+	if len(lines) != 3 {
+		t.Fatalf("output too short:\n%s", out.String())
 	}
-	if rest != want {
-		t.Errorf("output:\n%s\nwant:\n%s", rest, want)
+	if !strings.HasPrefix(lines[0], "broker: "+broker) || !strings.HasPrefix(lines[1], "saga store: "+store) {
+		t.Errorf("backends %q %q, want broker %s and saga store %s", lines[0], lines[1], broker, store)
+	}
+	if lines[2] != want {
+		t.Errorf("output:\n%s\nwant:\n%s", lines[2], want)
 	}
 }
 
 func TestSagaOrchestrationMemory(t *testing.T) {
 	t.Parallel()
-	check(t, "", "memory")
+	check(t, backends{}, "memory", "memory")
 }
 
 func TestSagaOrchestrationPostgres(t *testing.T) {
 	t.Parallel()
-	url := testenv.PostgresURL(t)
-	check(t, url, "postgres")
-	check(t, url, "postgres") // a rerun on the same tables
+	be := backends{postgresURL: testenv.PostgresURL(t)}
+	check(t, be, "memory", "postgres")
+	check(t, be, "memory", "postgres") // a rerun on the same tables
+}
+
+func TestSagaOrchestrationPostgresKafka(t *testing.T) {
+	t.Parallel()
+	check(t, backends{postgresURL: testenv.PostgresURL(t), kafkaBrokers: strings.Join(testenv.Kafka(t), ",")}, "kafka", "postgres")
+}
+
+func TestSagaOrchestrationPostgresRabbitMQ(t *testing.T) {
+	t.Parallel()
+	check(t, backends{postgresURL: testenv.PostgresURL(t), rabbitmqURL: testenv.RabbitMQURL(t)}, "rabbitmq", "postgres")
 }
