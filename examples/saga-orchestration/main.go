@@ -285,7 +285,13 @@ func run(ctx context.Context, out io.Writer, be backends) error {
 	defer wg.Wait()
 	defer stop()
 	wg.Add(1)
-	go func() { defer wg.Done(); _ = eng.Run(runCtx) }()
+	failed := make(chan error, 8) // the engine's and the participants' failures
+	go func() {
+		defer wg.Done()
+		if err := eng.Run(runCtx); err != nil {
+			failed <- fmt.Errorf("engine: %w", err)
+		}
+	}()
 
 	// The participant services. What they did, per order, for the story.
 	var (
@@ -351,7 +357,9 @@ func run(ctx context.Context, out io.Writer, be backends) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = sub.Subscribe(runCtx, broker.Subscription{Topic: prefix + name, Group: name}, p.Handle)
+			if err := sub.Subscribe(runCtx, broker.Subscription{Topic: prefix + name, Group: name}, p.Handle); err != nil {
+				failed <- fmt.Errorf("participant %s: %w", name, err)
+			}
 		}()
 	}
 
@@ -374,7 +382,7 @@ func run(ctx context.Context, out io.Writer, be backends) error {
 			}
 			fmt.Fprintf(out, "%s: started (created %t), started again (created %t): one instance\n", label, created, again)
 		}
-		in, err := waitFinished(ctx, st.saga, o.ID)
+		in, err := waitFinished(ctx, st.saga, o.ID, failed)
 		if err != nil {
 			return fmt.Errorf("%s: %w", label, err)
 		}
@@ -400,7 +408,7 @@ func run(ctx context.Context, out io.Writer, be backends) error {
 }
 
 // waitFinished polls the store until the instance has finished.
-func waitFinished(ctx context.Context, store saga.Store, id string) (saga.Instance, error) {
+func waitFinished(ctx context.Context, store saga.Store, id string, failed <-chan error) (saga.Instance, error) {
 	for {
 		in, err := store.Get(ctx, id)
 		if err == nil && in.Status.Finished() {
@@ -409,6 +417,8 @@ func waitFinished(ctx context.Context, store saga.Store, id string) (saga.Instan
 		select {
 		case <-ctx.Done():
 			return in, fmt.Errorf("waiting for the saga to finish (status %q, last error %v): %w", in.Status, err, ctx.Err())
+		case err := <-failed:
+			return in, err
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
