@@ -403,6 +403,17 @@ func run(ctx context.Context, out io.Writer, be backends) error {
 			line += ": " + in.Failure
 		}
 		fmt.Fprintln(out, line)
+		if in.Status == saga.StatusCompensated {
+			// The instance's durable history, as an operator reads it.
+			tl, err := saga.LoadTimeline(ctx, st.saga, o.ID)
+			if err != nil {
+				return err
+			}
+			for _, s := range tl.Steps() {
+				fmt.Fprintf(out, "%s:   history: %-17s attempts %d, done %t, failed %t, compensated %t\n",
+					label, s.Step, s.Attempts, s.Done, s.Failed, s.Compensated)
+			}
+		}
 	}
 	return nil
 }

@@ -20,6 +20,8 @@ order-2:   inventory: reserved 1 piano
 order-2:   payment: refused 4800 (card declined)
 order-2:   inventory: released 1 piano (compensation)
 order-2: compensated: step "charge-payment" failed: refused: card declined for 4800
+order-2:   history: reserve-inventory attempts 1, done true, failed false, compensated true
+order-2:   history: charge-payment    attempts 1, done false, failed true, compensated false
 order-3:   inventory: reserved 1 lamp
 order-3:   payment: charged 75
 order-3:   shipping: shipped lamp
