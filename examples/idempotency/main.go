@@ -29,6 +29,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -60,6 +61,7 @@ import (
 type backends struct {
 	postgresURL  string // STEADFAST_POSTGRES_URL
 	redisURL     string // STEADFAST_REDIS_URL
+	redisPrefix  string // starts every Redis key; default "steadfast:example:"
 	kafkaBrokers string // STEADFAST_KAFKA_BROKERS
 	rabbitmqURL  string // STEADFAST_RABBITMQ_URL
 }
@@ -170,7 +172,8 @@ func run(ctx context.Context, out io.Writer, be backends) error {
 		}
 		rdb := goredis.NewClient(opts)
 		defer rdb.Close()
-		s, err := idemredis.New(rdb, idemredis.Config{Prefix: "steadfast:example:" + runID + ":", Retention: time.Hour})
+		prefix := cmp.Or(be.redisPrefix, "steadfast:example:") + runID + ":"
+		s, err := idemredis.New(rdb, idemredis.Config{Prefix: prefix, Retention: time.Hour})
 		if err != nil {
 			return err
 		}

@@ -44,7 +44,8 @@ func TestIdempotencyMemory(t *testing.T) {
 
 func TestIdempotencyBackends(t *testing.T) {
 	t.Parallel()
-	be := backends{postgresURL: testenv.PostgresURL(t), redisURL: testenv.RedisURL(t), rabbitmqURL: testenv.RabbitMQURL(t)}
+	_, prefix := testenv.Redis(t) // its keys are deleted at cleanup
+	be := backends{postgresURL: testenv.PostgresURL(t), redisURL: testenv.RedisURL(t), redisPrefix: prefix, rabbitmqURL: testenv.RabbitMQURL(t)}
 	want := []string{
 		"dedup store: redis",
 		"broker: rabbitmq",
