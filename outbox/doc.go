@@ -7,9 +7,10 @@
 //
 //   - Store, the port: the outbox table. outbox/postgres implements it on
 //     PostgreSQL (and adds Enqueue, which writes rows in the caller's
-//     transaction); outbox/outboxtest is the conformance suite every Store
-//     passes, plus the relay suite that proves the guarantees below on a
-//     store and a broker.
+//     transaction); outbox/memory keeps it in process memory for examples
+//     and tests (same claims and order, no durability); outbox/outboxtest is
+//     the conformance suite every Store passes, plus the relay suite that
+//     proves the guarantees below on a store and a broker.
 //   - Relay: claims batches of rows, publishes them through any
 //     broker.Publisher (broker/kafka, broker/rabbitmq, broker/memory) and
 //     records the outcome. Any number of relays, in one process or many,
