@@ -47,7 +47,7 @@ func harness(t *testing.T) outboxtest.Harness {
 func TestConformance(t *testing.T) {
 	outboxtest.Run(t, harness, outboxtest.Options{
 		Messages: 3000,
-		Effects: effects,
+		Effects:  effects,
 	})
 }
 
