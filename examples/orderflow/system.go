@@ -51,7 +51,9 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-func (o Options) runs(name string) bool { return len(o.Services) == 0 || slices.Contains(o.Services, name) }
+func (o Options) runs(name string) bool {
+	return len(o.Services) == 0 || slices.Contains(o.Services, name)
+}
 
 // Topics and groups.
 func (o Options) topic(name string) string { return o.Prefix + name }
@@ -336,4 +338,3 @@ func (s *System) Close() {
 	}
 	s.closers = nil
 }
-
