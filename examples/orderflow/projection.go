@@ -14,10 +14,12 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/idempotency"
+	idempg "github.com/steadfast-go/steadfast/idempotency/postgres"
 	"github.com/steadfast-go/steadfast/saga"
 )
 
@@ -65,7 +67,19 @@ type ReadModel interface {
 // changes, each message applied once (idempotency.Consumer; a re-applied
 // change sets the same fields anyway).
 func projectionHandler(rm ReadModel, store idempotency.Store, log *slog.Logger) (broker.Handler, error) {
-	dedup, err := idempotency.Consumer(store, idempotency.ConsumerConfig{Consumer: "projection", Logger: log})
+	cfg := idempotency.ConsumerConfig{Consumer: "projection", Logger: log}
+	if pg, ok := store.(*idempg.Store); ok {
+		// In PostgreSQL the view change and the message's key commit in one
+		// transaction: each message changes the view exactly once.
+		return pg.Handler(cfg, func(ctx context.Context, tx pgx.Tx, d broker.Delivery) error {
+			v, ok, err := change(d.Message)
+			if err != nil || !ok {
+				return err
+			}
+			return applyPG(ctx, tx, v)
+		})
+	}
+	dedup, err := idempotency.Consumer(store, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -153,8 +167,13 @@ func (m *memView) Get(_ context.Context, id string) (View, bool, error) {
 // pgView is the read model in the orderflow_view table.
 type pgView struct{ pool *pgxpool.Pool }
 
-func (p *pgView) Apply(ctx context.Context, v View) error {
-	_, err := p.pool.Exec(ctx, `INSERT INTO orderflow_view AS o (id, customer, amount, inventory, payment, shipping)
+func (p *pgView) Apply(ctx context.Context, v View) error { return applyPG(ctx, p.pool, v) }
+
+// applyPG upserts the view change v through db.
+func applyPG(ctx context.Context, db interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, v View) error {
+	_, err := db.Exec(ctx, `INSERT INTO orderflow_view AS o (id, customer, amount, inventory, payment, shipping)
 		VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (id) DO UPDATE SET
 			customer = coalesce(nullif(EXCLUDED.customer, ''), o.customer),

@@ -209,8 +209,10 @@ func Start(ctx context.Context, opts Options) (*System, error) {
 		if err != nil {
 			return nil, err
 		}
+		// One consumer group per topic: members of one Kafka group that
+		// subscribe to different topics rebalance each other.
 		s.subscribe(ctx, "orders", "projection", h)
-		s.subscribe(ctx, "saga.replies", "projection", h)
+		s.subscribe(ctx, "saga.replies", "projection-replies", h)
 	}
 	ok = true
 	return s, nil
@@ -258,7 +260,15 @@ func participants() map[string]saga.ParticipantConfig {
 // connect opens the broker and the database.
 func (s *System) connect(ctx context.Context) error {
 	if s.opts.PostgresURL != "" {
-		pool, err := pgxpool.New(ctx, s.opts.PostgresURL)
+		pcfg, err := pgxpool.ParseConfig(s.opts.PostgresURL)
+		if err != nil {
+			return fmt.Errorf("orderflow: postgres: %w", err)
+		}
+		// An idempotent consumer holds a connection while its handler runs,
+		// and the handler (saga.Start, a participant) takes another: leave
+		// room for every consumer, relay claim and listener at once.
+		pcfg.MaxConns = max(pcfg.MaxConns, 40)
+		pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 		if err != nil {
 			return fmt.Errorf("orderflow: postgres: %w", err)
 		}
