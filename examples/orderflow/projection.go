@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/dlq"
 	"github.com/steadfast-go/steadfast/idempotency"
 	idempg "github.com/steadfast-go/steadfast/idempotency/postgres"
 	"github.com/steadfast-go/steadfast/saga"
@@ -97,7 +98,8 @@ func change(m broker.Message) (View, bool, error) {
 	if m.Header(broker.HeaderType) == "order.placed" {
 		var o Order
 		if err := json.Unmarshal(m.Payload, &o); err != nil || o.ID == "" {
-			return View{}, false, fmt.Errorf("orderflow: projection: bad order event %s: %v", m.ID, err)
+			// Never projectable: dead-letter middleware sets it aside at once.
+			return View{}, false, dlq.Permanent(fmt.Errorf("orderflow: projection: bad order event %s: %v", m.ID, err))
 		}
 		return View{ID: o.ID, Customer: o.Customer, Amount: o.Amount}, true, nil
 	}

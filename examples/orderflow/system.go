@@ -16,6 +16,7 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/kafka"
 	brokermem "github.com/steadfast-go/steadfast/broker/memory"
+	"github.com/steadfast-go/steadfast/dlq"
 	"github.com/steadfast-go/steadfast/idempotency"
 	idemmem "github.com/steadfast-go/steadfast/idempotency/memory"
 	idempg "github.com/steadfast-go/steadfast/idempotency/postgres"
@@ -185,8 +186,8 @@ func Start(ctx context.Context, opts Options) (*System, error) {
 		}
 		start := dedup(func(ctx context.Context, d broker.Delivery) error {
 			var o Order
-			if err := json.Unmarshal(d.Payload, &o); err != nil {
-				return fmt.Errorf("orderflow: order event %s: %w", d.ID, err)
+			if err := json.Unmarshal(d.Payload, &o); err != nil || o.ID == "" {
+				return dlq.Permanent(fmt.Errorf("orderflow: order event %s is not an order: %v", d.ID, err))
 			}
 			_, err := saga.Start(ctx, eng, def, o.ID, o)
 			return err
