@@ -94,6 +94,9 @@ func Start(ctx context.Context, opts Options) (*System, error) {
 			s.Close()
 		}
 	}()
+	if len(opts.Services) > 0 && (opts.PostgresURL == "" || len(opts.KafkaBrokers) == 0) {
+		return nil, errors.New("orderflow: separate services need PostgreSQL (STEADFAST_POSTGRES_URL) and Kafka (STEADFAST_KAFKA_BROKERS): memory stores and the memory broker live in one process")
+	}
 	if err := s.connect(ctx); err != nil {
 		return nil, err
 	}
@@ -130,9 +133,6 @@ func Start(ctx context.Context, opts Options) (*System, error) {
 		s.view = &pgView{pool: s.pool}
 		relays = append(relays, ob)
 	} else {
-		if len(opts.KafkaBrokers) > 0 && len(opts.Services) > 0 {
-			return nil, errors.New("orderflow: separate services need PostgreSQL (STEADFAST_POSTGRES_URL): memory stores live in one process")
-		}
 		ob, _ := outboxmem.New(outboxmem.Config{})
 		st, err := sagamem.New(sagamem.Config{Publisher: s.pub, Logger: opts.Logger})
 		if err != nil {
