@@ -91,6 +91,9 @@
 // (published, failed, parked and republished rows, batch publish latency and
 // size, and gauges for pending rows, the age of the oldest pending row and
 // parked rows; see the Metric constants) and a span per batch publish. The
-// postgres store's Enqueue carries the caller's trace context into the
-// message headers (W3C traceparent), so consumers continue the trace.
+// stores' Enqueue carries the caller's trace context into the message
+// headers (W3C traceparent); once an SDK records spans, the relay publishes
+// each such message in a "publish <topic>" span that continues that trace,
+// so the consumers' spans are children of the relay's publish, in the
+// trace of the request that enqueued the message.
 package outbox
