@@ -120,8 +120,9 @@ type Config struct {
 	// application installs an SDK.
 	MeterProvider metric.MeterProvider
 	// TracerProvider traces each batch publish ("outbox publish", around
-	// the publisher's own spans). Default: the OpenTelemetry global
-	// provider.
+	// the publisher's own spans) and each message's publish ("publish
+	// <topic>", in the trace of the request that enqueued it: see
+	// Relay). Default: the OpenTelemetry global provider.
 	TracerProvider trace.TracerProvider
 }
 

@@ -7,9 +7,10 @@
 //
 //   - Store, the port: the outbox table. outbox/postgres implements it on
 //     PostgreSQL (and adds Enqueue, which writes rows in the caller's
-//     transaction); outbox/outboxtest is the conformance suite every Store
-//     passes, plus the relay suite that proves the guarantees below on a
-//     store and a broker.
+//     transaction); outbox/memory keeps it in process memory for examples
+//     and tests (same claims and order, no durability); outbox/outboxtest is
+//     the conformance suite every Store passes, plus the relay suite that
+//     proves the guarantees below on a store and a broker.
 //   - Relay: claims batches of rows, publishes them through any
 //     broker.Publisher (broker/kafka, broker/rabbitmq, broker/memory) and
 //     records the outcome. Any number of relays, in one process or many,
@@ -90,6 +91,9 @@
 // (published, failed, parked and republished rows, batch publish latency and
 // size, and gauges for pending rows, the age of the oldest pending row and
 // parked rows; see the Metric constants) and a span per batch publish. The
-// postgres store's Enqueue carries the caller's trace context into the
-// message headers (W3C traceparent), so consumers continue the trace.
+// stores' Enqueue carries the caller's trace context into the message
+// headers (W3C traceparent); once an SDK records spans, the relay publishes
+// each such message in a "publish <topic>" span that continues that trace,
+// so the consumers' spans are children of the relay's publish, in the
+// trace of the request that enqueued the message.
 package outbox

@@ -185,9 +185,11 @@ func (r *Relay) attempt(ctx context.Context, rows []*row) error {
 	ctx, span := r.trace.Start(pctx, "outbox publish", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.Int("messaging.batch.message_count", len(msgs)),
 			attribute.String("outbox.name", r.cfg.Name)))
+	endMessages := r.messageSpans(ctx, msgs)
 	err := r.pub.Publish(ctx, msgs...)
 	telemetry.End(span, err)
 	if err == nil {
+		endMessages(nil, nil)
 		for _, w := range rows {
 			w.state = rowPublished
 		}
@@ -195,11 +197,13 @@ func (r *Relay) attempt(ctx context.Context, rows []*row) error {
 	}
 	var pe *broker.PublishError
 	if !errors.As(err, &pe) || len(pe.Failures) == 0 {
+		endMessages(err, nil)
 		return err
 	}
 	failed := make(map[int]error, len(pe.Failures))
 	for _, f := range pe.Failures {
 		if f.Index < 0 || f.Index >= len(rows) {
+			endMessages(err, nil)
 			return err // not a report we can trust row by row
 		}
 		ferr := f.Err
@@ -208,6 +212,7 @@ func (r *Relay) attempt(ctx context.Context, rows []*row) error {
 		}
 		failed[f.Index] = ferr
 	}
+	endMessages(nil, failed)
 	for i, w := range rows {
 		if ferr, ok := failed[i]; ok {
 			w.state, w.err = rowFailed, ferr

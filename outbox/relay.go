@@ -46,6 +46,12 @@ var (
 //     once with the reason. When the broker is unavailable (the error is transient, see
 //     Config.Transient) no attempt is charged: rows stay pending, the relay
 //     backs off, and the backlog drains when the broker returns.
+//   - One trace per message: a row carries the trace context of the request
+//     that enqueued it. Once an OpenTelemetry SDK records spans, the relay
+//     publishes each such message in a "publish <topic>" producer span, the
+//     child of that context (linked to the batch's "outbox publish" span),
+//     and the message leaves with the publish span's context, so its
+//     consumers' "process <topic>" spans continue the request's trace.
 //
 // How failures are pinned on rows: a *broker.PublishError names the failed
 // messages, each with its own error. Any other error fails the whole call;

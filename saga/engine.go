@@ -433,7 +433,7 @@ func (e *Engine) HandleReply(ctx context.Context, d broker.Delivery) error {
 		e.log.WarnContext(ctx, "saga: reply without a saga ID rejected", "message_id", d.ID, "topic", d.Topic, "error", perr)
 		return dlq.Permanent(perr)
 	}
-	ctx = telemetry.Extract(ctx, d.Headers)
+	ctx = telemetry.Continue(ctx, d.Headers)
 	ctx, span := e.tracer.Start(ctx, "saga.reply "+orDefault(r.Step, "?"), trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(attribute.String("saga.id", r.SagaID), attribute.String("saga.step", r.Step),
 			attribute.String("messaging.message.id", d.ID), attribute.String("saga.outcome", string(r.Outcome))))

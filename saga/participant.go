@@ -145,7 +145,7 @@ func (p *Participant) Handle(ctx context.Context, d broker.Delivery) error {
 		p.log.WarnContext(ctx, "saga: malformed command", "participant", p.cfg.Name, "message_id", d.ID, "error", err)
 		return dlq.Permanent(err)
 	}
-	ctx, span := p.tracer.Start(telemetry.Extract(ctx, d.Headers), "saga.participant "+cmd.Step,
+	ctx, span := p.tracer.Start(telemetry.Continue(ctx, d.Headers), "saga.participant "+cmd.Step,
 		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
 			attribute.String("saga.id", cmd.SagaID), attribute.String("saga.step", cmd.Step),
 			attribute.String("saga.action", cmd.Action()), attribute.String("saga.participant", p.cfg.Name),

@@ -3,6 +3,7 @@ package saga_test
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/memory"
+	"github.com/steadfast-go/steadfast/internal/telemetry/telemetrytest"
 	"github.com/steadfast-go/steadfast/saga"
 	sagamem "github.com/steadfast-go/steadfast/saga/memory"
 )
@@ -154,5 +156,50 @@ func TestTraceFollowsTheSaga(t *testing.T) {
 				t.Errorf("%s is not the child of a participant span", n)
 			}
 		}
+	}
+}
+
+// TestTraceContinuesProcessSpans: when the broker starts a "process
+// <topic>" span for a delivery, the participant's and the engine's spans
+// are its children (not its siblings under the sender's span), so the
+// trace reads broker hop by broker hop: step -> process -> participant ->
+// process -> reply.
+func TestTraceContinuesProcessSpans(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rec := telemetrytest.New(t)
+	b := memory.New(memory.Config{TracerProvider: rec.Provider})
+	defer b.Close()
+	store, _ := sagamem.New(sagamem.Config{Publisher: b})
+	defer store.Close()
+	parts, _ := sagamem.NewParticipants(sagamem.Config{Publisher: b})
+	defer parts.Close()
+	def, err := saga.Define("order", 1, saga.Step[Order]{Name: "reserve", Command: command("inventory")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, _ := saga.NewEngine(store, saga.Config{Subscriber: b, TracerProvider: rec.Provider})
+	_ = eng.Register(def)
+	go func() { _ = eng.Run(ctx) }()
+	p, _ := saga.NewParticipant(parts, saga.ParticipantConfig{Name: "inventory", TracerProvider: rec.Provider,
+		Action: func(context.Context, saga.Tx, saga.Command) ([]byte, error) { return nil, nil }})
+	go func() { _ = b.Subscribe(ctx, broker.Subscription{Topic: "inventory", Group: "inventory"}, p.Handle) }()
+	if _, err := saga.Start(ctx, eng, def, "o-1", Order{ID: "o-1"}); err != nil {
+		t.Fatal(err)
+	}
+	reply := rec.Span(t, "saga.reply reserve", trace.SpanKindConsumer, 30*time.Second)
+	byID := map[trace.SpanID]string{}
+	parent := map[trace.SpanID]trace.SpanID{}
+	for _, s := range rec.Ended() {
+		byID[s.SpanContext().SpanID()] = s.Name()
+		parent[s.SpanContext().SpanID()] = s.Parent().SpanID()
+	}
+	var chain []string
+	for id := reply.SpanContext().SpanID(); id.IsValid() && byID[id] != ""; id = parent[id] {
+		chain = append(chain, byID[id])
+	}
+	want := []string{"saga.reply reserve", "process saga.replies", "saga.participant reserve", "process inventory", "saga.step reserve", "saga.start order"}
+	if fmt.Sprint(chain) != fmt.Sprint(want) {
+		t.Errorf("ancestors of the reply span: %q\nwant %q", chain, want)
 	}
 }

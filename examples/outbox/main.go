@@ -1,17 +1,20 @@
 // Command outbox shows the transactional outbox: orders and their events
-// commit in one PostgreSQL transaction, a relay publishes the events (to the
-// in-process memory broker, standing in for Kafka or RabbitMQ), and a
-// consumer receives them at least once, in per-order order. It also shows a
-// rolled-back order producing no event, a transaction that commits late
-// still being published, and a row the relay cannot publish being parked.
+// commit in one transaction, a relay publishes the events (to the in-process
+// memory broker, standing in for Kafka or RabbitMQ), and a consumer receives
+// them at least once, in per-order order. It also shows a rolled-back order
+// producing no event, a transaction that commits late still being published,
+// and a row the relay cannot publish being parked.
 //
-// It needs PostgreSQL, which nothing can stand in for here:
+// With no infrastructure it keeps the orders and the outbox in memory
+// (outbox/memory):
 //
-//	make services && . .services/env    # local PostgreSQL, exports STEADFAST_POSTGRES_URL
 //	go run ./examples/outbox
 //
-// or point STEADFAST_POSTGRES_URL at any database you may create tables in
-// (it creates example_orders and example_outbox).
+// With STEADFAST_POSTGRES_URL set it uses PostgreSQL (outbox/postgres), where
+// the order row and its events commit in one database transaction (it creates
+// example_orders and example_outbox):
+//
+//	make services && . .services/env && go run ./examples/outbox
 package main
 
 import (
@@ -27,56 +30,30 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/outbox"
-	"github.com/steadfast-go/steadfast/outbox/postgres"
 )
 
 const envURL = "STEADFAST_POSTGRES_URL"
 
 func main() {
-	url := os.Getenv(envURL)
-	if url == "" {
-		fmt.Fprintf(os.Stderr, `examples/outbox needs PostgreSQL: the outbox is a table written in your business transaction.
-Start a local one and export its URL with:
-
-    make services && . .services/env && go run ./examples/outbox
-
-or set %s to a database you may create tables in, e.g.
-    %s=postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
-`, envURL, envURL)
-		os.Exit(2)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := run(ctx, os.Stdout, url); err != nil {
+	if err := run(ctx, os.Stdout, os.Getenv(envURL)); err != nil {
 		log.Fatal(err)
 	}
 }
 
+// run runs the example on PostgreSQL at url, or in memory when url is "".
 func run(ctx context.Context, out io.Writer, url string) error {
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	defer pool.Close()
-	if err := pool.Ping(ctx); err != nil {
-		return fmt.Errorf("connect to %s: %w", envURL, err)
-	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS example_orders (id text PRIMARY KEY, customer text NOT NULL, status text NOT NULL)`); err != nil {
-		return fmt.Errorf("create example_orders: %w", err)
-	}
-	store, err := postgres.New(pool, postgres.Config{Table: "example_outbox"})
+	db, err := openDB(ctx, url)
 	if err != nil {
 		return err
 	}
-	if err := store.Migrate(ctx); err != nil {
-		return err
-	}
+	defer db.close()
+	store := db.store
+	fmt.Fprintf(out, "orders and outbox in %s\n", db.name)
 
 	run := broker.NewID()[24:] // keeps reruns apart
 	topic := "orders." + run
@@ -124,18 +101,14 @@ func run(ctx context.Context, out io.Writer, url string) error {
 		return m
 	}
 	// placeOrder writes an order and its events in one transaction.
-	placeOrder := func(tx pgx.Tx, order, customer string, events ...broker.Message) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO example_orders (id, customer, status) VALUES ($1, $2, 'created')
-			ON CONFLICT (id) DO UPDATE SET status = 'updated'`, order, customer); err != nil {
-			return err
-		}
-		return store.Enqueue(ctx, tx, events...)
+	placeOrder := func(tx orderTx, order, customer string, events ...broker.Message) error {
+		return tx.place(ctx, order, customer, events...)
 	}
 	order := func(n int) string { return fmt.Sprintf("order-%d-%s", n, run) }
 
 	// 1. An order and three events in one transaction: they arrive in order.
 	o1 := order(1)
-	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	if err := db.inTx(ctx, func(tx orderTx) error {
 		return placeOrder(tx, o1, "alice", event(o1, "created", nil), event(o1, "paid", nil), event(o1, "shipped", nil))
 	}); err != nil {
 		return err
@@ -145,7 +118,7 @@ func run(ctx context.Context, out io.Writer, url string) error {
 	// 2. A transaction that rolls back: no order, no event.
 	o2 := order(2)
 	errDeclined := errors.New("card declined")
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err = db.inTx(ctx, func(tx orderTx) error {
 		if err := placeOrder(tx, o2, "bob", event(o2, "created", nil)); err != nil {
 			return err
 		}
@@ -159,15 +132,15 @@ func run(ctx context.Context, out io.Writer, url string) error {
 	// 3. A late commit: order 3's transaction writes its event first but
 	// commits after order 4's. It is published anyway.
 	o3, o4 := order(3), order(4)
-	late, err := pool.Begin(ctx)
+	late, err := db.begin(ctx)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = late.Rollback(context.Background()) }()
+	defer func() { _ = late.rollback(context.Background()) }()
 	if err := placeOrder(late, o3, "carol", event(o3, "created", nil)); err != nil {
 		return err
 	}
-	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	if err := db.inTx(ctx, func(tx orderTx) error {
 		return placeOrder(tx, o4, "dave", event(o4, "created", nil))
 	}); err != nil {
 		return err
@@ -175,7 +148,7 @@ func run(ctx context.Context, out io.Writer, url string) error {
 	if err := waitFor(ctx, func() bool { mu.Lock(); defer mu.Unlock(); return len(byOrder[o4]) == 1 }); err != nil {
 		return fmt.Errorf("order 4: %w", err)
 	}
-	if err := late.Commit(ctx); err != nil {
+	if err := late.commit(ctx); err != nil {
 		return err
 	}
 	fmt.Fprintln(out, "order 3: its transaction began first and committed after order 4's, and is still published")
@@ -183,7 +156,7 @@ func run(ctx context.Context, out io.Writer, url string) error {
 	// 4. An event the broker cannot take (over its size limit) is parked,
 	// and the order's next event still flows.
 	o5 := order(5)
-	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	if err := db.inTx(ctx, func(tx orderTx) error {
 		return placeOrder(tx, o5, "erin", event(o5, "created", make([]byte, 8<<10)), event(o5, "cancelled", nil))
 	}); err != nil {
 		return err

@@ -10,8 +10,20 @@ import (
 	"github.com/steadfast-go/steadfast/internal/testenv"
 )
 
+// TestOutboxExample runs the example on PostgreSQL.
 func TestOutboxExample(t *testing.T) {
-	url := testenv.PostgresURL(t)
+	t.Parallel()
+	check(t, testenv.PostgresURL(t), "PostgreSQL")
+}
+
+// TestOutboxExampleMemory runs it as `go run ./examples/outbox` does with
+// no infrastructure.
+func TestOutboxExampleMemory(t *testing.T) {
+	t.Parallel()
+	check(t, "", "memory")
+}
+
+func check(t *testing.T, url, where string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var out bytes.Buffer
@@ -20,6 +32,7 @@ func TestOutboxExample(t *testing.T) {
 	}
 	s := out.String()
 	for _, want := range []string{
+		"orders and outbox in " + where,
 		"order-1: created, paid, shipped",
 		"order-3: created",
 		"order-4: created",

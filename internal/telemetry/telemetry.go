@@ -128,6 +128,24 @@ func Extract(ctx context.Context, headers map[string]string) context.Context {
 	return prop.Extract(ctx, propagation.MapCarrier(headers))
 }
 
+// Continue returns the context a handler's own spans start from: ctx
+// itself when its span is already in the trace of the delivery's
+// traceparent (the adapter's "process <topic>" span of this delivery, which
+// is the child of that context), so the handler's spans are children of the
+// process span; otherwise ctx with the headers' remote span context, as
+// Extract.
+func Continue(ctx context.Context, headers map[string]string) context.Context {
+	cur := trace.SpanContextFromContext(ctx)
+	if !cur.IsValid() || headers[broker.HeaderTraceparent] == "" {
+		return Extract(ctx, headers)
+	}
+	remote := trace.SpanContextFromContext(Extract(context.Background(), headers))
+	if remote.IsValid() && remote.TraceID() == cur.TraceID() {
+		return ctx
+	}
+	return Extract(ctx, headers)
+}
+
 // System is the messaging.system attribute value of an adapter.
 func System(name string) attribute.KeyValue { return attribute.String("messaging.system", name) }
 

@@ -59,3 +59,30 @@ func TestTraceHeaders(t *testing.T) {
 		t.Errorf("WithTraceHeaders(nil) = %v, want %v", got, th)
 	}
 }
+
+// TestContinue: a handler context whose span is in the delivery's trace is
+// kept; one in another trace, or without a span, takes the headers'
+// context.
+func TestContinue(t *testing.T) {
+	rec := telemetrytest.New(t)
+	tr := telemetry.Tracer(rec.Provider, "test")
+	ctx, sender := rec.Caller(context.Background())
+	h := telemetry.Inject(ctx, nil)
+	sender.End()
+	proc, span := tr.Start(telemetry.Extract(context.Background(), h), "process t")
+	defer span.End()
+	if got := telemetry.Continue(proc, h); trace.SpanContextFromContext(got).SpanID() != span.SpanContext().SpanID() {
+		t.Errorf("Continue replaced the delivery's process span")
+	}
+	other, o := tr.Start(context.Background(), "unrelated")
+	defer o.End()
+	if got := telemetry.Continue(other, h); trace.SpanContextFromContext(got).SpanID() != sender.SpanContext().SpanID() {
+		t.Errorf("Continue kept a span of another trace")
+	}
+	if got := telemetry.Continue(context.Background(), h); trace.SpanContextFromContext(got).SpanID() != sender.SpanContext().SpanID() {
+		t.Errorf("Continue without a span did not take the headers' context")
+	}
+	if got := telemetry.Continue(other, nil); trace.SpanContextFromContext(got).SpanID() != o.SpanContext().SpanID() {
+		t.Errorf("Continue without headers changed the context")
+	}
+}

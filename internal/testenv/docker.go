@@ -134,3 +134,7 @@ func dialCheck(hostport string, timeout time.Duration) error {
 	}
 	return c.Close()
 }
+
+// DockerUnavailable reports why testcontainers cannot be used, or nil when
+// a Docker daemon answered. The probe runs once per process (at most 5s).
+func DockerUnavailable() error { return dockerUnavailable() }

@@ -41,6 +41,9 @@ func (r *Recorder) Caller(ctx context.Context) (context.Context, trace.Span) {
 	return r.Provider.Tracer("telemetrytest").Start(ctx, "caller")
 }
 
+// Ended returns the spans that ended so far, in the order they ended.
+func (r *Recorder) Ended() []sdktrace.ReadOnlySpan { return r.rec.Ended() }
+
 // Span waits up to timeout for an ended span with the given name and
 // kind, and returns the first one.
 func (r *Recorder) Span(t testing.TB, name string, kind trace.SpanKind, timeout time.Duration) sdktrace.ReadOnlySpan {
