@@ -310,14 +310,11 @@ func BenchmarkConsume(b *testing.B) {
 		cancel()
 	}
 	// What a user gets without tuning: SubscriberConfig{} and a zero
-	// Subscription.Concurrency.
+	// Subscription.Concurrency (prefetch DefaultPrefetch).
 	b.Run("1KB/steadfast", func(b *testing.B) { adapter(b, rabbitmq.SubscriberConfig{}, 0) })
-	// The raw consumer's prefetch, for the decomposition.
-	b.Run("1KB/steadfast-prefetch1000", func(b *testing.B) {
-		adapter(b, rabbitmq.SubscriberConfig{Prefetch: rawPrefetch}, 0)
-	})
-	b.Run("1KB/steadfast-prefetch256", func(b *testing.B) {
-		adapter(b, rabbitmq.SubscriberConfig{Prefetch: 256}, 0)
+	// The default before DefaultPrefetch, for the decomposition.
+	b.Run("1KB/steadfast-prefetch64", func(b *testing.B) {
+		adapter(b, rabbitmq.SubscriberConfig{Prefetch: 64}, 0)
 	})
 }
 
@@ -406,8 +403,8 @@ func BenchmarkPublishConcurrent(b *testing.B) {
 		run(b, func(i int) error { return pub.Publish(ctx, msgs[i]) })
 	}
 	b.Run("16x1/steadfast", func(b *testing.B) { adapter(b, rabbitmq.PublisherConfig{}) })
+	// All calls on one channel, as the one-channel raw baseline.
 	b.Run("16x1/steadfast-channels1", func(b *testing.B) { adapter(b, rabbitmq.PublisherConfig{Channels: 1}) })
-	b.Run("16x1/steadfast-channels2", func(b *testing.B) { adapter(b, rabbitmq.PublisherConfig{Channels: 2}) })
 }
 
 // BenchmarkPublishBatch publishes in calls of 20,000 messages (fewer when

@@ -22,15 +22,25 @@ import (
 // Zero fields take their documented defaults; a negative value turns a
 // setting off where its field says so, and is rejected elsewhere.
 type PublisherConfig struct {
-	// Channels is the number of AMQP channels publishes are spread over, so
-	// concurrent Publish calls do not queue behind one channel. Each
-	// Publish call uses one channel for all its messages, which keeps their
-	// order. Default DefaultChannels (4).
+	// Channels is the number of AMQP channels publishes are spread over
+	// (round robin, one channel per call), so that a large batch filling
+	// one channel's window does not hold up the calls behind it. Each
+	// Publish call uses one channel for all its messages, which keeps
+	// their order. Concurrent calls on a channel share its window: their
+	// messages are in flight together, each matched to its confirm by
+	// delivery tag. Each channel costs a goroutine here and a process on
+	// the broker. Default DefaultChannels (4): 16 goroutines publishing
+	// one message per call ran as fast on 4 channels as on 1 and as a raw
+	// amqp091 client sharing one channel (see bench_test.go).
 	Channels int
 	// Window is the largest number of messages a channel has sent but the
 	// broker has not yet confirmed. Publish streams a batch up to this
-	// window instead of waiting for each confirm. Default DefaultWindow
-	// (1000).
+	// window instead of waiting for each confirm, and concurrent calls
+	// wait for room only when it is full. Default DefaultWindow (1000),
+	// the window of the raw amqp091 publisher the adapter is measured
+	// against (bench_test.go), which one call of 20,000 messages matches;
+	// a larger window holds more unconfirmed messages, all resent after a
+	// connection loss.
 	Window int
 	// MaxMessageBytes is the largest broker.Message.Size accepted. Default
 	// broker.DefaultMaxMessageBytes.
@@ -86,6 +96,17 @@ func (c PublisherConfig) withDefaults(conn *Conn) (PublisherConfig, error) {
 // ErrUnroutable: it is never silently dropped. Confirms are awaited as a
 // window (PublisherConfig.Window) rather than one round trip per message,
 // and calls are spread over a pool of channels.
+//
+// Concurrent calls share confirm windows: a call sends its messages on its
+// channel without waiting for the confirms of other calls on that channel,
+// and waits only for its own, matched by delivery tag (a nack or a
+// basic.return is the error of the call whose message it names, and of no
+// other). Goroutines publishing one message per call, as request handlers
+// do, therefore have all their messages in flight at once, as with a raw
+// amqp091 channel shared through PublishWithDeferredConfirm. Order holds
+// within a call (one channel, sent in order, resent in order); calls that
+// run concurrently are not ordered with each other, and a caller that
+// waits for each call keeps the order of its calls.
 //
 // When the connection is lost, messages not yet confirmed are sent again
 // on the next connection, until ctx ends: Publish either succeeds after the
