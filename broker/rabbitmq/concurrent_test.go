@@ -93,6 +93,81 @@ func TestPublishConcurrentSharesWindow(t *testing.T) {
 	}
 }
 
+// TestPublishConcurrentNacks: a nack is the error of the call whose message
+// it names. 16 concurrent one-message calls on one channel publish to a
+// queue that holds 8 messages and rejects the rest (x-overflow
+// reject-publish, which the broker answers with basic.nack): exactly 8
+// calls return nil, exactly the messages in the queue, and each of the 8
+// others returns ErrNacked naming its own message.
+func TestPublishConcurrentNacks(t *testing.T) {
+	t.Parallel()
+	url := testenv.RabbitMQURL(t)
+	ctx := ctxT(t)
+	const calls, room = 16, 8
+	ch := raw(t, url)
+	ex, q := testenv.Name(t, "x"), testenv.Name(t, "q")
+	if err := ch.ExchangeDeclare(ex, "direct", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ch := raw(t, url)
+		_, _ = ch.QueueDelete(q, false, false, false)
+		_ = ch.ExchangeDelete(ex, false, false)
+	})
+	if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-max-length": int32(room), "x-overflow": "reject-publish"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(q, "k", ex, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := rabbitmq.NewPublisher(dial(t, url), rabbitmq.PublisherConfig{Channels: 1, NoDeclare: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+
+	msgs := make([]broker.Message, calls)
+	errs := make([]error, calls)
+	var wg sync.WaitGroup
+	for i := range msgs {
+		msgs[i] = keyed(ex)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = pub.Publish(ctx, msgs[i])
+		}()
+	}
+	wg.Wait()
+	ok := map[string]bool{}
+	for i, err := range errs {
+		if err == nil {
+			ok[msgs[i].ID] = true
+			continue
+		}
+		var pe *broker.PublishError
+		if !errors.Is(err, rabbitmq.ErrNacked) || !errors.As(err, &pe) || len(pe.Failures) != 1 || pe.Failures[0].ID != msgs[i].ID {
+			t.Errorf("call %d: got %v, want ErrNacked naming %s", i, err, msgs[i].ID)
+		}
+	}
+	if len(ok) != room {
+		t.Errorf("%d calls succeeded, want %d (the queue's room)", len(ok), room)
+	}
+	deliveries, err := ch.Consume(q, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range room {
+		select {
+		case d := <-deliveries:
+			if !ok[d.MessageId] {
+				t.Errorf("message %s is in the queue but its call did not return nil", d.MessageId)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("queue holds fewer messages than succeeded calls")
+		}
+	}
+}
+
 // TestPublishConcurrentConnectionLoss: 16 goroutines publish one message per
 // call, each on a key of its own, and the connection is cut while every one
 // of them has a call in flight whose message the broker holds and whose

@@ -273,6 +273,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 	defer context.AfterFunc(p.life, func() { cancel(broker.ErrClosed) })()
 
 	failures := make([]error, len(msgs))
+	oms := make([]outMsg, len(msgs)) // one allocation for the call
 	todo := make([]*outMsg, 0, len(msgs))
 	badTopic := map[string]error{}
 	for i, m := range msgs {
@@ -283,7 +284,8 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 			failures[i] = e
 			continue
 		}
-		todo = append(todo, &outMsg{idx: i, exchange: m.Topic, key: m.Key, pub: toPublishing(m, p.mode)})
+		oms[i] = outMsg{idx: i, exchange: m.Topic, key: m.Key, pub: toPublishing(m, p.mode)}
+		todo = append(todo, &oms[i])
 	}
 
 	for len(todo) > 0 {
@@ -421,7 +423,7 @@ type pubChannel struct {
 type chanState struct {
 	ch       *amqp.Channel
 	mu       sync.Mutex
-	pending  map[uint64]*pendingMsg
+	pending  map[uint64]pendingMsg
 	unmarked map[ident]uint64 // outstanding messages sent without headerSeq
 	dead     bool
 }
@@ -438,25 +440,46 @@ type pendingMsg struct {
 
 // sendBatch collects the outcomes of the messages one publish sent.
 type sendBatch struct {
-	mu       sync.Mutex
-	out      []outcome
-	finished []bool
-	left     int
-	done     chan struct{}
+	mu   sync.Mutex
+	out  []sendOutcome
+	left int
+	done chan struct{}
+}
+
+type sendOutcome struct {
+	outcome
+	finished bool
+}
+
+func newSendBatch(n int) *sendBatch {
+	return &sendBatch{out: make([]sendOutcome, n), left: n, done: make(chan struct{})}
 }
 
 func (b *sendBatch) finish(i int, o outcome) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.finished[i] {
+	if b.out[i].finished {
 		return
 	}
-	b.finished[i] = true
-	b.out[i] = o
+	b.out[i] = sendOutcome{o, true}
 	b.left--
 	if b.left == 0 {
 		close(b.done)
 	}
+}
+
+// snapshot returns a copy of the outcomes so far, with err as the outcome
+// of the messages not finished.
+func (b *sendBatch) snapshot(err error) []sendOutcome {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := append([]sendOutcome(nil), b.out...)
+	for i := range out {
+		if !out[i].finished {
+			out[i] = sendOutcome{outcome{err: err}, true}
+		}
+	}
+	return out
 }
 
 func (pc *pubChannel) acquire(ctx context.Context) error {
@@ -485,8 +508,8 @@ func (pc *pubChannel) detach() *amqp.Channel {
 // publish sends msgs in order on this slot and waits for their confirms,
 // returning one outcome per message. wctx bounds the waits before sending,
 // ctx the wait for confirms.
-func (pc *pubChannel) publish(ctx, wctx context.Context, msgs []*outMsg) []outcome {
-	b := &sendBatch{out: make([]outcome, len(msgs)), finished: make([]bool, len(msgs)), left: len(msgs), done: make(chan struct{})}
+func (pc *pubChannel) publish(ctx, wctx context.Context, msgs []*outMsg) []sendOutcome {
+	b := newSendBatch(len(msgs))
 	for i, om := range msgs {
 		err := pc.send(wctx, b, i, om)
 		if err == nil {
@@ -506,18 +529,10 @@ func (pc *pubChannel) publish(ctx, wctx context.Context, msgs []*outMsg) []outco
 	}
 	select {
 	case <-b.done:
-		return b.out
+		return b.out // every outcome finished: no more writes
 	case <-ctx.Done():
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	out := append([]outcome(nil), b.out...)
-	for i := range out {
-		if !b.finished[i] {
-			out[i] = outcome{err: fmt.Errorf("rabbitmq: publish: not confirmed: %w", ctx.Err())}
-		}
-	}
-	return out
+	return b.snapshot(fmt.Errorf("rabbitmq: publish: not confirmed: %w", ctx.Err()))
 }
 
 // send publishes one message. It returns an error matching
@@ -566,12 +581,12 @@ func (pc *pubChannel) send(wctx context.Context, b *sendBatch, i int, om *outMsg
 	} else {
 		cs.unmarked[id] = seq
 	}
-	cs.pending[seq] = &pendingMsg{b: b, i: i, id: id}
+	cs.pending[seq] = pendingMsg{b: b, i: i, id: id}
 	cs.mu.Unlock()
 
 	if err := cs.ch.Publish(om.exchange, om.key, true, false, pub); err != nil {
 		cs.mu.Lock()
-		owned := cs.pending[seq] != nil
+		_, owned := cs.pending[seq]
 		delete(cs.pending, seq)
 		if cs.unmarked[id] == seq {
 			delete(cs.unmarked, id)
@@ -612,7 +627,7 @@ func (pc *pubChannel) ensure(ctx context.Context) (*chanState, error) {
 			}
 			continue
 		}
-		cs := &chanState{ch: ch, pending: map[uint64]*pendingMsg{}, unmarked: map[ident]uint64{}}
+		cs := &chanState{ch: ch, pending: map[uint64]pendingMsg{}, unmarked: map[ident]uint64{}}
 		confirms := ch.NotifyPublish(make(chan amqp.Confirmation, pc.p.cfg.Window+16))
 		returns := ch.NotifyReturn(make(chan amqp.Return))
 		closes := ch.NotifyClose(make(chan *amqp.Error, 1))
@@ -659,22 +674,23 @@ func (pc *pubChannel) onReturn(cs *chanState, r amqp.Return) {
 	} else {
 		seq = cs.unmarked[ident{r.Exchange, r.RoutingKey, r.MessageId}]
 	}
-	if pm := cs.pending[seq]; pm != nil {
+	if pm, ok := cs.pending[seq]; ok {
 		ret := r
 		ret.Body = nil
 		pm.returned = &ret
+		cs.pending[seq] = pm
 	}
 }
 
 func (pc *pubChannel) onConfirm(cs *chanState, c amqp.Confirmation) {
 	cs.mu.Lock()
-	pm := cs.pending[c.DeliveryTag]
+	pm, ok := cs.pending[c.DeliveryTag]
 	delete(cs.pending, c.DeliveryTag)
-	if pm != nil && cs.unmarked[pm.id] == c.DeliveryTag {
+	if ok && cs.unmarked[pm.id] == c.DeliveryTag {
 		delete(cs.unmarked, pm.id)
 	}
 	cs.mu.Unlock()
-	if pm == nil {
+	if !ok {
 		return
 	}
 	<-pc.sem
