@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,6 +59,33 @@ func rawPublishing(i int) amqp.Publishing {
 // benchWindow unconfirmed at a time.
 func rawWindowPublish(b *testing.B, ch *amqp.Channel, exchange string, n int) {
 	b.Helper()
+	rawWindowPublishAll(b, ch, exchange, rawPublishings(0, n))
+}
+
+// rawPublishings returns the publishings of messages lo to hi-1, built
+// ahead as benchMessages builds the adapter's: the benchmarks compare
+// publishing, not building messages (both have the same live heap).
+func rawPublishings(lo, hi int) []amqp.Publishing {
+	pubs := make([]amqp.Publishing, hi-lo)
+	for i := range pubs {
+		pubs[i] = rawPublishing(lo + i)
+	}
+	return pubs
+}
+
+// rawKeys are the routing keys of message i, as benchMessages sets it.
+var rawKeys = func() []string {
+	keys := make([]string, 64)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k%d", i)
+	}
+	return keys
+}()
+
+// rawWindowPublishAll publishes pubs on ch (in confirm mode) with up to
+// benchWindow unconfirmed at a time, and checks that none was returned.
+func rawWindowPublishAll(b *testing.B, ch *amqp.Channel, exchange string, pubs []amqp.Publishing) {
+	b.Helper()
 	returns := ch.NotifyReturn(make(chan amqp.Return, 1))
 	window := make([]*amqp.DeferredConfirmation, 0, benchWindow)
 	wait := func(dc *amqp.DeferredConfirmation) {
@@ -65,12 +93,12 @@ func rawWindowPublish(b *testing.B, ch *amqp.Channel, exchange string, n int) {
 			b.Fatal("nack")
 		}
 	}
-	for i := range n {
+	for i := range pubs {
 		if len(window) == benchWindow {
 			wait(window[0])
 			window = window[1:]
 		}
-		dc, err := ch.PublishWithDeferredConfirm(exchange, fmt.Sprintf("k%d", i%64), true, false, rawPublishing(i))
+		dc, err := ch.PublishWithDeferredConfirm(exchange, rawKeys[i%64], true, false, pubs[i])
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -86,8 +114,29 @@ func rawWindowPublish(b *testing.B, ch *amqp.Channel, exchange string, n int) {
 	}
 }
 
-func msgsPerSec(b *testing.B, start time.Time) {
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+// meter measures the messages per second and the process's CPU time per
+// message (user and system, the client's whole cost: on a machine where
+// the broker shares the cores, every client CPU nanosecond is one the
+// broker does not get) from its start.
+type meter struct {
+	start time.Time
+	cpu   int64
+}
+
+func startMeter() meter { return meter{time.Now(), cpuTime()} }
+
+func (m meter) report(b *testing.B) {
+	b.ReportMetric(float64(b.N)/time.Since(m.start).Seconds(), "msgs/s")
+	b.ReportMetric(float64(cpuTime()-m.cpu)/float64(b.N), "cpu-ns/msg")
+}
+
+// cpuTime is the CPU time the process used so far, in nanoseconds.
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 func benchMessages(topic string, n int) []broker.Message {
@@ -110,7 +159,7 @@ func BenchmarkPublish(b *testing.B) {
 		ex, _, cleanup := benchTopic(b, ch, nil)
 		defer cleanup()
 		b.ResetTimer()
-		start := time.Now()
+		m := startMeter()
 		for i := range b.N {
 			dc, err := ch.PublishWithDeferredConfirm(ex, fmt.Sprintf("k%d", i%64), true, false, rawPublishing(i))
 			if err != nil {
@@ -120,7 +169,7 @@ func BenchmarkPublish(b *testing.B) {
 				b.Fatal("nack")
 			}
 		}
-		msgsPerSec(b, start)
+		m.report(b)
 		b.StopTimer()
 	})
 	b.Run("1KB/raw-window", func(b *testing.B) {
@@ -131,9 +180,9 @@ func BenchmarkPublish(b *testing.B) {
 		ex, _, cleanup := benchTopic(b, ch, nil)
 		defer cleanup()
 		b.ResetTimer()
-		start := time.Now()
+		m := startMeter()
 		rawWindowPublish(b, ch, ex, b.N)
-		msgsPerSec(b, start)
+		m.report(b)
 		b.StopTimer()
 	})
 
@@ -150,7 +199,7 @@ func BenchmarkPublish(b *testing.B) {
 		var next atomic.Int64
 		ctx := context.Background()
 		b.ResetTimer()
-		start := time.Now()
+		m := startMeter()
 		var wg sync.WaitGroup
 		for range publishers {
 			wg.Add(1)
@@ -170,7 +219,7 @@ func BenchmarkPublish(b *testing.B) {
 			}()
 		}
 		wg.Wait()
-		msgsPerSec(b, start)
+		m.report(b)
 		b.StopTimer()
 	}
 	// One message per call, one call at a time: the round trip per
@@ -190,7 +239,9 @@ func BenchmarkPublish(b *testing.B) {
 
 func BenchmarkConsume(b *testing.B) {
 	url := testenv.RabbitMQURL(b)
-	const prefetch = 256
+	// The raw baseline is a tuned amqp091 consumer: prefetch 1000, one ack
+	// per delivery, the handler inline.
+	const rawPrefetch = 1000
 	b.Run("1KB/raw", func(b *testing.B) {
 		ch := raw(b, url)
 		if err := ch.Confirm(false); err != nil {
@@ -200,11 +251,11 @@ func BenchmarkConsume(b *testing.B) {
 		defer cleanup()
 		rawWindowPublish(b, ch, ex, b.N)
 		cch := raw(b, url)
-		if err := cch.Qos(prefetch, 0, false); err != nil {
+		if err := cch.Qos(rawPrefetch, 0, false); err != nil {
 			b.Fatal(err)
 		}
 		b.ResetTimer()
-		start := time.Now()
+		m := startMeter()
 		deliveries, err := cch.Consume(q, "", false, false, false, false, nil)
 		if err != nil {
 			b.Fatal(err)
@@ -215,7 +266,7 @@ func BenchmarkConsume(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		msgsPerSec(b, start)
+		m.report(b)
 		b.StopTimer()
 		cch.Close()
 	})
@@ -244,7 +295,7 @@ func BenchmarkConsume(b *testing.B) {
 		done := make(chan struct{})
 		ctx, cancel := context.WithCancel(context.Background())
 		b.ResetTimer()
-		start := time.Now()
+		m := startMeter()
 		go func() {
 			_ = sub.Subscribe(ctx, broker.Subscription{Topic: topic, Group: "g", Concurrency: concurrency}, func(context.Context, broker.Delivery) error {
 				if handled.Add(1) == int64(b.N) {
@@ -254,10 +305,149 @@ func BenchmarkConsume(b *testing.B) {
 			})
 		}()
 		<-done
-		msgsPerSec(b, start)
+		m.report(b)
 		b.StopTimer()
 		cancel()
 	}
-	b.Run("1KB/steadfast", func(b *testing.B) { adapter(b, rabbitmq.SubscriberConfig{Prefetch: prefetch}, 16) })
-	b.Run("1KB/steadfast-defaults", func(b *testing.B) { adapter(b, rabbitmq.SubscriberConfig{}, 0) })
+	// What a user gets without tuning: SubscriberConfig{} and a zero
+	// Subscription.Concurrency (prefetch DefaultPrefetch).
+	b.Run("1KB/steadfast", func(b *testing.B) { adapter(b, rabbitmq.SubscriberConfig{}, 0) })
+	// The default before DefaultPrefetch, for the decomposition.
+	b.Run("1KB/steadfast-prefetch64", func(b *testing.B) {
+		adapter(b, rabbitmq.SubscriberConfig{Prefetch: 64}, 0)
+	})
+}
+
+// BenchmarkPublishConcurrent: 16 goroutines, each publishing one message per
+// call and waiting for its confirm, as request handlers do. The raw
+// baselines are what a careful amqp091 user writes: one confirm-mode
+// channel shared by the goroutines (amqp091 channels are safe for
+// concurrent use; each waits on its own deferred confirmation), or a pool
+// of channels picked round robin.
+func BenchmarkPublishConcurrent(b *testing.B) {
+	url := testenv.RabbitMQURL(b)
+	const goroutines = 16
+	run := func(b *testing.B, publish func(i int) error) {
+		var next atomic.Int64
+		b.ResetTimer()
+		m := startMeter()
+		var wg sync.WaitGroup
+		for range goroutines {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(next.Add(1)) - 1
+					if i >= b.N {
+						return
+					}
+					if err := publish(i); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		m.report(b)
+		b.StopTimer()
+	}
+	rawPool := func(b *testing.B, channels int) {
+		conn, err := amqp.Dial(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer conn.Close()
+		chs := make([]*amqp.Channel, channels)
+		for i := range chs {
+			if chs[i], err = conn.Channel(); err != nil {
+				b.Fatal(err)
+			}
+			if err := chs[i].Confirm(false); err != nil {
+				b.Fatal(err)
+			}
+			returns := chs[i].NotifyReturn(make(chan amqp.Return, 1))
+			go func() {
+				for r := range returns {
+					b.Errorf("message returned: %s", r.ReplyText)
+				}
+			}()
+		}
+		ex, _, cleanup := benchTopic(b, chs[0], nil)
+		defer cleanup()
+		pubs := rawPublishings(0, b.N)
+		run(b, func(i int) error {
+			dc, err := chs[i%channels].PublishWithDeferredConfirm(ex, rawKeys[i%64], true, false, pubs[i])
+			if err != nil {
+				return err
+			}
+			if !dc.Wait() {
+				return fmt.Errorf("nack")
+			}
+			return nil
+		})
+	}
+	b.Run("16x1/raw", func(b *testing.B) { rawPool(b, 1) })
+	b.Run("16x1/raw-4channels", func(b *testing.B) { rawPool(b, 4) })
+	adapter := func(b *testing.B, cfg rabbitmq.PublisherConfig) {
+		ch := raw(b, url)
+		ex, _, cleanup := benchTopic(b, ch, nil)
+		defer cleanup()
+		pub, err := rabbitmq.NewPublisher(dial(b, url), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pub.Close()
+		msgs := benchMessages(ex, b.N)
+		ctx := context.Background()
+		run(b, func(i int) error { return pub.Publish(ctx, msgs[i]) })
+	}
+	b.Run("16x1/steadfast", func(b *testing.B) { adapter(b, rabbitmq.PublisherConfig{}) })
+	// All calls on one channel, as the one-channel raw baseline.
+	b.Run("16x1/steadfast-channels1", func(b *testing.B) { adapter(b, rabbitmq.PublisherConfig{Channels: 1}) })
+}
+
+// BenchmarkPublishBatch publishes in calls of 20,000 messages (fewer when
+// b.N is smaller): the raw baseline streams them on one channel with up to
+// 1000 unconfirmed, the adapter gets one Publish call with its defaults.
+func BenchmarkPublishBatch(b *testing.B) {
+	url := testenv.RabbitMQURL(b)
+	const batch = 20_000
+	b.Run("20k/raw", func(b *testing.B) {
+		ch := raw(b, url)
+		if err := ch.Confirm(false); err != nil {
+			b.Fatal(err)
+		}
+		ex, _, cleanup := benchTopic(b, ch, nil)
+		defer cleanup()
+		pubs := rawPublishings(0, b.N)
+		b.ResetTimer()
+		m := startMeter()
+		for lo := 0; lo < b.N; lo += batch {
+			rawWindowPublishAll(b, ch, ex, pubs[lo:min(lo+batch, b.N)])
+		}
+		m.report(b)
+		b.StopTimer()
+	})
+	b.Run("20k/steadfast", func(b *testing.B) {
+		ch := raw(b, url)
+		ex, _, cleanup := benchTopic(b, ch, nil)
+		defer cleanup()
+		pub, err := rabbitmq.NewPublisher(dial(b, url), rabbitmq.PublisherConfig{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pub.Close()
+		msgs := benchMessages(ex, b.N)
+		ctx := context.Background()
+		b.ResetTimer()
+		m := startMeter()
+		for lo := 0; lo < b.N; lo += batch {
+			if err := pub.Publish(ctx, msgs[lo:min(lo+batch, b.N)]...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		m.report(b)
+		b.StopTimer()
+	})
 }

@@ -31,6 +31,7 @@ const (
 	DefaultChannels         = 4
 	DefaultWindow           = 1000
 	DefaultMaxChannelErrors = 3
+	DefaultPrefetch         = 1000
 
 	DefaultDrainTimeout = 30 * time.Second
 )

@@ -25,8 +25,18 @@ type SubscriberConfig struct {
 	// Groups maps topics and groups to exchanges and queues.
 	Groups Groups
 	// Prefetch is the number of unacknowledged deliveries the broker sends
-	// each member ahead (basic.qos). Default 4 × Subscription.Concurrency,
-	// at least 64.
+	// each member ahead (basic.qos). Default DefaultPrefetch (1000), or 4 ×
+	// Subscription.Concurrency when that is more (at most 65535).
+	//
+	// The default is measured: with 1 KB persistent messages a member
+	// consumes as fast as a raw amqp091 consumer with prefetch 1000 (a
+	// prefetch of 64 ran at three quarters of that rate: the member waited
+	// for the broker between bursts). The cost is memory and fairness: a
+	// member may hold Prefetch deliveries it has not started (up to
+	// Prefetch × the message size; lower it for large messages), and
+	// they go back to the queue only when it stops or fails (see
+	// Subscriber), instead of going to another member of a competing
+	// group meanwhile.
 	Prefetch int
 	// MaxAttempts is the number of handler attempts one delivery gets
 	// before the subscriber rejects it (nack without requeue), which hands
@@ -196,7 +206,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h b
 		return fmt.Errorf("rabbitmq: subscribe %q/%q: %w", sub.Topic, sub.Group, err)
 	}
 	prefetch := s.cfg.Prefetch
-	prefetch = cmp.Or(prefetch, min(max(4*sub.Concurrency, 64), 65535))
+	prefetch = cmp.Or(prefetch, min(max(4*sub.Concurrency, DefaultPrefetch), 65535))
 	var tag [6]byte
 	_, _ = rand.Read(tag[:])
 	m := &member{
