@@ -33,8 +33,8 @@ func snippetBroker(ctx context.Context) error {
 	b := brokermem.New(brokermem.Config{}) // or kafka.NewPublisher/NewSubscriber, rabbitmq.New...
 
 	m := broker.NewMessage("orders", []byte(`{"id":"order-1"}`)) // UUIDv7 ID, current time
-	m.Key = "customer-7"                                          // per-key order everywhere
-	err := b.Publish(ctx, m) // returns once the broker durably accepted it
+	m.Key = "customer-7"                                         // per-key order everywhere
+	err := b.Publish(ctx, m)                                     // returns once the broker durably accepted it
 
 	err = b.Subscribe(ctx, broker.Subscription{Topic: "orders", Group: "billing"},
 		func(ctx context.Context, d broker.Delivery) error {
@@ -166,7 +166,7 @@ func snippetChoreography(ctx context.Context, tx pgx.Tx, out *outboxpg.Store, pl
 	var err error
 	inventory := saga.Choreography{Service: "inventory"}
 	reserved := inventory.Next(ctx, placed, "inventory", "inventory.reserved", payload) // carries correlation, causation, trace
-	err = out.Enqueue(ctx, tx, reserved) // with the reservation, in its transaction
+	err = out.Enqueue(ctx, tx, reserved)                                                // with the reservation, in its transaction
 
 	tracker, err := saga.NewTracker(flows, saga.TrackerConfig{Flows: []saga.FlowSpec{{
 		Name: "order", Events: []string{"order.placed", "inventory.reserved", "payment.charged"},
