@@ -165,8 +165,9 @@ func snippetChoreography(ctx context.Context, tx pgx.Tx, out *outboxpg.Store, pl
 	flows saga.FlowStore) error {
 	var err error
 	inventory := saga.Choreography{Service: "inventory"}
-	reserved := inventory.Next(ctx, placed, "inventory", "inventory.reserved", payload) // carries correlation, causation, trace
-	err = out.Enqueue(ctx, tx, reserved)                                                // with the reservation, in its transaction
+	// The next event carries the correlation ID, causation ID and trace context.
+	reserved := inventory.Next(ctx, placed, "inventory", "inventory.reserved", payload)
+	err = out.Enqueue(ctx, tx, reserved) // with the reservation, in its transaction
 
 	tracker, err := saga.NewTracker(flows, saga.TrackerConfig{Flows: []saga.FlowSpec{{
 		Name: "order", Events: []string{"order.placed", "inventory.reserved", "payment.charged"},
