@@ -17,7 +17,7 @@
 //
 // A typical service:
 //
-//	store, _ := postgres.New(pool, postgres.Config{})
+//	store, _ := outboxpg.New(pool, outboxpg.Config{})
 //	_ = store.Migrate(ctx)
 //
 //	// In the request: the order and its event commit together.

@@ -10,14 +10,14 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/steadfast-go/steadfast/eventsource"
-	"github.com/steadfast-go/steadfast/eventsource/postgres"
+	espg "github.com/steadfast-go/steadfast/eventsource/postgres"
 	outboxpg "github.com/steadfast-go/steadfast/outbox/postgres"
 )
 
 // The DDL for a migration tool: the events table, its companions and the
 // global log's index, all idempotent. Names are validated and quoted.
 func ExampleSchema() {
-	ddl, err := postgres.Schema("billing.events")
+	ddl, err := espg.Schema("billing.events")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -26,7 +26,7 @@ func ExampleSchema() {
 			fmt.Println(strings.TrimSuffix(line, " ("))
 		}
 	}
-	_, err = postgres.Schema("events; DROP TABLE users")
+	_, err = espg.Schema("events; DROP TABLE users")
 	fmt.Println(err != nil)
 	// Output:
 	// CREATE TABLE IF NOT EXISTS "billing"."events"
@@ -49,7 +49,7 @@ func ExampleStore_In() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	store, err := postgres.New(pool, postgres.Config{Table: "shop.events", Outbox: outbox})
+	store, err := espg.New(pool, espg.Config{Table: "shop.events", Outbox: outbox})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/idempotency"
-	"github.com/steadfast-go/steadfast/idempotency/postgres"
+	idempg "github.com/steadfast-go/steadfast/idempotency/postgres"
 )
 
 // A consumer whose effect (a row in payments) and deduplication commit in
@@ -26,7 +26,7 @@ func Example() {
 	}
 	defer pool.Close()
 
-	store, err := postgres.New(pool, postgres.Config{})
+	store, err := idempg.New(pool, idempg.Config{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func Example() {
 func ExampleStore_Claim() {
 	ctx := context.Background()
 	pool, _ := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
-	store, _ := postgres.New(pool, postgres.Config{})
+	store, _ := idempg.New(pool, idempg.Config{})
 
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		first, err := store.Claim(ctx, tx, "invoicing", "order-42")

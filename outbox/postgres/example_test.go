@@ -10,13 +10,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/steadfast-go/steadfast/broker"
-	"github.com/steadfast-go/steadfast/outbox/postgres"
+	outboxpg "github.com/steadfast-go/steadfast/outbox/postgres"
 )
 
 // The DDL for a migration tool: a table and three partial indexes, all
 // idempotent. Names are validated and quoted.
 func ExampleSchema() {
-	ddl, err := postgres.Schema("billing.outbox")
+	ddl, err := outboxpg.Schema("billing.outbox")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -25,7 +25,7 @@ func ExampleSchema() {
 			fmt.Println(strings.TrimSuffix(line, " ("))
 		}
 	}
-	_, err = postgres.Schema("outbox; DROP TABLE users")
+	_, err = outboxpg.Schema("outbox; DROP TABLE users")
 	fmt.Println(err != nil)
 	// Output:
 	// CREATE TABLE IF NOT EXISTS "billing"."outbox"
@@ -43,7 +43,7 @@ func ExampleStore_Enqueue() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	store, err := postgres.New(pool, postgres.Config{Table: "shop.outbox"})
+	store, err := outboxpg.New(pool, outboxpg.Config{Table: "shop.outbox"})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -12,13 +12,13 @@ import (
 	"github.com/steadfast-go/steadfast/outbox"
 	outboxpg "github.com/steadfast-go/steadfast/outbox/postgres"
 	"github.com/steadfast-go/steadfast/saga"
-	"github.com/steadfast-go/steadfast/saga/postgres"
+	sagapg "github.com/steadfast-go/steadfast/saga/postgres"
 )
 
 // The DDL for a migration tool: the instances and history tables and their
 // indexes, all idempotent. Names are validated and quoted.
 func ExampleSchema() {
-	ddl, err := postgres.Schema("shop.saga")
+	ddl, err := sagapg.Schema("shop.saga")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -27,7 +27,7 @@ func ExampleSchema() {
 			fmt.Println(strings.TrimSuffix(line, " ("))
 		}
 	}
-	_, err = postgres.Schema("saga; DROP TABLE users")
+	_, err = sagapg.Schema("saga; DROP TABLE users")
 	fmt.Println(err != nil)
 	// Output:
 	// CREATE TABLE IF NOT EXISTS "shop"."saga"
@@ -54,7 +54,7 @@ func Example_wiring() {
 		log.Fatal(err)
 	}
 	out, _ := outboxpg.New(pool, outboxpg.Config{})
-	store, _ := postgres.New(pool, postgres.Config{Outbox: out})
+	store, _ := sagapg.New(pool, sagapg.Config{Outbox: out})
 	for _, migrate := range []func(context.Context) error{out.Migrate, store.Migrate} {
 		if err := migrate(ctx); err != nil {
 			log.Fatal(err)
@@ -67,7 +67,7 @@ func Example_wiring() {
 
 	def, _ := saga.Define("order", 1,
 		saga.Step[order]{Name: "record-order", Action: func(ctx context.Context, tx saga.Tx, o *order) error {
-			_, err := postgres.TxOf(tx).Exec(ctx, `INSERT INTO orders (id, status) VALUES ($1, 'new')`, o.ID)
+			_, err := sagapg.TxOf(tx).Exec(ctx, `INSERT INTO orders (id, status) VALUES ($1, 'new')`, o.ID)
 			return err
 		}},
 		// ... command steps to the participants
