@@ -36,7 +36,7 @@
 // exact; any other reuse of an ID fails with ErrDuplicateEvent. The
 // Repository retries appends that failed with ErrUnavailable that way.
 //
-// The postgres store appends inside your transaction (postgres.Store.In),
+// The postgres store appends inside your transaction (espg.Store.In),
 // so business rows, events and outbox messages commit together; its
 // Config.Outbox publishes every appended event through the outbox in the
 // same transaction (ToMessage: the message ID is the event ID, the key the
@@ -109,7 +109,7 @@
 // (loads then start from a snapshot), and archives a stream (its events
 // leave the global log and stay readable). Shredder deletes a stream's
 // payloads for good: on PostgreSQL with Config.EncryptionKey, by deleting
-// the stream's data key (crypto-shredding; see postgres.Store.ShredStream
+// the stream's data key (crypto-shredding; see espg.Store.ShredStream
 // for what it does not cover).
 //
 // # Metadata and tracing

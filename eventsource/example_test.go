@@ -7,7 +7,7 @@ import (
 	"log"
 
 	"github.com/steadfast-go/steadfast/eventsource"
-	"github.com/steadfast-go/steadfast/eventsource/memory"
+	esmem "github.com/steadfast-go/steadfast/eventsource/memory"
 )
 
 // A bank account: its events, commands and state.
@@ -70,7 +70,7 @@ func Example() {
 	eventsource.Register[Deposited](reg, "account.deposited", 1)
 	eventsource.Register[Withdrawn](reg, "account.withdrawn", 1)
 
-	store := memory.New() // or eventsource/postgres
+	store := esmem.New() // or eventsource/postgres
 	accounts, err := eventsource.NewRepository(store, reg, account, eventsource.RepositoryConfig[Account]{
 		Snapshot: eventsource.Every(100),
 	})

@@ -11,7 +11,7 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/idempotency"
-	"github.com/steadfast-go/steadfast/idempotency/memory"
+	idemmem "github.com/steadfast-go/steadfast/idempotency/memory"
 )
 
 // A consumer that receives the same message three times (the producer
@@ -19,7 +19,7 @@ import (
 func ExampleConsumer() {
 	b := brokermem.New(brokermem.Config{})
 	defer b.Close()
-	store, _ := memory.New(memory.Config{})
+	store, _ := idemmem.New(idemmem.Config{})
 	dedup, err := idempotency.Consumer(store, idempotency.ConsumerConfig{})
 	if err != nil {
 		fmt.Println(err)
@@ -57,7 +57,7 @@ func ExampleConsumer() {
 // An endpoint behind the Idempotency-Key middleware: the retry gets the
 // stored response; reusing the key for another request is refused.
 func ExampleHTTP() {
-	store, _ := memory.New(memory.Config{})
+	store, _ := idemmem.New(idemmem.Config{})
 	mw, err := idempotency.HTTP(store, idempotency.HTTPConfig{Required: true})
 	if err != nil {
 		fmt.Println(err)

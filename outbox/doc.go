@@ -18,7 +18,7 @@
 //
 // A typical service:
 //
-//	store, _ := postgres.New(pool, postgres.Config{})
+//	store, _ := outboxpg.New(pool, outboxpg.Config{})
 //	_ = store.Migrate(ctx)
 //
 //	// In the request: the order and its event commit together.
@@ -82,8 +82,9 @@
 // Rows that can never be published (empty topic, too large, undecodable)
 // are parked at once. When the broker is unavailable, nothing is charged:
 // rows accumulate and drain when it returns. Store.Parked, Store.Redrive and
-// Store.Delete list, requeue and remove parked rows. See Relay for how
-// failures are pinned on rows.
+// Store.Delete list, requeue and remove parked rows; operators do the same
+// with the steadfast command ("steadfast outbox list", package
+// outbox/outboxcli). See Relay for how failures are pinned on rows.
 //
 // # Observability
 //

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
-	"github.com/steadfast-go/steadfast/broker/memory"
+	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/saga"
 	sagamem "github.com/steadfast-go/steadfast/saga/memory"
 )
@@ -37,7 +37,7 @@ func command(topic string) func(context.Context, *Order) (broker.Message, error)
 func Example() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b := memory.New(memory.Config{})
+	b := brokermem.New(brokermem.Config{})
 	defer b.Close()
 	store, _ := sagamem.New(sagamem.Config{Publisher: b})
 	defer store.Close()

@@ -6,7 +6,7 @@
 //	func TestConformance(t *testing.T) {
 //		brokertest.Run(t, brokertest.Features{ConsumerGroups: true, Persistent: true,
 //			PerKeyOrder: true, ExactlyOnce: true}, func(t *testing.T) brokertest.Backend {
-//			b := memory.New(memory.Config{})
+//			b := brokermem.New(brokermem.Config{})
 //			t.Cleanup(func() { b.Close() })
 //			return brokertest.Backend{Publisher: b, Subscriber: b}
 //		})

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/steadfast-go/steadfast/broker/brokertest"
-	"github.com/steadfast-go/steadfast/broker/memory"
+	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 )
 
 // An adapter proves itself with Run: it declares what its broker promises
@@ -16,7 +16,7 @@ func ExampleRun() {
 		brokertest.Run(t, brokertest.Features{
 			ConsumerGroups: true, Persistent: true, PerKeyOrder: true, ExactlyOnce: true,
 		}, func(t *testing.T) brokertest.Backend {
-			b := memory.New(memory.Config{})
+			b := brokermem.New(brokermem.Config{})
 			t.Cleanup(func() { _ = b.Close() })
 			return brokertest.Backend{Publisher: b, Subscriber: b}
 		})

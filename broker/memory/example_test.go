@@ -5,13 +5,13 @@ import (
 	"fmt"
 
 	"github.com/steadfast-go/steadfast/broker"
-	"github.com/steadfast-go/steadfast/broker/memory"
+	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 )
 
 // A handler unit test with the memory broker: publish, consume until done,
 // inspect what was published.
 func Example() {
-	b := memory.New(memory.Config{})
+	b := brokermem.New(brokermem.Config{})
 	defer b.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

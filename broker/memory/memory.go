@@ -1,6 +1,11 @@
 // Package memory is an in-process broker: the zero-infrastructure backend for
 // examples and for unit-testing handlers.
 //
+// Import it as brokermem, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import brokermem "github.com/steadfast-go/steadfast/broker/memory"
+//
 // It behaves like a persistent broker with consumer groups, inside one
 // process: every group receives every message of a topic; the members of a
 // group (each Subscribe call) compete for messages; messages sharing a key are

@@ -7,9 +7,9 @@
 //
 //	func TestConformance(t *testing.T) {
 //		eventsourcetest.Run(t, eventsourcetest.Harness{
-//			New: func(t testing.TB) eventsourcetest.Store { return memory.New() },
+//			New: func(t testing.TB) eventsourcetest.Store { return esmem.New() },
 //			Begin: func(t testing.TB, s eventsourcetest.Store) (eventsourcetest.Tx, int) {
-//				return memoryTx{s.(*memory.Store).Begin()}, 0 // Commit and Rollback take a ctx
+//				return memoryTx{s.(*esmem.Store).Begin()}, 0 // Commit and Rollback take a ctx
 //			},
 //			Features: eventsourcetest.Features{Shredding: true},
 //		})

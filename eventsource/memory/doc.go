@@ -3,6 +3,11 @@
 // single-process programs. It keeps everything in memory: nothing survives
 // the process.
 //
+// Import it as esmem, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import esmem "github.com/steadfast-go/steadfast/eventsource/memory"
+//
 // Appends run in transactions (Store.Begin, or one per Store.Append call).
 // A transaction is numbered when it first appends and its events get their
 // global sequence numbers then, exactly as PostgreSQL numbers a transaction

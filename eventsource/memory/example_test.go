@@ -6,14 +6,14 @@ import (
 	"log"
 
 	"github.com/steadfast-go/steadfast/eventsource"
-	"github.com/steadfast-go/steadfast/eventsource/memory"
+	esmem "github.com/steadfast-go/steadfast/eventsource/memory"
 )
 
 // A transaction appends to two streams; readers of the global log see
 // nothing of it until it commits, then both events at once.
 func ExampleStore_Begin() {
 	ctx := context.Background()
-	store := memory.New()
+	store := esmem.New()
 	tx := store.Begin()
 	for _, stream := range []string{"order-1", "invoice-1"} {
 		if _, err := tx.Append(ctx, eventsource.StreamAppend{StreamID: stream, Expected: eventsource.NoStream,

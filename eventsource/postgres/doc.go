@@ -3,7 +3,12 @@
 // with the xid8 fence, snapshots, the stream lifecycle, crypto-shredding,
 // LISTEN/NOTIFY wake-ups and stall inspection.
 //
-//	store, err := postgres.New(pool, postgres.Config{})
+// Import it as espg, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import espg "github.com/steadfast-go/steadfast/eventsource/postgres"
+//
+//	store, err := espg.New(pool, espg.Config{})
 //	err = store.Migrate(ctx)
 //
 //	// Events commit with your business rows:

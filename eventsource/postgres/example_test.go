@@ -7,17 +7,17 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/steadfast-go/steadfast/eventsource"
-	"github.com/steadfast-go/steadfast/eventsource/postgres"
+	espg "github.com/steadfast-go/steadfast/eventsource/postgres"
+	"github.com/steadfast-go/steadfast/internal/testenv"
 	outboxpg "github.com/steadfast-go/steadfast/outbox/postgres"
 )
 
 // The DDL for a migration tool: the events table, its companions and the
 // global log's index, all idempotent. Names are validated and quoted.
 func ExampleSchema() {
-	ddl, err := postgres.Schema("billing.events")
+	ddl, err := espg.Schema("billing.events")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -26,7 +26,7 @@ func ExampleSchema() {
 			fmt.Println(strings.TrimSuffix(line, " ("))
 		}
 	}
-	_, err = postgres.Schema("events; DROP TABLE users")
+	_, err = espg.Schema("events; DROP TABLE users")
 	fmt.Println(err != nil)
 	// Output:
 	// CREATE TABLE IF NOT EXISTS "billing"."events"
@@ -38,24 +38,31 @@ func ExampleSchema() {
 }
 
 // A command's events, a business row and the events' outbox messages
-// commit together. It needs PostgreSQL, so it is not run.
+// commit together; handling the command again changes nothing. (The
+// Example runs on the PostgreSQL of STEADFAST_POSTGRES_URL, as the tests
+// do.)
 func ExampleStore_In() {
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, "postgres://localhost/shop")
-	if err != nil {
-		log.Fatal(err)
-	}
+	pool := testenv.ExamplePostgres() // your *pgxpool.Pool
 	outbox, err := outboxpg.New(pool, outboxpg.Config{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	store, err := postgres.New(pool, postgres.Config{Table: "shop.events", Outbox: outbox})
+	store, err := espg.New(pool, espg.Config{Table: "events", Outbox: outbox})
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := store.Migrate(ctx); err != nil {
+	for _, migrate := range []func(context.Context) error{outbox.Migrate, store.Migrate} {
+		if err := migrate(ctx); err != nil {
+			log.Fatal(err)
+		}
+	}
+	_, err = pool.Exec(ctx, `CREATE TABLE orders (id text PRIMARY KEY, status text);
+		INSERT INTO orders VALUES ('order-7', 'paid')`)
+	if err != nil {
 		log.Fatal(err)
 	}
+
 	reg := eventsource.NewRegistry()
 	type Shipped struct{ Carrier string }
 	eventsource.Register[Shipped](reg, "order.shipped", 1)
@@ -71,14 +78,26 @@ func ExampleStore_In() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE shop.orders SET status = 'shipped' WHERE id = $1`, "order-7"); err != nil {
+	for range 2 {
+		err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `UPDATE orders SET status = 'shipped' WHERE id = $1`, "order-7"); err != nil {
+				return err
+			}
+			res, err := orders.With(store.In(tx)).Handle(ctx, "order-7", "ups")
+			fmt.Printf("version %d, %d new event(s)\n", res.Version, len(res.Events))
 			return err
+		})
+		if err != nil {
+			log.Fatal(err)
 		}
-		_, err := orders.With(store.In(tx)).Handle(ctx, "order-7", "ups")
-		return err
-	})
+	}
+	stats, err := outbox.Stats(ctx)
 	if err != nil {
 		log.Fatal(err)
 	}
+	fmt.Println("outbox rows to publish:", stats.Pending)
+	// Output:
+	// version 1, 1 new event(s)
+	// version 1, 0 new event(s)
+	// outbox rows to publish: 1
 }

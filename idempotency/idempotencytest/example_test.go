@@ -5,7 +5,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/idempotency"
 	"github.com/steadfast-go/steadfast/idempotency/idempotencytest"
-	"github.com/steadfast-go/steadfast/idempotency/memory"
+	idemmem "github.com/steadfast-go/steadfast/idempotency/memory"
 )
 
 // A store implementation's conformance test. It runs under go test, so this
@@ -14,7 +14,7 @@ func ExampleRun() {
 	_ = func(t *testing.T) {
 		idempotencytest.Run(t, idempotencytest.Features{LeaseExpiry: true},
 			func(t *testing.T, o idempotencytest.Options) idempotency.Store {
-				s, err := memory.New(memory.Config{Lease: o.Lease})
+				s, err := idemmem.New(idemmem.Config{Lease: o.Lease})
 				if err != nil {
 					t.Fatal(err)
 				}

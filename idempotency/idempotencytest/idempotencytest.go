@@ -5,7 +5,7 @@
 //	func TestConformance(t *testing.T) {
 //		idempotencytest.Run(t, idempotencytest.Features{LeaseExpiry: true},
 //			func(t *testing.T, o idempotencytest.Options) idempotency.Store {
-//				s, err := memory.New(memory.Config{Lease: o.Lease})
+//				s, err := idemmem.New(idemmem.Config{Lease: o.Lease})
 //				if err != nil {
 //					t.Fatal(err)
 //				}

@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/steadfast-go/steadfast/idempotency/memory"
+	idemmem "github.com/steadfast-go/steadfast/idempotency/memory"
 )
 
 // Acquire, complete, and see the duplicate.
 func Example() {
 	ctx := context.Background()
-	store, err := memory.New(memory.Config{})
+	store, err := idemmem.New(idemmem.Config{})
 	if err != nil {
 		fmt.Println(err)
 		return

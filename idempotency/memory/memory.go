@@ -2,6 +2,11 @@
 // backend for tests and examples, and for a single process that needs no
 // deduplication across restarts.
 //
+// Import it as idemmem, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import idemmem "github.com/steadfast-go/steadfast/idempotency/memory"
+//
 // It keeps every key in a map guarded by a mutex. Guarantees hold within one
 // Store value only; nothing survives the process, so a redelivery after a
 // restart is processed again. It passes the idempotencytest suite, lease

@@ -1,6 +1,11 @@
 // Package postgres is the durable idempotency.Store, on PostgreSQL with pgx
 // v5.
 //
+// Import it as idempg, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import idempg "github.com/steadfast-go/steadfast/idempotency/postgres"
+//
 // A key is claimed by inserting a row (INSERT ... ON CONFLICT DO NOTHING)
 // inside a transaction, scoped by consumer name. When that transaction also
 // holds the business effect, the effect and the claim commit together or not

@@ -1,6 +1,11 @@
 // Package redis is an idempotency.Store on Redis (go-redis v9): fast,
 // shared by every process that uses the same Redis, and best-effort.
 //
+// Import it as idemredis, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import idemredis "github.com/steadfast-go/steadfast/idempotency/redis"
+//
 // # How it works
 //
 // Acquire is one SET key lease NX PX <Lease> GET: a free key is taken with a

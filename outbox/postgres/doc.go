@@ -2,6 +2,11 @@
 // messages into an outbox table inside the caller's transaction, and Store
 // implements outbox.Store and outbox.Notifier for the relay.
 //
+// Import it as outboxpg, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import outboxpg "github.com/steadfast-go/steadfast/outbox/postgres"
+//
 // # Writing
 //
 // Enqueue takes a DB, which pgx.Tx, *pgxpool.Pool and *pgx.Conn satisfy.

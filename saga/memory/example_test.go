@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/steadfast-go/steadfast/broker/memory"
+	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/saga"
 	sagamem "github.com/steadfast-go/steadfast/saga/memory"
 )
@@ -14,7 +14,7 @@ import (
 // that transitions send go to the Publisher after the commit.
 func Example() {
 	ctx := context.Background()
-	b := memory.New(memory.Config{})
+	b := brokermem.New(brokermem.Config{})
 	defer b.Close()
 	store, err := sagamem.New(sagamem.Config{Publisher: b})
 	if err != nil {

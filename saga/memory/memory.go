@@ -6,6 +6,11 @@
 // same suite, saga/sagatest, so examples and unit tests of sagas need no
 // database. Nothing survives the process; local steps and participant
 // functions get a saga.Tx whose only effect is AfterCommit.
+//
+// Import it as sagamem, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import sagamem "github.com/steadfast-go/steadfast/saga/memory"
 package memory
 
 import (

@@ -6,6 +6,11 @@
 // transaction as the state change that sends them; run an outbox.Relay on
 // that outbox to publish them.
 //
+// Import it as sagapg, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import sagapg "github.com/steadfast-go/steadfast/saga/postgres"
+//
 // # Tables
 //
 // Store keeps one row per instance (default table "saga") and its history

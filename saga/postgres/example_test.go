@@ -5,20 +5,21 @@ import (
 	"fmt"
 	"log"
 	"strings"
+	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/steadfast-go/steadfast/broker/kafka"
+	"github.com/steadfast-go/steadfast/broker"
+	brokermem "github.com/steadfast-go/steadfast/broker/memory"
+	"github.com/steadfast-go/steadfast/internal/testenv"
 	"github.com/steadfast-go/steadfast/outbox"
 	outboxpg "github.com/steadfast-go/steadfast/outbox/postgres"
 	"github.com/steadfast-go/steadfast/saga"
-	"github.com/steadfast-go/steadfast/saga/postgres"
+	sagapg "github.com/steadfast-go/steadfast/saga/postgres"
 )
 
 // The DDL for a migration tool: the instances and history tables and their
 // indexes, all idempotent. Names are validated and quoted.
 func ExampleSchema() {
-	ddl, err := postgres.Schema("shop.saga")
+	ddl, err := sagapg.Schema("shop.saga")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -27,7 +28,7 @@ func ExampleSchema() {
 			fmt.Println(strings.TrimSuffix(line, " ("))
 		}
 	}
-	_, err = postgres.Schema("saga; DROP TABLE users")
+	_, err = sagapg.Schema("saga; DROP TABLE users")
 	fmt.Println(err != nil)
 	// Output:
 	// CREATE TABLE IF NOT EXISTS "shop"."saga"
@@ -41,41 +42,95 @@ func ExampleSchema() {
 
 type order struct{ ID string }
 
-// The wiring of a service that runs sagas on PostgreSQL and Kafka: the
-// outbox the transitions write their commands to, a relay that publishes
-// them, the saga store, and an engine consuming replies. Any number of
-// processes can run the same. A local step writes business rows through
-// the transition's own transaction with TxOf. It needs the servers, so it
-// is not run.
+// The wiring of a service that runs sagas on PostgreSQL: the outbox the
+// transitions and the participants write their messages to, a relay that
+// publishes them, the saga store, an engine consuming replies, and a
+// participant whose action runs once per command. Any number of processes
+// can run the same. A local step writes business rows through the
+// transition's own transaction with TxOf. Here the broker is the memory
+// broker; with Kafka or RabbitMQ nothing else changes. (The Example runs on
+// the PostgreSQL of STEADFAST_POSTGRES_URL, as the tests do.)
 func Example_wiring() {
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, "postgres://localhost/shop")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := testenv.ExamplePostgres() // your *pgxpool.Pool
+	out, err := outboxpg.New(pool, outboxpg.Config{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	out, _ := outboxpg.New(pool, outboxpg.Config{})
-	store, _ := postgres.New(pool, postgres.Config{Outbox: out})
-	for _, migrate := range []func(context.Context) error{out.Migrate, store.Migrate} {
+	store, err := sagapg.New(pool, sagapg.Config{Outbox: out})
+	if err != nil {
+		log.Fatal(err)
+	}
+	parts, err := sagapg.NewParticipants(pool, sagapg.ParticipantsConfig{Outbox: out})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, migrate := range []func(context.Context) error{out.Migrate, store.Migrate, parts.Migrate} {
 		if err := migrate(ctx); err != nil {
 			log.Fatal(err)
 		}
 	}
-	pub, _ := kafka.NewPublisher(kafka.PublisherConfig{Config: kafka.Config{Brokers: []string{"localhost:9092"}}})
-	sub, _ := kafka.NewSubscriber(kafka.SubscriberConfig{Config: kafka.Config{Brokers: []string{"localhost:9092"}}})
-	relay, _ := outbox.NewRelay(out, pub, outbox.Config{})
+	if _, err := pool.Exec(ctx, `CREATE TABLE orders (id text PRIMARY KEY, status text)`); err != nil {
+		log.Fatal(err)
+	}
+	b := brokermem.New(brokermem.Config{}) // or kafka.NewPublisher and kafka.NewSubscriber
+	defer b.Close()
+	relay, err := outbox.NewRelay(out, b, outbox.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
 	go func() { _ = relay.Run(ctx) }()
 
-	def, _ := saga.Define("order", 1,
+	def, err := saga.Define("order", 1,
 		saga.Step[order]{Name: "record-order", Action: func(ctx context.Context, tx saga.Tx, o *order) error {
-			_, err := postgres.TxOf(tx).Exec(ctx, `INSERT INTO orders (id, status) VALUES ($1, 'new')`, o.ID)
+			_, err := sagapg.TxOf(tx).Exec(ctx, `INSERT INTO orders (id, status) VALUES ($1, 'new')`, o.ID)
 			return err
 		}},
-		// ... command steps to the participants
+		saga.Step[order]{Name: "reserve-inventory", Command: func(_ context.Context, o *order) (broker.Message, error) {
+			return broker.Message{Topic: "inventory", Payload: []byte(o.ID)}, nil
+		}},
 	)
-	eng, _ := saga.NewEngine(store, saga.Config{Subscriber: sub})
-	_ = eng.Register(def)
+	if err != nil {
+		log.Fatal(err)
+	}
+	eng, err := saga.NewEngine(store, saga.Config{Subscriber: b})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := eng.Register(def); err != nil {
+		log.Fatal(err)
+	}
 	go func() { _ = eng.Run(ctx) }()
+
+	inventory, err := saga.NewParticipant(parts, saga.ParticipantConfig{Name: "inventory",
+		Action: func(_ context.Context, _ saga.Tx, c saga.Command) ([]byte, error) {
+			fmt.Println("inventory reserved for", c.SagaID)
+			return nil, nil
+		}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	go func() {
+		_ = b.Subscribe(ctx, broker.Subscription{Topic: "inventory", Group: "inventory"}, inventory.Handle)
+	}()
+
 	if _, err := saga.Start(ctx, eng, def, "order-7", order{ID: "order-7"}); err != nil {
 		log.Fatal(err)
 	}
+	in, err := store.Get(ctx, "order-7")
+	for ; err == nil && !in.Status.Finished(); in, err = store.Get(ctx, "order-7") {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	var status string
+	if err := pool.QueryRow(ctx, `SELECT status FROM orders WHERE id = 'order-7'`).Scan(&status); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("saga %s, order row %s\n", in.Status, status)
+	// Output:
+	// inventory reserved for order-7
+	// saga completed, order row new
 }

@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	os.Exit(testenv.MainWithExamples(m, "postgres", "Example_wiring"))
 }
 
 // engineProcess runs an engine and an outbox relay on the test's database
