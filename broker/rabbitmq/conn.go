@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -148,6 +149,8 @@ type Conn struct {
 	// gives up when its ctx ends.
 	topo chan struct{}
 	reg  registry // guarded by topo
+	// frameSize is the frame_max the last connection negotiated.
+	frameSize atomic.Int64
 
 	mu      sync.Mutex
 	cur     *amqp.Connection // nil while down
@@ -283,6 +286,7 @@ func (c *Conn) setUp(conn *amqp.Connection, sock net.Conn) {
 		return
 	}
 	c.cur, c.sock = conn, sock
+	c.frameSize.Store(int64(conn.Config.FrameSize))
 	c.blocked = false
 	c.signal()
 }

@@ -220,6 +220,9 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 	if err != nil {
 		return err
 	}
+	if err := checkLimits(msgs, p.conn.frameMax()); err != nil {
+		return err
+	}
 	if len(msgs) == 0 {
 		return nil
 	}
