@@ -340,7 +340,7 @@ func (c *Conn) dial(ctx context.Context) (*amqp.Connection, net.Conn, error) {
 				return nil, err
 			}
 			sock = s
-			return s, nil
+			return newGuardConn(s), nil // see guard.go
 		},
 	})
 	if !stop() {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/internal/testenv"
@@ -203,4 +205,123 @@ func TestPublishProtocolLimits(t *testing.T) {
 		t.Errorf("%d connection losses logged", n)
 	}
 	t.Logf("bystander published %d messages meanwhile", len(sent))
+}
+
+// TestUndecodableDelivery: messages from a raw producer that amqp091
+// cannot decode (a header table of more than 8,192 entries, nesting deeper
+// than 32 levels) are confirmed by the broker. The subscriber survives
+// them: it rejects each to the queue's dead-letter exchange with an ERROR
+// log, its connection stays up, and the messages around them, of the same
+// key, are handled in order. A bystander subscription on the same
+// connection sees no duplicate.
+func TestUndecodableDelivery(t *testing.T) {
+	t.Parallel()
+	url := testenv.RabbitMQURL(t)
+	logs := newLogCounter()
+	conn := dialConfig(t, rabbitmq.Config{URL: url, Logger: slog.New(logs)})
+	dlx, dlq := testenv.Name(t, "dlx"), testenv.Name(t, "dlq")
+	extra := rabbitmq.Topology{
+		Exchanges: []rabbitmq.Exchange{{Name: dlx, Kind: rabbitmq.ExchangeFanout}},
+		Queues:    []rabbitmq.Queue{{Name: dlq}},
+		Bindings:  []rabbitmq.Binding{{Exchange: dlx, Queue: dlq}},
+	}
+	sub, err := rabbitmq.NewSubscriber(conn, rabbitmq.SubscriberConfig{Groups: rabbitmq.Groups{Queue: rabbitmq.Queue{DeadLetterExchange: dlx}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic, _, pub := group(t, url, sub, rabbitmq.Groups{}, extra)
+	bystanderSub, err := rabbitmq.NewSubscriber(conn, rabbitmq.SubscriberConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bystanderTopic, _, _ := group(t, url, bystanderSub, rabbitmq.Groups{})
+
+	ch := raw(t, url)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 16))
+	many := amqp.Table{}
+	for i := range rabbitmq.MaxHeaders + 1 {
+		many[fmt.Sprint("h", i)] = ""
+	}
+	deep := amqp.Table{"leaf": "x"}
+	for range 40 {
+		deep = amqp.Table{"n": deep}
+	}
+	longArray := make([]any, rabbitmq.MaxHeaders+1)
+	for i := range longArray {
+		longArray[i] = int64(i)
+	}
+	sends := []amqp.Publishing{
+		{MessageId: "good-0", Body: []byte("0")},
+		{MessageId: "too-many-headers", Headers: many},
+		{MessageId: "deep", Headers: amqp.Table{"deep": deep}},
+		{MessageId: "long-array", Headers: amqp.Table{"a": longArray}},
+		{MessageId: "good-1", Body: []byte("1"), Headers: amqp.Table{"ok": amqp.Table{"nested": []any{"fine", int32(1)}}}},
+	}
+	ctx := ctxT(t)
+	for _, p := range sends {
+		if err := ch.PublishWithContext(ctx, topic, "k", true, false, p); err != nil {
+			t.Fatal(err)
+		}
+		if c := <-confirms; !c.Ack {
+			t.Fatalf("%s not confirmed", p.MessageId)
+		}
+	}
+
+	var mu sync.Mutex
+	var got []string
+	bystanderSeen := map[string]int{}
+	r := start(sub, broker.Subscription{Topic: topic, Group: "g"}, func(_ context.Context, d broker.Delivery) error {
+		mu.Lock()
+		got = append(got, d.ID)
+		mu.Unlock()
+		return nil
+	})
+	defer r.stop(t)
+	rb := start(bystanderSub, broker.Subscription{Topic: bystanderTopic, Group: "g"}, func(_ context.Context, d broker.Delivery) error {
+		mu.Lock()
+		bystanderSeen[d.ID]++
+		mu.Unlock()
+		return nil
+	})
+	defer rb.stop(t)
+	bpub, err := rabbitmq.NewPublisher(dial(t, url), rabbitmq.PublisherConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bystander []string
+	for range 20 {
+		m := broker.NewMessage(bystanderTopic, []byte("b"))
+		if err := bpub.Publish(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		bystander = append(bystander, m.ID)
+	}
+	_ = pub
+
+	waitFor(t, "the good messages and the bystander's", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) >= 2 && len(bystanderSeen) == len(bystander)
+	})
+	waitFor(t, "three rejected messages in the dead-letter queue", func() bool { return queueDepth(t, ch, dlq) == 3 })
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || got[0] != "good-0" || got[1] != "good-1" {
+		t.Errorf("handled %v, want [good-0 good-1]", got)
+	}
+	for id, n := range bystanderSeen {
+		if n != 1 {
+			t.Errorf("bystander message %s delivered %d times", id, n)
+		}
+	}
+	if n := logs.count("connection lost"); n > 0 {
+		t.Errorf("%d connection losses logged", n)
+	}
+	if n := logs.count("cannot be decoded"); n != 3 {
+		t.Errorf("%d undecodable deliveries logged, want 3", n)
+	}
 }

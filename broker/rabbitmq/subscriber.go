@@ -204,6 +204,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h b
 		sub:      sub,
 		h:        h,
 		queue:    s.cfg.Groups.QueueFor(sub.Topic, sub.Group),
+		src:      s.cfg.Groups.source(sub.Topic, sub.Group),
 		prefetch: prefetch,
 		tag:      "steadfast." + sub.Group + "." + hex.EncodeToString(tag[:]),
 		sem:      make(chan struct{}, sub.Concurrency),
@@ -232,6 +233,7 @@ type member struct {
 	sub      broker.Subscription
 	h        broker.Handler
 	queue    string
+	src      source // what decoding needs to know of queue
 	prefetch int
 	tag      string
 	sem      chan struct{} // one token per running handler
@@ -410,7 +412,7 @@ func (s *session) dispatch(ctx context.Context, deliveries <-chan amqp.Delivery,
 }
 
 func (s *session) add(d *amqp.Delivery) {
-	j := &job{tag: d.DeliveryTag, redl: d.Redelivered, info: fromDelivery(d, s.m.queue)}
+	j := &job{tag: d.DeliveryTag, redl: d.Redelivered, info: fromDelivery(d, s.m.src)}
 	key := j.info.msg.Key
 	key = cmp.Or(key, "\x00"+strconv.FormatUint(d.DeliveryTag, 10))
 	s.mu.Lock()
@@ -465,21 +467,17 @@ func (s *session) runLane(key string, l *lane) {
 // session stops (false: j stays unacknowledged and goes back to the queue).
 func (s *session) process(j *job) bool {
 	cfg := &s.m.s.cfg
-	stride := int64(max(cfg.MaxAttempts, 1))
-	base := 1 + j.info.rejections*stride
-	switch {
-	case j.info.deliveryCount > 0:
-		base += j.info.deliveryCount
-	case j.redl:
-		base++
+	if j.info.undecodable != "" {
+		return s.rejectUndecodable(j)
 	}
+	base := firstAttempt(j.info, j.redl, cfg.MaxAttempts)
 	for local := 0; ; local++ {
 		select {
 		case s.m.sem <- struct{}{}:
 		case <-s.stopCh:
 			return false
 		}
-		attempt := int(base) + local
+		attempt := int(min(base+int64(local), maxAttempt))
 		err := s.call(j, attempt)
 		<-s.m.sem
 		tel := s.m.s.tel
