@@ -325,3 +325,68 @@ func TestUndecodableDelivery(t *testing.T) {
 		t.Errorf("%d undecodable deliveries logged, want 3", n)
 	}
 }
+
+// TestDeclareFromPublishingSide: a publisher started before any consumer
+// gets ErrUnroutable and a WARN naming the exchange and routing key; once
+// the publishing side declared the topology with the consumers' Groups
+// (group queue and retry chain), what it publishes waits in the queue for
+// the consumer, which sees the same queue.
+func TestDeclareFromPublishingSide(t *testing.T) {
+	t.Parallel()
+	url := testenv.RabbitMQURL(t)
+	logs := newLogCounter()
+	pubConn := dialConfig(t, rabbitmq.Config{URL: url, Logger: slog.New(logs)})
+	groups := rabbitmq.Groups{Retry: &rabbitmq.RetryChain{Delays: []time.Duration{time.Second}}}
+	topic := testenv.Name(t, "t")
+	topo, err := groups.Topology(topic, "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCleaner(t, url).add(topo)
+	pub, err := rabbitmq.NewPublisher(pubConn, rabbitmq.PublisherConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	early := broker.NewMessage(topic, []byte("early"))
+	early.Key = "order-1"
+	if err := pub.Publish(ctx, early, early); !errors.Is(err, rabbitmq.ErrUnroutable) {
+		t.Fatalf("publish before any queue: err = %v, want ErrUnroutable", err)
+	}
+	if n := logs.count("unroutable"); n != 1 {
+		t.Errorf("%d WARN logs about unroutable messages, want 1 for the exchange and key", n)
+	}
+
+	if err := groups.Declare(ctx, pubConn, topic, "billing"); err != nil {
+		t.Fatal(err)
+	}
+	m := broker.NewMessage(topic, []byte("kept"))
+	if err := pub.Publish(ctx, m); err != nil {
+		t.Fatalf("publish after Groups.Declare: %v", err)
+	}
+	ch := raw(t, url)
+	if n := queueDepth(t, ch, groups.QueueFor(topic, "billing")); n != 1 {
+		t.Fatalf("group queue holds %d messages, want 1", n)
+	}
+	for _, q := range topo.Queues {
+		queueDepth(t, ch, q.Name) // the retry chain exists too
+	}
+	sub, err := rabbitmq.NewSubscriber(dial(t, url), rabbitmq.SubscriberConfig{Groups: groups})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan broker.Delivery, 1)
+	r := start(sub, broker.Subscription{Topic: topic, Group: "billing"}, func(_ context.Context, d broker.Delivery) error {
+		got <- d
+		return nil
+	})
+	defer r.stop(t)
+	select {
+	case d := <-got:
+		if d.ID != m.ID || d.Attempt != 1 {
+			t.Errorf("got %s attempt %d, want %s attempt 1", d.ID, d.Attempt, m.ID)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("message not consumed")
+	}
+}

@@ -308,6 +308,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 		}
 	}
 
+	p.warnUnroutable(msgs, failures)
 	var pe broker.PublishError
 	for i, e := range failures {
 		if e != nil {

@@ -152,11 +152,7 @@ func (s *Subscriber) Close() error {
 // after every reconnect. Like Conn.Declare, it returns when ctx ends, even
 // while the broker does not answer.
 func (s *Subscriber) Setup(ctx context.Context, topic string, groups ...string) error {
-	t, err := s.cfg.Groups.Topology(topic, groups...)
-	if err != nil {
-		return err
-	}
-	return s.conn.Declare(ctx, t)
+	return s.cfg.Groups.Declare(ctx, s.conn, topic, groups...)
 }
 
 // Topology returns what Setup declares.
