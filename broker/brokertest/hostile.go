@@ -113,7 +113,7 @@ func (s *suite) hostile(t *testing.T) {
 
 	// Protocol limits.
 	var refused []string
-	for name, bad := range limitPoison(e.topic, s.f.Limits) {
+	for name, bad := range LimitPoison(e.topic, s.f.Limits) {
 		good := broker.NewMessage(e.topic, []byte("batch-mate of "+name))
 		refused = append(refused, string(good.Payload), string(bad.Payload))
 		if err := e.b.Publisher.Publish(ctx, good, bad); !errors.Is(err, broker.ErrInvalidMessage) {
@@ -245,9 +245,10 @@ func (s *suite) hostile(t *testing.T) {
 	}
 }
 
-// limitPoison returns, by the name of the limit, one message breaking each
-// limit of l.
-func limitPoison(topic string, l Limits) map[string]broker.Message {
+// LimitPoison returns, by the name of the limit, one message to topic
+// breaking each limit of l, each with a payload naming it. Suites built on
+// this one (outboxtest) use it.
+func LimitPoison(topic string, l Limits) map[string]broker.Message {
 	out := map[string]broker.Message{}
 	add := func(name string, edit func(m *broker.Message)) {
 		m := broker.NewMessage(topic, []byte("poison: "+name))
