@@ -103,15 +103,15 @@ func checkMessage(m *broker.Message, frameMax int) error {
 	size += 1 + len(headerSeq) + 1 + 4 + 20
 	for k, v := range m.Headers {
 		if v != "" && isPropHeader(k) {
-			if err := shortstr(fmt.Sprintf("value of header %q (an AMQP property)", k), v); err != nil {
-				return err
+			if len(v) > MaxNameBytes {
+				return shortstr(fmt.Sprintf("value of header %q (an AMQP property)", k), v)
 			}
 			size += 1 + len(v)
 			continue
 		}
 		w := brokerimpl.WireHeader(k)
-		if err := shortstr(fmt.Sprintf("header name %.40q", k), w); err != nil {
-			return err
+		if len(w) > MaxNameBytes {
+			return shortstr(fmt.Sprintf("header name %.40q", k), w)
 		}
 		entries++
 		size += 1 + len(w) + 1 + 4 + len(v)
