@@ -59,6 +59,9 @@ type Features struct {
 	Timeout time.Duration
 	// TimePrecision is the precision Message.Time keeps. Default 1ms.
 	TimePrecision time.Duration
+	// Limits are the protocol limits Publish enforces (the Hostile case
+	// checks each is refused up front).
+	Limits Limits
 }
 
 func (f Features) withDefaults() Features {
@@ -85,6 +88,13 @@ type Backend struct {
 	// Restart, when set, stops and starts the broker. The broker-restart case
 	// calls it mid-stream; the case runs alone, after all the others.
 	Restart func(ctx context.Context) error
+	// Inject, when set, publishes to topic with key and payload a message
+	// of the given kind as a raw producer of the broker's own protocol
+	// would, bypassing the adapter's checks (see Injection), and returns
+	// once the broker stored it. It returns an error matching
+	// errors.ErrUnsupported for a kind the broker cannot be given. The
+	// Hostile case uses it.
+	Inject func(ctx context.Context, topic, key string, payload []byte, kind Injection) error
 }
 
 // RestartCase reports whether t is the broker-restart case, so a Factory
@@ -110,6 +120,7 @@ func Run(t *testing.T, f Features, factory Factory) {
 	}{
 		{"RoundTrip", s.roundTrip},
 		{"BadInput", s.badInput},
+		{"Hostile", s.hostile},
 		{"Load", s.load},
 		{"PerKeyOrder", s.perKeyOrder},
 		{"Redelivery", s.redelivery},

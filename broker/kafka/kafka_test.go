@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/brokertest"
@@ -187,6 +188,33 @@ func TestConformance(t *testing.T) {
 			b.Restart = func(ctx context.Context) error { return rc.restart(ctx, time.Second) }
 			return b
 		}
-		return newKit(t, testenv.Kafka(t), nil).backend()
+		brokers := testenv.Kafka(t)
+		b := newKit(t, brokers, nil).backend()
+		b.Inject = rawInjector(t, brokers)
+		return b
 	})
+}
+
+// rawInjector produces with a plain franz-go client, as a foreign producer
+// would: a record without the adapter's ID header, and one whose headers
+// claim absurd retry counts (which Kafka does not keep: they are plain
+// headers to the adapter). Kafka has no record its client cannot decode.
+func rawInjector(t *testing.T, brokers []string) func(ctx context.Context, topic, key string, payload []byte, kind brokertest.Injection) error {
+	return func(ctx context.Context, topic, key string, payload []byte, kind brokertest.Injection) error {
+		r := &kgo.Record{Topic: topic, Key: []byte(key), Value: payload}
+		switch kind {
+		case brokertest.InjectMissingID:
+		case brokertest.InjectForgedAttempt:
+			r.Headers = []kgo.RecordHeader{{Key: "x-delivery-count", Value: []byte("9223372036854775807")},
+				{Key: broker.ReservedHeaderPrefix + "attempt", Value: []byte("-4")}}
+		default:
+			return errors.ErrUnsupported
+		}
+		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		return cl.ProduceSync(ctx, r).FirstErr()
+	}
 }

@@ -2,7 +2,13 @@ package rabbitmq_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math"
 	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/steadfast-go/steadfast/broker/brokertest"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
@@ -20,6 +26,7 @@ func TestConformance(t *testing.T) {
 		PerKeyOrder:    true,
 		ExactlyOnce:    true,
 		Restartable:    true,
+		Limits:         brokertest.Limits{MaxNameBytes: rabbitmq.MaxNameBytes, UTF8Topic: true, MaxHeaders: rabbitmq.MaxHeaders - 2},
 	}, func(t *testing.T) brokertest.Backend {
 		var (
 			url     string
@@ -55,6 +62,49 @@ func TestConformance(t *testing.T) {
 				return sub.Setup(ctx, topic, groups...)
 			},
 			Restart: restart,
+			Inject:  rawInjector(t, url),
 		}
 	})
+}
+
+// rawInjector publishes with a plain amqp091 channel, as a foreign
+// producer would: messages the adapter's publisher never sends.
+func rawInjector(t *testing.T, url string) func(ctx context.Context, topic, key string, payload []byte, kind brokertest.Injection) error {
+	return func(ctx context.Context, topic, key string, payload []byte, kind brokertest.Injection) error {
+		ch := raw(t, url)
+		if err := ch.Confirm(false); err != nil {
+			return err
+		}
+		confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 1))
+		p := amqp.Publishing{Body: payload, MessageId: fmt.Sprint("raw-", kind), Timestamp: time.Now()}
+		switch kind {
+		case brokertest.InjectMissingID:
+			p.MessageId = ""
+		case brokertest.InjectForgedAttempt:
+			p.Headers = amqp.Table{
+				"x-death": []any{amqp.Table{"count": int64(math.MaxInt64), "reason": "rejected", "queue": topic,
+					"exchange": "victim", "routing-keys": []any{"victim-key"}}},
+				"x-delivery-count": int64(math.MaxInt64),
+			}
+		case brokertest.InjectUndecodable:
+			p.Headers = make(amqp.Table, rabbitmq.MaxHeaders+1)
+			for i := range rabbitmq.MaxHeaders + 1 {
+				p.Headers[fmt.Sprint("h", i)] = ""
+			}
+		default:
+			return errors.ErrUnsupported
+		}
+		if err := ch.PublishWithContext(ctx, topic, key, true, false, p); err != nil {
+			return err
+		}
+		select {
+		case c := <-confirms:
+			if !c.Ack {
+				return fmt.Errorf("raw publish of %v not confirmed", kind)
+			}
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -149,6 +150,8 @@ type Conn struct {
 	// gives up when its ctx ends.
 	topo chan struct{}
 	reg  registry // guarded by topo
+	// frameSize is the frame_max the last connection negotiated.
+	frameSize atomic.Int64
 
 	mu      sync.Mutex
 	cur     *amqp.Connection // nil while down
@@ -284,6 +287,7 @@ func (c *Conn) setUp(conn *amqp.Connection, sock net.Conn) {
 		return
 	}
 	c.cur, c.sock = conn, sock
+	c.frameSize.Store(int64(conn.Config.FrameSize))
 	c.blocked = false
 	c.signal()
 }
@@ -337,7 +341,7 @@ func (c *Conn) dial(ctx context.Context) (*amqp.Connection, net.Conn, error) {
 				return nil, err
 			}
 			sock = s
-			return s, nil
+			return newGuardConn(s), nil // see guard.go
 		},
 	})
 	if !stop() {

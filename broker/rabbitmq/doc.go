@@ -10,9 +10,11 @@
 // (topic, group), named "<topic>.<group>" and bound to the exchange with
 // "#", so every group receives every message and the members of a group
 // (each Subscribe call) share the queue. Groups configures all of it.
-// Subscriber.Setup declares a group's queue before anything is published:
-// messages published while no queue is bound are unroutable, and Publish
-// reports them as errors.
+// Subscriber.Setup declares a group's queue before anything is published,
+// and so does Groups.Declare from the publishing side, with the same Groups
+// the consumers use: messages published while no queue is bound are
+// unroutable, and Publish reports them as errors matching ErrUnroutable and
+// logs a WARN naming the exchange and routing key.
 //
 // Message.ID is the AMQP message-id; Time travels in the timestamp property
 // (whole seconds, for other clients) and, with nanoseconds, in a
@@ -23,6 +25,32 @@
 // every message round-trips unchanged, and reserved headers the adapter did
 // not write are not delivered. Broker-added headers appear on deliveries as strings:
 // x-death as JSON (see Deaths), x-delivery-count, x-first-death-*.
+//
+// # Hostile and careless input
+//
+//   - Publish checks every message against AMQP's limits before anything
+//     of the call is sent (names of at most MaxNameBytes, a UTF-8 topic, at
+//     most MaxHeaders headers, properties that fit one frame) and refuses
+//     the call with an error matching ErrProtocolLimit and
+//     broker.ErrInvalidMessage: one bad message never tears down the shared
+//     connection, and the outbox parks it at once.
+//   - Every connection reads through a delivery guard (amqp091 closes the
+//     connection on a header table it cannot decode, which any producer
+//     can send): such a delivery is rejected to the queue's dead-letter
+//     exchange with an ERROR log, and the subscriber goes on. The guard
+//     cannot see inside amqps:// connections, whose TLS amqp091 runs above
+//     it.
+//   - Delivery.Attempt counts only what the broker itself recorded: trips
+//     down the group's retry chain (from the routing key the chain's queues
+//     set) and a quorum queue's x-delivery-count of a redelivery, in
+//     saturating arithmetic. x-death and x-delivery-count headers a
+//     producer wrote never count and never rename a message: Topic and Key
+//     are the delivery's exchange and routing key, except for a message back
+//     from the retry chain, whose topic is the subscription's and whose key
+//     is the one RabbitMQ recorded in x-death when the group queue rejected
+//     it (a raw producer that pre-seeds that x-death entry chooses it).
+//   - A delivery without a message-id gets FallbackID, stable across
+//     redeliveries, so deduplicating consumers handle it once.
 //
 // # Guarantees
 //

@@ -30,24 +30,29 @@ func Example() {
 	}
 	defer subConn.Close()
 
+	// One Groups value, shared by the publishing and the consuming side,
+	// says how topics and groups map to exchanges and queues.
+	groups := rabbitmq.Groups{Retry: &rabbitmq.RetryChain{Delays: []time.Duration{time.Second, 10 * time.Second}}}
+
+	// The publishing side declares the exchange "orders" and the queue
+	// "orders.billing" (with its retry chain) before it publishes, so
+	// nothing it sends before the consumers first run is unroutable. A
+	// message that still is comes back as an error matching ErrUnroutable,
+	// and the publisher logs a WARN naming the exchange and routing key no
+	// queue is bound for.
+	if err := groups.Declare(ctx, pubConn, "orders", "billing"); err != nil {
+		log.Fatal(err)
+	}
 	pub, err := rabbitmq.NewPublisher(pubConn, rabbitmq.PublisherConfig{})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer pub.Close()
-	sub, err := rabbitmq.NewSubscriber(subConn, rabbitmq.SubscriberConfig{
-		Groups: rabbitmq.Groups{Retry: &rabbitmq.RetryChain{Delays: []time.Duration{time.Second, 10 * time.Second}}},
-	})
+	sub, err := rabbitmq.NewSubscriber(subConn, rabbitmq.SubscriberConfig{Groups: groups})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer sub.Close()
-
-	// Declare the exchange "orders" and the queue "orders.billing" (with
-	// its retry chain) before publishing.
-	if err := sub.Setup(ctx, "orders", "billing"); err != nil {
-		log.Fatal(err)
-	}
 	m := broker.NewMessage("orders", []byte(`{"id":42}`))
 	m.Key = "order-42"
 	if err := pub.Publish(ctx, m); err != nil {

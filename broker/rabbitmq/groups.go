@@ -199,3 +199,13 @@ func (rc RetryChain) Topology(main Queue) (Topology, error) {
 	t.Bindings = append(t.Bindings, Binding{Exchange: dlx, Queue: park.Name, Key: parkingKey})
 	return t, t.Validate()
 }
+
+// source returns what the subscriber's decoding needs to know of the queue
+// of group on topic.
+func (g Groups) source(topic, group string) source {
+	src := source{queue: g.QueueFor(topic, group), topic: topic, quorum: g.Queue.Type == QueueQuorum}
+	if g.Retry != nil {
+		src.chainLevels = len(g.Retry.delays())
+	}
+	return src
+}

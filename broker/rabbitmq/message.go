@@ -1,8 +1,12 @@
 package rabbitmq
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +26,10 @@ import (
 const (
 	headerTime = broker.ReservedHeaderPrefix + "time" // int64 Unix nanoseconds
 	headerSeq  = broker.ReservedHeaderPrefix + "seq"  // tells apart returned duplicates
+	// headerUndecodable replaces the header table of a delivery the
+	// connection's guard could not let through (see guard.go); its value
+	// says why.
+	headerUndecodable = broker.ReservedHeaderPrefix + "undecodable"
 )
 
 // HeaderDeath is the Delivery header holding the broker's x-death history
@@ -80,34 +88,79 @@ func toPublishing(m broker.Message, deliveryMode uint8) amqp.Publishing {
 // delivered is what fromDelivery learns about an AMQP delivery.
 type delivered struct {
 	msg broker.Message
-	// rejections is how often the message was rejected (nacked without
-	// requeue) from queue before, from x-death.
-	rejections int64
-	// deliveryCount is a quorum queue's x-delivery-count.
+	// hops is how many times the message went down the group's retry
+	// chain and came back: read from the routing key the broker set when
+	// the message left the chain (never from headers a producer could
+	// write), at most the chain's length.
+	hops int64
+	// deliveryCount is a quorum queue's x-delivery-count of a redelivered
+	// message, clamped to [0, maxDeliveryCount].
 	deliveryCount int64
+	// undecodable says why the delivery could not be read (see guard.go),
+	// or is empty.
+	undecodable string
 }
+
+// source is what the subscriber knows of the queue a delivery came from;
+// the zero value knows nothing (MessageFromDelivery).
+type source struct {
+	// queue is the group queue.
+	queue string
+	// topic is the subscription's topic: the exchange the group queue is
+	// bound to.
+	topic string
+	// chainLevels is the number of retry levels of the group's retry
+	// chain, 0 without one.
+	chainLevels int
+	// quorum: the queue is a quorum queue, whose broker keeps
+	// x-delivery-count.
+	quorum bool
+}
+
+// maxDeliveryCount bounds the x-delivery-count taken into account, and
+// maxAttempt every Delivery.Attempt: forged or absurd values cannot
+// overflow or reach the limits of a retry policy's arithmetic.
+const (
+	maxDeliveryCount = 1 << 20
+	maxAttempt       = 1 << 30
+)
 
 // MessageFromDelivery maps an AMQP delivery back to the message that was
 // published, exactly as the Subscriber does: reserved headers are removed,
 // full-precision time and escaped header names are restored, AMQP
 // properties (type, content-type, correlation-id, ...) become headers, and
 // broker-added headers such as x-death stay as strings (x-death as JSON, see
-// Deaths). Tools that read queues directly, such as dead-letter inspectors,
-// use it so they decode the wire format the same way.
+// Deaths). The topic and key are the delivery's exchange and routing key:
+// headers never rename a message. A delivery without a message-id gets the
+// fallback ID of FallbackID. Tools that read queues directly, such as
+// dead-letter inspectors, use it so they decode the wire format the same
+// way.
 func MessageFromDelivery(d *amqp.Delivery) broker.Message {
-	return fromDelivery(d, "").msg
+	return fromDelivery(d, source{}).msg
 }
 
-// fromDelivery maps an AMQP delivery consumed from queue back to a message.
-// A message that was dead-lettered from queue and came back (a retry chain)
-// gets its original exchange and routing key from its x-death entry.
-func fromDelivery(d *amqp.Delivery, queue string) delivered {
+// fromDelivery maps an AMQP delivery consumed from src back to a message.
+//
+// Topic and Key are the delivery's exchange and routing key, except for a
+// message that comes back from the group's retry chain (its exchange is the
+// chain's return exchange, which only the broker publishes to): its topic
+// is then the subscription's, and its key the routing key the broker
+// recorded in the x-death entry of its rejection from the group queue.
+// Wire metadata a producer wrote (x-death, x-delivery-count) never renames
+// a message delivered from its topic's exchange, and never counts as an
+// attempt there.
+func fromDelivery(d *amqp.Delivery, src source) delivered {
 	out := delivered{msg: broker.Message{
 		ID:      d.MessageId,
 		Topic:   d.Exchange,
 		Key:     d.RoutingKey,
 		Payload: d.Body,
 	}}
+	fromChain := src.chainLevels > 0 && src.queue != "" && d.Exchange == src.queue+".return"
+	if fromChain {
+		out.msg.Topic = src.topic
+		out.hops = chainHops(d.RoutingKey, src.chainLevels)
+	}
 	var headers map[string]string
 	set := func(k, v string) {
 		if headers == nil {
@@ -122,31 +175,21 @@ func fromDelivery(d *amqp.Delivery, queue string) delivered {
 		case k == headerTime:
 			nanos, haveNanos = toInt64(v)
 			continue
+		case k == headerUndecodable:
+			out.undecodable = headerString(v)
+			continue
 		case strings.HasPrefix(k, broker.ReservedHeaderPrefix):
 			var ok bool
 			if k, ok = brokerimpl.MessageHeader(k); !ok {
 				continue
 			}
-		case k == HeaderDeath:
-			if deaths, ok := v.([]any); ok {
-				for _, e := range deaths {
-					t, ok := e.(amqp.Table)
-					if !ok || t["queue"] != queue || t["reason"] != "rejected" {
-						continue
-					}
-					out.rejections, _ = toInt64(t["count"])
-					if ex, ok := t["exchange"].(string); ok {
-						out.msg.Topic = ex
-					}
-					if keys, ok := t["routing-keys"].([]any); ok && len(keys) > 0 {
-						if key, ok := keys[0].(string); ok {
-							out.msg.Key = key
-						}
-					}
-				}
+		case k == HeaderDeath && fromChain:
+			if key, ok := rejectedKey(v, src.queue); ok {
+				out.msg.Key = key
 			}
-		case k == HeaderDeliveryCount:
-			out.deliveryCount, _ = toInt64(v)
+		case k == HeaderDeliveryCount && src.quorum && d.Redelivered:
+			n, _ := toInt64(v)
+			out.deliveryCount = min(max(n, 0), maxDeliveryCount)
 		}
 		set(k, headerString(v))
 	}
@@ -170,7 +213,100 @@ func fromDelivery(d *amqp.Delivery, queue string) delivered {
 	case !d.Timestamp.IsZero():
 		out.msg.Time = d.Timestamp
 	}
+	if out.msg.ID == "" {
+		out.msg.ID = FallbackID(out.msg)
+	}
 	return out
+}
+
+// chainHops returns how many retry levels a message coming back from a
+// chain of levels levels went through, from the routing key the chain's
+// queues dead-letter it with: steadfast.retry.<n+1> after n levels,
+// steadfast.parking after the last. Anything else counts as one.
+func chainHops(key string, levels int) int64 {
+	if key == parkingKey {
+		return int64(levels)
+	}
+	if n, ok := strings.CutPrefix(key, "steadfast.retry."); ok {
+		if l, err := strconv.Atoi(n); err == nil && l >= 2 && l <= levels {
+			return int64(l - 1)
+		}
+	}
+	return 1
+}
+
+// rejectedKey returns the first routing key of the x-death entry that
+// records the message's rejection from queue.
+func rejectedKey(v any, queue string) (string, bool) {
+	deaths, ok := v.([]any)
+	if !ok {
+		return "", false
+	}
+	for _, e := range deaths {
+		t, ok := e.(amqp.Table)
+		if !ok || t["queue"] != queue || t["reason"] != "rejected" {
+			continue
+		}
+		if keys, ok := t["routing-keys"].([]any); ok && len(keys) > 0 {
+			if key, ok := keys[0].(string); ok {
+				return key, true
+			}
+		}
+	}
+	return "", false
+}
+
+// FallbackIDPrefix starts the ID FallbackID gives a message delivered
+// without a message-id.
+const FallbackIDPrefix = "rabbitmq-sha256-"
+
+// FallbackID returns the ID a delivery without a message-id gets:
+// FallbackIDPrefix followed by 32 hex digits of a SHA-256 over the
+// message's topic, key, time, payload and headers, broker-added ones
+// (x-death, x-delivery-count, x-first-death-*, x-last-death-*) left out.
+// It is the same on every redelivery of the message, through a retry chain
+// too, so consumers that deduplicate on Message.ID (package idempotency)
+// handle it once. Two messages without ID that are equal in all of these
+// get the same ID and are taken for one: producers that may send such
+// messages should set message-id.
+func FallbackID(m broker.Message) string {
+	h := sha256.New()
+	var n [8]byte
+	field := func(s string) {
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	field(m.Topic)
+	field(m.Key)
+	var nanos int64
+	if !m.Time.IsZero() {
+		nanos = m.Time.UnixNano()
+	}
+	binary.BigEndian.PutUint64(n[:], uint64(nanos))
+	h.Write(n[:])
+	binary.BigEndian.PutUint64(n[:], uint64(len(m.Payload)))
+	h.Write(n[:])
+	h.Write(m.Payload)
+	keys := make([]string, 0, len(m.Headers))
+	for k := range m.Headers {
+		if !brokerAdded(k) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		field(k)
+		field(m.Headers[k])
+	}
+	return FallbackIDPrefix + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// brokerAdded reports whether header k is one RabbitMQ adds when it
+// dead-letters or redelivers a message.
+func brokerAdded(k string) bool {
+	return k == HeaderDeath || k == HeaderDeliveryCount ||
+		strings.HasPrefix(k, "x-first-death-") || strings.HasPrefix(k, "x-last-death-")
 }
 
 func toInt64(v any) (int64, bool) {

@@ -2,6 +2,8 @@ package rabbitmq
 
 import (
 	"maps"
+	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,7 +52,7 @@ func TestMessageMappingRoundTrip(t *testing.T) {
 		ReplyTo: p.ReplyTo, MessageId: p.MessageId, Timestamp: when.Truncate(time.Second),
 		Exchange: "orders", RoutingKey: "k", Body: p.Body,
 	}
-	got := fromDelivery(d, "q").msg
+	got := fromDelivery(d, source{queue: "q"}).msg
 	if !maps.Equal(got.Headers, m.Headers) {
 		t.Errorf("headers = %v\nwant      %v", got.Headers, m.Headers)
 	}
@@ -59,7 +61,7 @@ func TestMessageMappingRoundTrip(t *testing.T) {
 	}
 
 	// Without the nanosecond header the timestamp property is used.
-	got = fromDelivery(&amqp.Delivery{Timestamp: when.Truncate(time.Second)}, "q").msg
+	got = fromDelivery(&amqp.Delivery{Timestamp: when.Truncate(time.Second)}, source{queue: "q"}).msg
 	if !got.Time.Equal(when.Truncate(time.Second)) || got.Headers != nil {
 		t.Errorf("foreign message: time %v headers %v", got.Time, got.Headers)
 	}
@@ -75,7 +77,7 @@ func TestForeignHeaderValues(t *testing.T) {
 		"int": "7", "long": "-3", "bool": "true", "float": "1.5", "bytes": "raw",
 		"time": "2026-05-06T07:08:09Z", "nil": "", "table": `{"a":"b"}`, "array": `["x",1]`,
 	}
-	if got := fromDelivery(d, "q").msg.Headers; !maps.Equal(got, want) {
+	if got := fromDelivery(d, source{queue: "q"}).msg.Headers; !maps.Equal(got, want) {
 		t.Errorf("headers = %v\nwant      %v", got, want)
 	}
 }
@@ -94,9 +96,10 @@ func TestDeathsAndRetryChainRecovery(t *testing.T) {
 			"x-first-death-queue": "q",
 		},
 	}
-	got := fromDelivery(d, "q")
-	if got.msg.Topic != "orders" || got.msg.Key != "order.42" || got.rejections != 2 {
-		t.Errorf("recovered topic %q key %q rejections %d; want orders, order.42, 2", got.msg.Topic, got.msg.Key, got.rejections)
+	src := source{queue: "q", topic: "orders", chainLevels: 3}
+	got := fromDelivery(d, src)
+	if got.msg.Topic != "orders" || got.msg.Key != "order.42" || got.hops != 1 {
+		t.Errorf("recovered topic %q key %q hops %d; want orders, order.42, 1", got.msg.Topic, got.msg.Key, got.hops)
 	}
 	deaths, err := Deaths(got.msg.Headers)
 	if err != nil {
@@ -107,7 +110,7 @@ func TestDeathsAndRetryChainRecovery(t *testing.T) {
 		t.Errorf("deaths = %+v", deaths)
 	}
 	// Another queue's history does not count as this queue's attempts.
-	if other := fromDelivery(d, "other"); other.rejections != 0 || other.msg.Key != "steadfast.retry.2" {
+	if other := fromDelivery(d, source{queue: "other", topic: "orders", chainLevels: 3}); other.hops != 0 || other.msg.Key != "steadfast.retry.2" {
 		t.Errorf("other queue: %+v", other)
 	}
 	if ds, err := Deaths(nil); ds != nil || err != nil {
@@ -115,5 +118,91 @@ func TestDeathsAndRetryChainRecovery(t *testing.T) {
 	}
 	if _, err := Deaths(map[string]string{HeaderDeath: "not json"}); err == nil {
 		t.Errorf("Deaths of garbage: no error")
+	}
+}
+
+// TestForgedWireMetadata: x-death and x-delivery-count written by a
+// producer never rename a message delivered from its topic's exchange and
+// never count as attempts; counts the broker wrote are clamped, and the
+// attempt arithmetic saturates instead of overflowing.
+func TestForgedWireMetadata(t *testing.T) {
+	forged := amqp.Table{
+		"x-death": []any{amqp.Table{"count": int64(math.MaxInt64), "reason": "rejected", "queue": "q",
+			"exchange": "victim", "routing-keys": []any{"victim-key"}}},
+		"x-delivery-count": int64(math.MaxInt64),
+	}
+	src := source{queue: "q", topic: "orders", chainLevels: 3}
+	for _, redelivered := range []bool{false, true} {
+		d := &amqp.Delivery{Exchange: "orders", RoutingKey: "k", MessageId: "id", Headers: forged, Redelivered: redelivered}
+		got := fromDelivery(d, src)
+		if got.msg.Topic != "orders" || got.msg.Key != "k" || got.hops != 0 || got.deliveryCount != 0 {
+			t.Errorf("redelivered %v: topic %q key %q hops %d count %d; want orders, k, 0, 0", redelivered, got.msg.Topic, got.msg.Key, got.hops, got.deliveryCount)
+		}
+		want := int64(1)
+		if redelivered {
+			want = 2
+		}
+		if a := firstAttempt(got, redelivered, 5); a != want {
+			t.Errorf("redelivered %v: attempt %d, want %d", redelivered, a, want)
+		}
+	}
+	// On a quorum queue the broker's count of a redelivery is used,
+	// clamped; a negative one is none.
+	q := source{queue: "q", topic: "orders", quorum: true}
+	for _, c := range []struct {
+		v    any
+		want int64
+	}{{int64(math.MaxInt64), 1 + maxDeliveryCount}, {int64(-4), 2}, {int32(3), 4}, {"junk", 2}} {
+		d := &amqp.Delivery{Exchange: "orders", RoutingKey: "k", MessageId: "id", Redelivered: true,
+			Headers: amqp.Table{"x-delivery-count": c.v}}
+		if a := firstAttempt(fromDelivery(d, q), true, 3); a != c.want {
+			t.Errorf("x-delivery-count %v: attempt %d, want %d", c.v, a, c.want)
+		}
+	}
+	// A message back from the chain's last level: hops from the routing
+	// key, saturating with an absurd MaxAttempts.
+	back := &amqp.Delivery{Exchange: "q.return", RoutingKey: "steadfast.parking", MessageId: "id"}
+	got := fromDelivery(back, src)
+	if got.hops != 3 || got.msg.Topic != "orders" {
+		t.Errorf("parking return: hops %d topic %q", got.hops, got.msg.Topic)
+	}
+	if a := firstAttempt(got, false, 2); a != 7 {
+		t.Errorf("attempt after 3 hops of 2 = %d, want 7", a)
+	}
+	if a := firstAttempt(got, true, math.MaxInt); a != maxAttempt {
+		t.Errorf("attempt with MaxAttempts MaxInt = %d, want %d", a, maxAttempt)
+	}
+	for _, k := range []string{"steadfast.retry.0", "steadfast.retry.99", "steadfast.retry.-1", "steadfast.retry.x", "other"} {
+		if h := chainHops(k, 3); h != 1 {
+			t.Errorf("chainHops(%q) = %d, want 1", k, h)
+		}
+	}
+}
+
+// TestFallbackID: a delivery without a message-id gets an ID that is the
+// same on every redelivery, through the retry chain too, and differs
+// between different messages.
+func TestFallbackID(t *testing.T) {
+	ts := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	first := &amqp.Delivery{Exchange: "orders", RoutingKey: "k", Body: []byte("p"), Timestamp: ts, Headers: amqp.Table{"a": "b"}}
+	a := fromDelivery(first, source{queue: "q", topic: "orders", chainLevels: 2}).msg.ID
+	if !strings.HasPrefix(a, FallbackIDPrefix) || len(a) != len(FallbackIDPrefix)+32 {
+		t.Fatalf("fallback ID %q", a)
+	}
+	again := *first
+	again.Redelivered = true
+	again.Exchange, again.RoutingKey = "q.return", "steadfast.retry.2"
+	again.Headers = amqp.Table{"a": "b", "x-first-death-queue": "q", "x-death": []any{amqp.Table{
+		"count": int64(1), "reason": "rejected", "queue": "q", "exchange": "orders", "routing-keys": []any{"k"}}}}
+	if b := fromDelivery(&again, source{queue: "q", topic: "orders", chainLevels: 2}).msg.ID; b != a {
+		t.Errorf("fallback ID changed through the retry chain: %q, then %q", a, b)
+	}
+	other := *first
+	other.Body = []byte("q")
+	if c := MessageFromDelivery(&other).ID; c == a {
+		t.Errorf("different payloads, same fallback ID %q", c)
+	}
+	if id := MessageFromDelivery(&amqp.Delivery{MessageId: "given"}).ID; id != "given" {
+		t.Errorf("ID %q replaced", id)
 	}
 }

@@ -244,6 +244,9 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 	if err != nil {
 		return err
 	}
+	if err := checkLimits(msgs, p.conn.frameMax()); err != nil {
+		return err
+	}
 	if len(msgs) == 0 {
 		return nil
 	}
@@ -331,6 +334,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 		}
 	}
 
+	p.warnUnroutable(msgs, failures)
 	var pe broker.PublishError
 	for i, e := range failures {
 		if e != nil {

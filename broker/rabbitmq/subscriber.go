@@ -162,11 +162,7 @@ func (s *Subscriber) Close() error {
 // after every reconnect. Like Conn.Declare, it returns when ctx ends, even
 // while the broker does not answer.
 func (s *Subscriber) Setup(ctx context.Context, topic string, groups ...string) error {
-	t, err := s.cfg.Groups.Topology(topic, groups...)
-	if err != nil {
-		return err
-	}
-	return s.conn.Declare(ctx, t)
+	return s.cfg.Groups.Declare(ctx, s.conn, topic, groups...)
 }
 
 // Topology returns what Setup declares.
@@ -214,6 +210,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, sub broker.Subscription, h b
 		sub:      sub,
 		h:        h,
 		queue:    s.cfg.Groups.QueueFor(sub.Topic, sub.Group),
+		src:      s.cfg.Groups.source(sub.Topic, sub.Group),
 		prefetch: prefetch,
 		tag:      "steadfast." + sub.Group + "." + hex.EncodeToString(tag[:]),
 		sem:      make(chan struct{}, sub.Concurrency),
@@ -242,6 +239,7 @@ type member struct {
 	sub      broker.Subscription
 	h        broker.Handler
 	queue    string
+	src      source // what decoding needs to know of queue
 	prefetch int
 	tag      string
 	sem      chan struct{} // one token per running handler
@@ -420,7 +418,7 @@ func (s *session) dispatch(ctx context.Context, deliveries <-chan amqp.Delivery,
 }
 
 func (s *session) add(d *amqp.Delivery) {
-	j := &job{tag: d.DeliveryTag, redl: d.Redelivered, info: fromDelivery(d, s.m.queue)}
+	j := &job{tag: d.DeliveryTag, redl: d.Redelivered, info: fromDelivery(d, s.m.src)}
 	key := j.info.msg.Key
 	key = cmp.Or(key, "\x00"+strconv.FormatUint(d.DeliveryTag, 10))
 	s.mu.Lock()
@@ -475,21 +473,17 @@ func (s *session) runLane(key string, l *lane) {
 // session stops (false: j stays unacknowledged and goes back to the queue).
 func (s *session) process(j *job) bool {
 	cfg := &s.m.s.cfg
-	stride := int64(max(cfg.MaxAttempts, 1))
-	base := 1 + j.info.rejections*stride
-	switch {
-	case j.info.deliveryCount > 0:
-		base += j.info.deliveryCount
-	case j.redl:
-		base++
+	if j.info.undecodable != "" {
+		return s.rejectUndecodable(j)
 	}
+	base := firstAttempt(j.info, j.redl, cfg.MaxAttempts)
 	for local := 0; ; local++ {
 		select {
 		case s.m.sem <- struct{}{}:
 		case <-s.stopCh:
 			return false
 		}
-		attempt := int(base) + local
+		attempt := int(min(base+int64(local), maxAttempt))
 		err := s.call(j, attempt)
 		<-s.m.sem
 		tel := s.m.s.tel

@@ -104,6 +104,10 @@ type Broker struct {
 	// Setup, when set, prepares a topic and a consumer group before a case
 	// publishes (create a Kafka topic, declare RabbitMQ queues).
 	Setup func(ctx context.Context, topic, group string) error
+	// Limits are the protocol limits the publisher enforces; the
+	// ProtocolLimits case writes one row breaking each and is skipped
+	// without any.
+	Limits brokertest.Limits
 }
 
 // BrokerFactory returns a broker for one case.

@@ -33,6 +33,7 @@ func RunRelay(t *testing.T, factory Factory, brokers BrokerFactory, opts Options
 		{"PoisonBlocksKey", func(t *testing.T) { s.poison(t, true) }},
 		{"Outage", s.outage},
 		{"BadRows", s.badRows},
+		{"ProtocolLimits", s.protocolLimits},
 		{"WakeUp", s.wakeUp},
 		{"Transactions", s.transactions},
 		{"Crash", s.crash},
@@ -827,4 +828,82 @@ func (s *relaySuite) crash(t *testing.T) {
 		t.Logf("idempotent consumer: %d distinct effects, %d applied more than once", len(counts), bad)
 	}
 	e.waitEmpty(e.h.Store)
+}
+
+// protocolLimits: one row per protocol limit of the broker, among good rows
+// of its own key and of other keys. Each poison row is parked at once (one
+// attempt) with the publisher's reason, offered at most twice (in its batch,
+// then alone), and every good
+// row is published in order, its key flowing on past the parked row. A
+// poison row the store refuses when it is written is no row at all: it is
+// reported and left out.
+func (s *relaySuite) protocolLimits(t *testing.T) {
+	e := s.newEnv(t)
+	if e.b.Limits == (brokertest.Limits{}) {
+		t.Skip("the broker declares no protocol limits (Broker.Limits)")
+	}
+	perKey := map[string]int{}
+	wantParked := map[string]string{} // payload -> key
+	want := 0
+	i := 0
+	for name, bad := range brokertest.LimitPoison(e.topic, e.b.Limits) {
+		key := fmt.Sprint("p", i)
+		i++
+		if bad.Key == "poison" {
+			bad.Key = key
+		}
+		before, after := SeqMessage(e.topic, key, 0), SeqMessage(e.topic, key, 1)
+		if err := e.h.Enqueue(e.ctx, bad); err != nil {
+			t.Logf("%s: the store refuses the row: %v", name, err)
+			continue
+		}
+		// Write the good rows around the poison one: the poison row is
+		// written first, so the key's good rows must pass it.
+		e.enqueue(before, after)
+		wantParked[string(bad.Payload)] = bad.Key
+		perKey[key] = 2
+		want += 2
+	}
+	for k := range 3 {
+		key := fmt.Sprint("good", k)
+		for seq := range 5 {
+			e.enqueue(SeqMessage(e.topic, key, seq))
+		}
+		perKey[key] = 5
+		want += 5
+	}
+	tally := NewTally(want)
+	e.consume(tally.Handler())
+	var offered sync.Map
+	pub := &FaultyPublisher{Next: e.b.Publisher, Reject: func(m broker.Message) error {
+		if _, bad := wantParked[string(m.Payload)]; bad {
+			n, _ := offered.LoadOrStore(string(m.Payload), new(atomic.Int32))
+			n.(*atomic.Int32).Add(1)
+		}
+		return nil
+	}}
+	e.startRelay(e.store(), pub, outbox.Config{})
+	tally.Wait(t, e.o.Timeout, "good rows")
+	var parked []outbox.Record
+	Eventually(t, e.o.Timeout, "poison rows parked", func() (bool, string) {
+		var err error
+		parked, err = e.h.Store.Parked(e.ctx, outbox.ParkedQuery{})
+		return err == nil && len(parked) == len(wantParked), fmt.Sprint(len(parked), err)
+	})
+	for _, p := range parked {
+		if _, ok := wantParked[string(p.Message.Payload)]; !ok || p.Attempts != 1 || !strings.Contains(p.LastError, broker.ErrInvalidMessage.Error()) {
+			t.Errorf("parked row %.60q: attempts %d, reason %.200q; want 1 attempt and a reason containing %q",
+				p.Message.Payload, p.Attempts, p.LastError, broker.ErrInvalidMessage.Error())
+		}
+	}
+	offered.Range(func(k, v any) bool {
+		// Once in its batch, which the publisher refuses as a whole, and
+		// once alone, which names it.
+		if n := v.(*atomic.Int32).Load(); n > 2 {
+			t.Errorf("poison row %q offered to the publisher %d times, want at most 2", k, n)
+		}
+		return true
+	})
+	tally.CheckNoDuplicates(t)
+	tally.CheckOrder(t, perKey)
 }

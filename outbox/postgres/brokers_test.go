@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/steadfast-go/steadfast/broker"
+	"github.com/steadfast-go/steadfast/broker/brokertest"
 	"github.com/steadfast-go/steadfast/broker/kafka"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/idempotency"
@@ -123,6 +124,7 @@ func rabbitBrokerAt(t *testing.T, url string) outboxtest.Broker {
 			topos = append(topos, topo)
 			return sub.Setup(ctx, topic, group)
 		},
+		Limits: brokertest.Limits{MaxNameBytes: rabbitmq.MaxNameBytes, UTF8Topic: true, MaxHeaders: rabbitmq.MaxHeaders - 2},
 	}
 }
 
