@@ -575,7 +575,7 @@ func TestRetryTopicEnvelopeNeverRenames(t *testing.T) {
 	}
 	type call struct {
 		id, topic, group, key string
-		attempt              int
+		attempt               int
 	}
 	calls := make(chan call, 10)
 	ctx, cancel := context.WithCancel(context.Background())
