@@ -617,3 +617,80 @@ func TestRetryTopicEnvelopeNeverRenames(t *testing.T) {
 		t.Errorf("the forged destination holds %d dead letters (%v)", len(dls), err)
 	}
 }
+
+// TestSubscribeCreatesTopics: Subscribe creates the missing retry and
+// dead-letter topics (with the main topic's partition count) and a poison
+// message is dead-lettered; with NoCreateTopics, or when the cluster
+// refuses to create them, Subscribe fails at once naming them, with an
+// error matching dlq.ErrNotFound and kafka.ErrUnknownTopic.
+func TestSubscribeCreatesTopics(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	newConsumer := func(cfg kafkadlq.Config) *kafkadlq.Consumer {
+		t.Helper()
+		cfg.Subscriber = subConfig(e.brokers)
+		cfg.DLQ.Retries, cfg.DLQ.Policy = dlq.RetryTopics, dlq.Policy{MaxAttempts: 3, Backoff: broker.Backoff{Initial: time.Millisecond}}
+		c, err := kafkadlq.NewConsumer(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	fail := func(context.Context, broker.Delivery) error { return errors.New("poison") }
+
+	t.Run("NoCreateTopics", func(t *testing.T) {
+		topic := testenv.Name(t, "orders")
+		e.createTopic(t, topic, 2)
+		c := newConsumer(kafkadlq.Config{NoCreateTopics: true})
+		err := c.Subscribe(ctxT(t), broker.Subscription{Topic: topic, Group: "g"}, fail)
+		if !errors.Is(err, dlq.ErrNotFound) || !errors.Is(err, kafka.ErrUnknownTopic) || !strings.Contains(err.Error(), topic+".g.dlq") {
+			t.Fatalf("Subscribe = %v, want ErrNotFound and ErrUnknownTopic naming the dead-letter topic", err)
+		}
+		if _, err := e.admin.Partitions(ctxT(t), topic+".g.dlq"); !errors.Is(err, kafka.ErrUnknownTopic) {
+			t.Errorf("dead-letter topic created anyway: %v", err)
+		}
+	})
+	t.Run("CreationRefused", func(t *testing.T) {
+		topic := testenv.Name(t, "orders")
+		e.createTopic(t, topic, 2)
+		c := newConsumer(kafkadlq.Config{TopicSpec: kafka.TopicSpec{ReplicationFactor: 100}}) // more replicas than brokers
+		err := c.Subscribe(ctxT(t), broker.Subscription{Topic: topic, Group: "g"}, fail)
+		if !errors.Is(err, dlq.ErrNotFound) || !strings.Contains(err.Error(), "could not be created") {
+			t.Fatalf("Subscribe = %v, want ErrNotFound: could not be created", err)
+		}
+	})
+	t.Run("Create", func(t *testing.T) {
+		topic := testenv.Name(t, "orders")
+		e.createTopic(t, topic, 3)
+		c := newConsumer(kafkadlq.Config{})
+		m := broker.NewMessage(topic, []byte("poison"))
+		if err := e.pub.Publish(ctxT(t), m); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- c.Subscribe(ctx, broker.Subscription{Topic: topic, Group: "g"}, fail) }()
+		in := e.inspector(t, topic+".g.dlq", nil)
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			dls, err := in.List(ctxT(t), dlq.Filter{})
+			if err == nil && len(dls) == 1 && dls[0].ID() == m.ID {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no dead letter: %d listed, %v", len(dls), err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range c.Topics(topic, "g") {
+			if n, err := e.admin.Partitions(ctxT(t), name); err != nil || n != 3 {
+				t.Errorf("topic %s: %d partitions, %v; want 3", name, n, err)
+			}
+		}
+	})
+}
