@@ -215,6 +215,21 @@ func (c Config) withDefaults() (Config, error) {
 // broker first failed, so a message redelivered to the same process keeps
 // it; elsewhere the history starts at the first failure seen there.
 //
+// Envelope headers on a delivery are honoured only on the Consumer's own
+// retry topics (Subscribe with RetryTopics): on a main topic a producer
+// could forge them to skip retries, rename the message or choose where its
+// dead letter goes, so they are stripped there, unread, and a warning is
+// logged. On a retry topic the message keeps the delivery's ID and key and
+// the subscription's topic and group, and its attempt count is clamped to
+// [1, MaxAttempts-1].
+//
+// Dead letters always fit the publisher's size limit (broker.SizeLimiter,
+// or the limit a broker.ErrMessageTooLarge refusal reveals, taken as the
+// original message's size): the error text is cut first, then the payload
+// and if need be the original headers are left out (Envelope.PayloadOmitted,
+// HeadersOmitted, OriginalSize), logged at ERROR. A message too large for a
+// retry topic with its envelope is retried in process instead.
+//
 // Put the Consumer's middleware outside deduplication middleware, so that
 // a dead-lettered message is not recorded as processed and its replay is
 // handled.
@@ -294,7 +309,9 @@ func New(cfg Config) (*Consumer, error) {
 
 // Middleware returns the retry and dead-letter middleware for handlers the
 // caller subscribes itself. With RetryTopics use Subscribe instead, which
-// also consumes the retry topics.
+// also consumes the retry topics. The middleware treats every delivery as
+// one of a main topic: envelope headers it carries are stripped unread
+// (see Consumer).
 func (c *Consumer) Middleware() broker.Middleware {
 	return func(next broker.Handler) broker.Handler { return c.wrap(next, nil, nil) }
 }

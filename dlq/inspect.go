@@ -12,7 +12,7 @@ import (
 
 // Inspector is the operations port over one dead-letter destination (a
 // Kafka topic, a RabbitMQ queue). Implementations live in the backend
-// subpackages (kafkadlq, rabbitdlq) and are what the steadfast-dlq command
+// subpackages (kafkadlq, rabbitdlq) and are what package dlqcli
 // drives.
 type Inspector interface {
 	// List returns the dead letters matching f, oldest failure first,
