@@ -129,6 +129,10 @@ func newEnvelope(d broker.Delivery, handler string) Envelope {
 	}
 }
 
+// The range of envelope times: a message's (broker.MinTime to
+// broker.MaxTime), so every time read can be written back and published.
+var minTime, maxTime = broker.MinTime, broker.MaxTime
+
 func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
 // SetHeaders writes e into h (which must not be nil), replacing envelope
@@ -180,7 +184,8 @@ func (e Envelope) SetHeaders(h map[string]string) {
 
 // ParseEnvelope reads the envelope from message headers. It returns an
 // error wrapping ErrNoEnvelope when h has no HeaderAttempts, and one
-// wrapping ErrMalformedEnvelope when a header does not parse.
+// wrapping ErrMalformedEnvelope when a header does not parse, a count is
+// negative or a time is outside [broker.MinTime, broker.MaxTime].
 func ParseEnvelope(h map[string]string) (Envelope, error) {
 	e := Envelope{Partition: -1, Offset: -1}
 	attempts, ok := h[HeaderAttempts]
@@ -204,7 +209,7 @@ func ParseEnvelope(h map[string]string) (Envelope, error) {
 	}{{HeaderTime, &e.Time}, {HeaderFirstFailure, &e.FirstFailure}, {HeaderLastFailure, &e.LastFailure}, {HeaderDue, &e.Due}}
 	for _, x := range times {
 		if v, ok := h[x.k]; ok {
-			if *x.t, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			if *x.t, err = time.Parse(time.RFC3339Nano, v); err != nil || x.t.Before(minTime) || x.t.After(maxTime) {
 				return e, fmt.Errorf("%w: %s %q", ErrMalformedEnvelope, x.k, v)
 			}
 		}
