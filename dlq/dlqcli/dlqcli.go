@@ -571,7 +571,7 @@ func printJSON(w io.Writer, dls []dlq.DeadLetter, payload bool) error {
 }
 
 // escapeJSON escapes, in encoded JSON, the non-printable characters the
-// encoder leaves as they are (C1 controls such as U+009B, format
+// encoder leaves as they are (DEL, C1 controls such as U+009B, format
 // characters such as U+202E) as \uXXXX: the same JSON value, safe on a
 // terminal. They can only occur inside strings, where \u escapes are
 // valid.
@@ -579,7 +579,7 @@ func escapeJSON(b []byte) []byte {
 	var out []byte
 	for i := 0; i < len(b); {
 		r, size := utf8.DecodeRune(b[i:])
-		if r >= 0x80 && r != utf8.RuneError && !unicode.IsPrint(r) {
+		if r >= 0x7f && r != utf8.RuneError && !unicode.IsPrint(r) {
 			if out == nil {
 				out = append(make([]byte, 0, len(b)+16), b[:i]...)
 			}
