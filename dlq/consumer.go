@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -526,10 +528,11 @@ func (c *Consumer) start(d broker.Delivery, retryOf *broker.Subscription) (broke
 	return orig, env, env.Attempts, true
 }
 
-// hasEnvelope reports whether h carries any envelope header.
+// hasEnvelope reports whether h carries any envelope header. It looks at
+// each header once (a delivery has few), not up each envelope name.
 func hasEnvelope(h map[string]string) bool {
-	for _, k := range envelopeHeaders {
-		if _, ok := h[k]; ok {
+	for k := range h {
+		if strings.HasPrefix(k, HeaderPrefix) && slices.Contains(envelopeHeaders[:], k) {
 			return true
 		}
 	}
