@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -215,6 +217,21 @@ func (c Config) withDefaults() (Config, error) {
 // broker first failed, so a message redelivered to the same process keeps
 // it; elsewhere the history starts at the first failure seen there.
 //
+// Envelope headers on a delivery are honoured only on the Consumer's own
+// retry topics (Subscribe with RetryTopics): on a main topic a producer
+// could forge them to skip retries, rename the message or choose where its
+// dead letter goes, so they are stripped there, unread, and a warning is
+// logged. On a retry topic the message keeps the delivery's ID and key and
+// the subscription's topic and group, and its attempt count is clamped to
+// [1, MaxAttempts-1].
+//
+// Dead letters always fit the publisher's size limit (broker.SizeLimiter,
+// or the limit a broker.ErrMessageTooLarge refusal reveals, taken as the
+// original message's size): the error text is cut first, then the payload
+// and if need be the original headers are left out (Envelope.PayloadOmitted,
+// HeadersOmitted, OriginalSize), logged at ERROR. A message too large for a
+// retry topic with its envelope is retried in process instead.
+//
 // Put the Consumer's middleware outside deduplication middleware, so that
 // a dead-lettered message is not recorded as processed and its replay is
 // handled.
@@ -223,6 +240,7 @@ type Consumer struct {
 	tel   *metrics.Instruments
 	log   *slog.Logger
 	first firstFailures
+	limit int // the publisher's size limit, or 0 when it does not say
 }
 
 // maxTracked bounds the first-failure times a Consumer remembers for
@@ -284,14 +302,20 @@ func New(cfg Config) (*Consumer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dlq: metrics: %w", err)
 	}
-	return &Consumer{cfg: cfg, tel: tel, log: cfg.Logger}, nil
+	c := &Consumer{cfg: cfg, tel: tel, log: cfg.Logger}
+	if l, ok := cfg.Publisher.(broker.SizeLimiter); ok {
+		c.limit = max(l.MaxMessageBytes(), 0)
+	}
+	return c, nil
 }
 
 // Middleware returns the retry and dead-letter middleware for handlers the
 // caller subscribes itself. With RetryTopics use Subscribe instead, which
-// also consumes the retry topics.
+// also consumes the retry topics. The middleware treats every delivery as
+// one of a main topic: envelope headers it carries are stripped unread
+// (see Consumer).
 func (c *Consumer) Middleware() broker.Middleware {
-	return func(next broker.Handler) broker.Handler { return c.wrap(next, nil) }
+	return func(next broker.Handler) broker.Handler { return c.wrap(next, nil, nil) }
 }
 
 // Topics returns the topics the consumer publishes to for topic and group:
@@ -325,15 +349,15 @@ func (c *Consumer) Subscribe(ctx context.Context, sub broker.Subscription, h bro
 		return fmt.Errorf("%w: Config.Subscriber is nil", ErrInvalidConfig)
 	}
 	if c.cfg.Retries != RetryTopics || c.cfg.RetryLevels == 0 {
-		return c.cfg.Subscriber.Subscribe(ctx, sub, c.wrap(h, ctx.Done()))
+		return c.cfg.Subscriber.Subscribe(ctx, sub, c.wrap(h, ctx.Done(), nil))
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, c.cfg.RetryLevels+1)
-	go func() { errs <- c.cfg.Subscriber.Subscribe(runCtx, sub, c.wrap(h, runCtx.Done())) }()
+	go func() { errs <- c.cfg.Subscriber.Subscribe(runCtx, sub, c.wrap(h, runCtx.Done(), nil)) }()
 	for level := 1; level <= c.cfg.RetryLevels; level++ {
 		rs := broker.Subscription{Topic: c.cfg.RetryTopic(sub.Topic, sub.Group, level), Group: sub.Group, Concurrency: sub.Concurrency}
-		rh := c.retryHandler(c.wrap(h, runCtx.Done()), runCtx.Done())
+		rh := c.retryHandler(c.wrap(h, runCtx.Done(), &sub), runCtx.Done())
 		go func() {
 			err := c.cfg.RetrySubscriber.Subscribe(runCtx, rs, rh)
 			if err != nil {
@@ -372,14 +396,17 @@ func (c *Consumer) retryHandler(next broker.Handler, stop <-chan struct{}) broke
 }
 
 // wrap is the middleware. stop, when not nil, ends in-process waits.
-func (c *Consumer) wrap(next broker.Handler, stop <-chan struct{}) broker.Handler {
+// retryOf is nil on a main topic; on a retry topic it is the main
+// subscription the retry topic belongs to, and the only place where the
+// middleware reads an envelope.
+func (c *Consumer) wrap(next broker.Handler, stop <-chan struct{}, retryOf *broker.Subscription) broker.Handler {
 	return func(ctx context.Context, d broker.Delivery) error {
-		return c.handle(ctx, next, d, stop)
+		return c.handle(ctx, next, d, stop, retryOf)
 	}
 }
 
-func (c *Consumer) handle(ctx context.Context, next broker.Handler, d broker.Delivery, stop <-chan struct{}) error {
-	orig, env, prior, carried := c.start(d)
+func (c *Consumer) handle(ctx context.Context, next broker.Handler, d broker.Delivery, stop <-chan struct{}, retryOf *broker.Subscription) error {
+	orig, env, prior, carried := c.start(d, retryOf)
 	// tracked: this process may remember the message's first failure.
 	tracked := !carried && prior > 0
 	if tracked {
@@ -436,13 +463,18 @@ func (c *Consumer) handle(ctx context.Context, next broker.Handler, d broker.Del
 		case RetryRedeliver:
 			return handBack(err)
 		case RetryTopics:
-			if ferr := c.forward(ctx, orig, env, now.Add(wait), err); ferr != nil {
+			ferr := c.forward(ctx, orig, env, now.Add(wait), err)
+			if ferr == nil {
+				if tracked {
+					c.first.forget(d)
+				}
+				return nil
+			}
+			if !errors.Is(ferr, errNoRoom) {
 				return handBack(ferr)
 			}
-			if tracked {
-				c.first.forget(d)
-			}
-			return nil
+			// Too large for a retry topic with its envelope: retried
+			// in process instead, as RetryInProcess would.
 		}
 		if !sleep(ctx, stop, wait) {
 			return handBack(err)
@@ -454,34 +486,57 @@ func (c *Consumer) handle(ctx context.Context, next broker.Handler, d broker.Del
 // start returns the delivery the handler sees, the envelope so far, the
 // number of attempts made before this delivery, and whether that count
 // came from an envelope the delivery carried (a retry-topic message).
-func (c *Consumer) start(d broker.Delivery) (broker.Delivery, Envelope, int, bool) {
-	if _, ok := d.Headers[HeaderAttempts]; ok {
-		env, err := ParseEnvelope(d.Headers)
-		if err == nil {
-			orig := d
-			orig.Message = broker.Message{
-				ID: d.ID, Topic: env.Topic, Key: env.Key, Payload: d.Payload,
-				Headers: Strip(d.Headers), Time: env.Time,
-			}
-			if env.ID != "" {
-				orig.ID = env.ID
-			}
-			orig.Topic = cmp.Or(orig.Topic, d.Topic)
-			if orig.Time.IsZero() {
-				orig.Time = d.Time
-			}
-			orig.Partition, orig.Offset, orig.Queue = env.Partition, env.Offset, env.Queue
-			if env.Group != "" {
-				orig.Group = env.Group
-			}
-			env.ID, env.Topic, env.Group = orig.ID, orig.Topic, orig.Group
-			env.Handler = c.cfg.Name
-			return orig, env, env.Attempts, true
+//
+// Envelope headers are honoured on retry topics only (retryOf not nil),
+// where the Consumer itself wrote them, and even there they never rename
+// the message: its ID and key are the delivery's, its topic and group the
+// main subscription's, and the attempt count is clamped to
+// [1, MaxAttempts-1] (a retry-topic message failed at least once and was
+// not dead-lettered). On a main topic, envelope headers are a producer's
+// forgery (or a dead letter fed back by hand): they are stripped, unread,
+// so they can neither shorten the retries, nor change the ID or topic the
+// handler sees, nor choose where the dead letter goes.
+func (c *Consumer) start(d broker.Delivery, retryOf *broker.Subscription) (broker.Delivery, Envelope, int, bool) {
+	forged := hasEnvelope(d.Headers)
+	if retryOf == nil {
+		if forged {
+			c.log.Warn("dlq: ignoring dead-letter envelope headers on a main topic (only retry topics carry them)",
+				"topic", d.Topic, "group", d.Group, "id", d.ID)
+			d.Headers = Strip(d.Headers)
 		}
-		c.log.Warn("dlq: ignoring a malformed envelope", "topic", d.Topic, "id", d.ID, "err", err)
-		d.Headers = Strip(d.Headers)
+		return d, newEnvelope(d, c.cfg.Name), max(d.Attempt-1, 0), false
 	}
-	return d, newEnvelope(d, c.cfg.Name), max(d.Attempt-1, 0), false
+	// A retry topic: the message belongs to the main subscription.
+	orig := d
+	orig.Headers = Strip(d.Headers)
+	orig.Topic, orig.Group = retryOf.Topic, retryOf.Group
+	env, err := ParseEnvelope(d.Headers)
+	if err != nil {
+		if forged {
+			c.log.Warn("dlq: ignoring a malformed envelope", "topic", d.Topic, "id", d.ID, "err", err)
+		}
+		orig.Partition, orig.Offset, orig.Queue = -1, -1, ""
+		return orig, newEnvelope(orig, c.cfg.Name), 0, false
+	}
+	if !env.Time.IsZero() {
+		orig.Time = env.Time
+	}
+	orig.Partition, orig.Offset, orig.Queue = env.Partition, env.Offset, env.Queue
+	env.ID, env.Topic, env.Key, env.Group, env.Time = orig.ID, orig.Topic, orig.Key, orig.Group, orig.Time
+	env.Handler = c.cfg.Name
+	env.Attempts = min(max(env.Attempts, 1), max(c.cfg.Policy.MaxAttempts-1, 1))
+	return orig, env, env.Attempts, true
+}
+
+// hasEnvelope reports whether h carries any envelope header. It looks at
+// each header once (a delivery has few), not up each envelope name.
+func hasEnvelope(h map[string]string) bool {
+	for k := range h {
+		if strings.HasPrefix(k, HeaderPrefix) && slices.Contains(envelopeHeaders[:], k) {
+			return true
+		}
+	}
+	return false
 }
 
 // call runs h, turning a panic into an error.
@@ -509,6 +564,15 @@ func sleep(ctx context.Context, stop <-chan struct{}, d time.Duration) bool {
 
 // deadLetter publishes orig with env to its dead-letter destination.
 // consumed is the topic the delivery came from.
+//
+// The dead letter always fits the publisher's size limit when the
+// original message did: its error text is cut to the room left; when the
+// envelope does not fit beside the payload even without error text, the
+// payload is left out (Envelope.PayloadOmitted), and then the original
+// headers too (Envelope.HeadersOmitted). The same steps follow a publish
+// refused with broker.ErrMessageTooLarge (a limit the publisher does not
+// report, or the broker's own), so a message is never retried forever for
+// its size.
 func (c *Consumer) deadLetter(ctx context.Context, consumed string, orig broker.Delivery, env Envelope, cause error) error {
 	reason := "exhausted"
 	if env.Class == ClassPermanent {
@@ -519,31 +583,99 @@ func (c *Consumer) deadLetter(ctx context.Context, consumed string, orig broker.
 		return fmt.Errorf("dlq: message %s failed on %q, whose dead-letter destination is %q itself; leaving it unacknowledged: %w",
 			orig.ID, consumed, topic, cause)
 	}
-	msg := c.outgoing(orig, env, topic)
-	if err := c.cfg.Publisher.Publish(ctx, msg); err != nil {
-		c.tel.PublishFailure(ctx, env.Topic, env.Group)
-		c.log.Error("dlq: dead-letter publish failed; the message stays unacknowledged", "topic", env.Topic,
-			"group", env.Group, "id", orig.ID, "dead_letter_topic", topic, "attempts", env.Attempts, "err", err, "cause", cause)
-		return fmt.Errorf("dlq: dead-letter message %s to %q after %d attempts (%v): %w", orig.ID, topic, env.Attempts, cause, err)
+	limit := c.limit
+	var err error
+	for omit := 0; omit <= 2; omit++ {
+		o, e := orig, env
+		if omit > 0 {
+			e.PayloadOmitted, e.OriginalSize, o.Payload = true, orig.Size(), nil
+		}
+		if omit > 1 {
+			e.HeadersOmitted, o.Headers = true, nil
+		}
+		msg, ok := c.fit(o, e, topic, limit)
+		if !ok && omit < 2 {
+			continue
+		}
+		if err = c.cfg.Publisher.Publish(ctx, msg); err == nil {
+			if omit > 0 {
+				c.log.Error("dlq: message dead-lettered without its payload: with its envelope it exceeds the size limit",
+					"topic", env.Topic, "group", env.Group, "id", orig.ID, "dead_letter_topic", topic,
+					"size", orig.Size(), "limit", limit, "headers_omitted", omit > 1)
+			}
+			c.tel.DeadLetter(ctx, env.Topic, env.Group, env.Class.String(), reason)
+			c.log.Warn("dlq: message dead-lettered", "topic", env.Topic, "group", env.Group, "id", orig.ID,
+				"dead_letter_topic", topic, "attempts", env.Attempts, "class", env.Class.String(), "reason", reason, "err", cause)
+			return nil
+		}
+		if !errors.Is(err, broker.ErrMessageTooLarge) || ctx.Err() != nil {
+			break
+		}
+		if limit == 0 || limit > orig.Size() {
+			// A limit below the one reported, or none reported: the
+			// dead letter must be no larger than the original was.
+			limit = orig.Size()
+			omit--
+		}
 	}
-	c.tel.DeadLetter(ctx, env.Topic, env.Group, env.Class.String(), reason)
-	c.log.Warn("dlq: message dead-lettered", "topic", env.Topic, "group", env.Group, "id", orig.ID,
-		"dead_letter_topic", topic, "attempts", env.Attempts, "class", env.Class.String(), "reason", reason, "err", cause)
-	return nil
+	c.tel.PublishFailure(ctx, env.Topic, env.Group)
+	c.log.Error("dlq: dead-letter publish failed; the message stays unacknowledged", "topic", env.Topic,
+		"group", env.Group, "id", orig.ID, "dead_letter_topic", topic, "attempts", env.Attempts, "err", err, "cause", cause)
+	return fmt.Errorf("dlq: dead-letter message %s to %q after %d attempts (%v): %w", orig.ID, topic, env.Attempts, cause, err)
 }
 
-// forward publishes orig with env to the retry topic of its attempt.
+// errNoRoom: a message does not fit the size limit with its envelope.
+var errNoRoom = errors.New("dlq: no room for the envelope within the size limit")
+
+// fit returns the outgoing message of orig with env to topic, its error
+// text cut so that it fits limit (none when limit is 0), and whether it
+// fits.
+func (c *Consumer) fit(orig broker.Delivery, env Envelope, topic string, limit int) (broker.Message, bool) {
+	msg := c.outgoing(orig, env, topic)
+	if limit <= 0 {
+		return msg, true
+	}
+	over := msg.Size() - limit
+	if over <= 0 {
+		return msg, true
+	}
+	have := len(msg.Headers[HeaderError])
+	if have < over {
+		return msg, false
+	}
+	msg.Headers[HeaderError] = truncate(env.Error, have-over)
+	return msg, msg.Size() <= limit
+}
+
+// forward publishes orig with env to the retry topic of its attempt. It
+// returns an error wrapping errNoRoom, without publishing, when the
+// message does not fit the size limit with its envelope even without
+// error text.
 func (c *Consumer) forward(ctx context.Context, orig broker.Delivery, env Envelope, due time.Time, cause error) error {
 	env.Due = due
 	level := min(env.Attempts, c.cfg.RetryLevels)
 	topic := c.cfg.RetryTopic(env.Topic, env.Group, level)
-	if err := c.cfg.Publisher.Publish(ctx, c.outgoing(orig, env, topic)); err != nil {
+	limit := c.limit
+	for {
+		msg, ok := c.fit(orig, env, topic, limit)
+		if !ok {
+			c.log.Warn("dlq: message too large for a retry topic with its envelope; retrying it in process", "topic", env.Topic,
+				"group", env.Group, "id", orig.ID, "retry_topic", topic, "size", orig.Size(), "limit", limit)
+			return fmt.Errorf("dlq: message %s of %d bytes to retry topic %q: %w", orig.ID, orig.Size(), topic, errNoRoom)
+		}
+		err := c.cfg.Publisher.Publish(ctx, msg)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, broker.ErrMessageTooLarge) && (limit == 0 || limit > orig.Size()) && ctx.Err() == nil {
+			limit = orig.Size()
+			continue
+		}
 		c.tel.PublishFailure(ctx, env.Topic, env.Group)
 		c.log.Error("dlq: retry publish failed; the message stays unacknowledged", "topic", env.Topic,
 			"group", env.Group, "id", orig.ID, "retry_topic", topic, "attempts", env.Attempts, "err", err, "cause", cause)
 		return fmt.Errorf("dlq: publish message %s to retry topic %q after attempt %d (%v): %w", orig.ID, topic, env.Attempts, cause, err)
 	}
-	return nil
 }
 
 // outgoing is orig addressed to topic with env in its headers. It keeps the

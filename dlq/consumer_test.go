@@ -707,3 +707,46 @@ func TestConfigValidation(t *testing.T) {
 		t.Errorf("Subscribe with nil handler = %v", err)
 	}
 }
+
+// TestRetryTopicsTooLargeForEnvelope: with RetryTopics, a message that fits
+// the publisher's limit but not with its retry envelope is retried in
+// process instead (attempts 1..MaxAttempts in one delivery, none published
+// to a retry topic), then dead-lettered without its payload, within the
+// limit, saying so.
+func TestRetryTopicsTooLargeForEnvelope(t *testing.T) {
+	t.Parallel()
+	const limit = 4000
+	b := memory.New(memory.Config{MaxMessageBytes: limit})
+	defer b.Close()
+	policy := dlq.Policy{MaxAttempts: 3, Backoff: broker.Backoff{Initial: time.Millisecond, Jitter: -1}}
+	c := newConsumer(t, dlq.Config{Publisher: b, Subscriber: b, Policy: policy, Retries: dlq.RetryTopics})
+	big := broker.NewMessage("orders", nil)
+	big.Payload = []byte(strings.Repeat("x", limit-50-big.Size()))
+	if err := b.Publish(context.Background(), big); err != nil {
+		t.Fatal(err)
+	}
+	rec := newCalls()
+	stop := start(t, func(ctx context.Context) error {
+		return c.Subscribe(ctx, broker.Subscription{Topic: "orders", Group: "billing"}, func(_ context.Context, d broker.Delivery) error {
+			rec.record(d)
+			return errors.New("still broken")
+		})
+	})
+	waitFor(t, "the dead letter", func() bool { return len(b.Published("orders.billing.dlq")) == 1 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.of(big.ID); !slices.Equal(got, []int{1, 2, 3}) {
+		t.Errorf("attempts %v, want [1 2 3]", got)
+	}
+	for level := 1; level <= 2; level++ {
+		if n := len(b.Published(dlq.RetryTopic("orders", "billing", level))); n != 0 {
+			t.Errorf("%d messages on retry topic %d", n, level)
+		}
+	}
+	dl := b.Published("orders.billing.dlq")[0]
+	env, err := dlq.ParseEnvelope(dl.Headers)
+	if err != nil || !env.PayloadOmitted || env.OriginalSize != big.Size() || env.Attempts != 3 || len(dl.Payload) != 0 || dl.Size() > limit {
+		t.Errorf("dead letter of %d bytes, payload %d bytes, envelope %+v, %v", dl.Size(), len(dl.Payload), env, err)
+	}
+}

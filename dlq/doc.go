@@ -53,8 +53,23 @@
 // with its original ID: groups that had handled it deduplicate on the ID
 // (see package idempotency), or replay to a topic of the failing group's
 // own with ReplayOptions.Topic. Package kafkadlq and
-// rabbitdlq implement it; the steadfast-dlq command (dlq/cmd/steadfast-dlq)
-// exposes list, replay and purge for both brokers.
+// rabbitdlq implement it; package dlqcli (the steadfast-dlq command,
+// dlq/cmd/steadfast-dlq) exposes list, peek, replay and purge for both
+// brokers.
+//
+// # Hostile input
+//
+// Envelope headers are honoured only where the Consumer itself wrote them:
+// on its retry topics, and even there they never rename a message (its ID
+// and key are the delivery's, its topic and group the subscription's) and
+// the attempt count is clamped to the policy's range. On a main topic they
+// are a producer's forgery and are stripped unread, so a producer can
+// neither skip retries nor choose the dead-letter destination. A dead
+// letter always fits the publisher's size limit: the error text is cut,
+// then the payload (and if need be the original headers) left out, which
+// the envelope records (Envelope.PayloadOmitted); such a dead letter cannot
+// be replayed (ErrIncomplete), and a message is never retried forever for
+// its size.
 //
 // # Logs and metrics
 //

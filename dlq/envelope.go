@@ -53,6 +53,15 @@ const (
 	// next attempt.
 	HeaderDue = HeaderPrefix + "due"
 
+	// HeaderOmitted, on a dead letter that would not have fitted the
+	// publisher's size limit with its envelope, says what it lacks:
+	// "payload", or "payload,headers" when the original headers were left
+	// out too. HeaderOriginalSize is then the original message's
+	// broker.Message.Size. Such a dead letter cannot be replayed
+	// (ErrIncomplete); its envelope still says what failed, where and why.
+	HeaderOmitted      = HeaderPrefix + "omitted"
+	HeaderOriginalSize = HeaderPrefix + "original-size"
+
 	// HeaderReplayedAt is set on a replayed message: when it was replayed.
 	// HeaderReplays counts the replays of the message so far. They are not
 	// part of the envelope: a replayed message starts with no failures.
@@ -69,6 +78,7 @@ var envelopeHeaders = [...]string{
 	HeaderID, HeaderTopic, HeaderKey, HeaderTime, HeaderPartition, HeaderOffset,
 	HeaderQueue, HeaderGroup, HeaderHandler, HeaderError, HeaderErrorClass,
 	HeaderAttempts, HeaderFirstFailure, HeaderLastFailure, HeaderDue,
+	HeaderOmitted, HeaderOriginalSize,
 }
 
 // Envelope is the failure record a dead letter carries: where the message
@@ -100,6 +110,14 @@ type Envelope struct {
 	// Due is when a message waiting on a retry topic may be tried again;
 	// zero on dead letters.
 	Due time.Time
+	// PayloadOmitted and HeadersOmitted report a dead letter without the
+	// original payload (and headers), left out because the message with
+	// its envelope would have exceeded the publisher's size limit;
+	// OriginalSize is then the original message's broker.Message.Size.
+	// Such a dead letter cannot be replayed (ErrIncomplete).
+	PayloadOmitted bool
+	HeadersOmitted bool
+	OriginalSize   int
 }
 
 // newEnvelope starts the envelope of a delivery that has none.
@@ -110,6 +128,10 @@ func newEnvelope(d broker.Delivery, handler string) Envelope {
 		Group: d.Group, Handler: handler,
 	}
 }
+
+// The range of envelope times: a message's (broker.MinTime to
+// broker.MaxTime), so every time read can be written back and published.
+var minTime, maxTime = broker.MinTime, broker.MaxTime
 
 func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
@@ -149,11 +171,21 @@ func (e Envelope) SetHeaders(h map[string]string) {
 	}
 	opt(HeaderQueue, e.Queue)
 	opt(HeaderHandler, e.Handler)
+	switch {
+	case e.HeadersOmitted:
+		h[HeaderOmitted] = "payload,headers"
+	case e.PayloadOmitted:
+		h[HeaderOmitted] = "payload"
+	}
+	if e.PayloadOmitted || e.HeadersOmitted {
+		h[HeaderOriginalSize] = strconv.Itoa(e.OriginalSize)
+	}
 }
 
 // ParseEnvelope reads the envelope from message headers. It returns an
 // error wrapping ErrNoEnvelope when h has no HeaderAttempts, and one
-// wrapping ErrMalformedEnvelope when a header does not parse.
+// wrapping ErrMalformedEnvelope when a header does not parse, a count is
+// negative or a time is outside [broker.MinTime, broker.MaxTime].
 func ParseEnvelope(h map[string]string) (Envelope, error) {
 	e := Envelope{Partition: -1, Offset: -1}
 	attempts, ok := h[HeaderAttempts]
@@ -177,7 +209,7 @@ func ParseEnvelope(h map[string]string) (Envelope, error) {
 	}{{HeaderTime, &e.Time}, {HeaderFirstFailure, &e.FirstFailure}, {HeaderLastFailure, &e.LastFailure}, {HeaderDue, &e.Due}}
 	for _, x := range times {
 		if v, ok := h[x.k]; ok {
-			if *x.t, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			if *x.t, err = time.Parse(time.RFC3339Nano, v); err != nil || x.t.Before(minTime) || x.t.After(maxTime) {
 				return e, fmt.Errorf("%w: %s %q", ErrMalformedEnvelope, x.k, v)
 			}
 		}
@@ -192,6 +224,20 @@ func ParseEnvelope(h map[string]string) (Envelope, error) {
 	if v, ok := h[HeaderOffset]; ok {
 		if e.Offset, err = strconv.ParseInt(v, 10, 64); err != nil {
 			return e, fmt.Errorf("%w: %s %q", ErrMalformedEnvelope, HeaderOffset, v)
+		}
+	}
+	if v, ok := h[HeaderOmitted]; ok {
+		switch v {
+		case "payload":
+			e.PayloadOmitted = true
+		case "payload,headers":
+			e.PayloadOmitted, e.HeadersOmitted = true, true
+		default:
+			return e, fmt.Errorf("%w: %s %q", ErrMalformedEnvelope, HeaderOmitted, v)
+		}
+		size := h[HeaderOriginalSize]
+		if e.OriginalSize, err = strconv.Atoi(size); err != nil || e.OriginalSize < 0 {
+			return e, fmt.Errorf("%w: %s %q", ErrMalformedEnvelope, HeaderOriginalSize, size)
 		}
 	}
 	return e, nil
@@ -217,6 +263,9 @@ func Strip(h map[string]string) map[string]string {
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	if n < 4 {
+		return ""
 	}
 	cut := n - 3
 	for cut > 0 && !utf8.RuneStart(s[cut]) {

@@ -22,6 +22,10 @@ var (
 	// ErrNoDestination: a dead letter cannot be replayed because its
 	// original topic is unknown and no replay topic was given.
 	ErrNoDestination = errors.New("dlq: replay destination unknown")
+	// ErrIncomplete: a dead letter cannot be replayed because it lacks
+	// its original payload (Envelope.PayloadOmitted): the message with its
+	// envelope would not have fitted the publisher's size limit.
+	ErrIncomplete = errors.New("dlq: dead letter incomplete")
 	// ErrNotFound: the dead-letter destination (Kafka topic, RabbitMQ
 	// queue) does not exist.
 	ErrNotFound = errors.New("dlq: dead-letter destination not found")

@@ -12,7 +12,7 @@ import (
 
 // Inspector is the operations port over one dead-letter destination (a
 // Kafka topic, a RabbitMQ queue). Implementations live in the backend
-// subpackages (kafkadlq, rabbitdlq) and are what the steadfast-dlq command
+// subpackages (kafkadlq, rabbitdlq) and are what package dlqcli
 // drives.
 type Inspector interface {
 	// List returns the dead letters matching f, oldest failure first,
@@ -148,8 +148,13 @@ type ReplayOptions struct {
 // envelope, so the consumer sees it with attempts counted from 1 again,
 // plus HeaderReplayedAt (now) and HeaderReplays (one more than before). It
 // returns an error wrapping ErrNoDestination when the original topic is
-// unknown and opts.Topic is empty.
+// unknown and opts.Topic is empty, and one wrapping ErrIncomplete when dl
+// lacks its original payload.
 func ReplayMessage(dl DeadLetter, opts ReplayOptions, now time.Time) (broker.Message, error) {
+	if dl.EnvelopeErr == nil && (dl.Envelope.PayloadOmitted || dl.Envelope.HeadersOmitted) {
+		return broker.Message{}, fmt.Errorf("%w: dead letter %s at %s lacks its original payload (the message of %d bytes did not fit the size limit with its envelope)",
+			ErrIncomplete, dl.ID(), dl.Position, dl.Envelope.OriginalSize)
+	}
 	topic := opts.Topic
 	if topic == "" {
 		topic = dl.Envelope.Topic

@@ -13,7 +13,11 @@
 // before its backoff, and lands in the dead-letter destination with a
 // correct envelope; a permanent failure dead-lettered without retries; a
 // dead-letter publish that fails and loses nothing; replay after a fix by ID,
-// by time range and all; purge by ID and all; and bad input.
+// by time range and all; purge by ID and all; bad input; and hostile input:
+// envelope headers forged by a producer on a main topic (ignored), the Kafka
+// Inspector's marker headers forged likewise (no dead letter hidden or
+// removed), and messages too close to the size limit for an envelope
+// (dead-lettered once, trimmed, never retried forever).
 package dlqtest
 
 import (
@@ -50,6 +54,11 @@ type Features struct {
 	// start a retry because it keeps time in coarser units (RabbitMQ's
 	// message TTLs are whole milliseconds). Default 0: never early.
 	DelayPrecision time.Duration
+	// MaxHeaderBytes is the most header bytes one message can carry on the
+	// backend (RabbitMQ: its frame size, 128 KiB by default), when that is
+	// below the publisher's size limit. Default 0: as many as the size
+	// limit allows.
+	MaxHeaderBytes int
 	// Timeout bounds every wait. Default 2 minutes; it only fires when
 	// something is stuck.
 	Timeout time.Duration
@@ -97,7 +106,10 @@ func Run(t *testing.T, f Features, factory Factory) {
 	for _, r := range f.Retries {
 		t.Run("PoisonStream/"+r.String(), func(t *testing.T) { t.Parallel(); s.poisonStream(t, r) })
 		t.Run("Permanent/"+r.String(), func(t *testing.T) { t.Parallel(); s.permanent(t, r) })
+		t.Run("ForgedEnvelope/"+r.String(), func(t *testing.T) { t.Parallel(); s.forgedEnvelope(t, r) })
 	}
+	t.Run("ForgedMarker", func(t *testing.T) { t.Parallel(); s.forgedMarker(t) })
+	t.Run("NearSizeLimit", func(t *testing.T) { t.Parallel(); s.nearSizeLimit(t) })
 	t.Run("DeadLetterPublishFails", func(t *testing.T) { t.Parallel(); s.publishFails(t) })
 	if slices.Contains(f.Retries, dlq.RetryTopics) {
 		t.Run("RetryPublishFails", func(t *testing.T) { t.Parallel(); s.retryPublishFails(t) })

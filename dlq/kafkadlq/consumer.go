@@ -9,6 +9,7 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/kafka"
 	"github.com/steadfast-go/steadfast/dlq"
+	"github.com/steadfast-go/steadfast/internal/brokerimpl"
 )
 
 // Config configures a Consumer.
@@ -31,6 +32,17 @@ type Config struct {
 	// is set; its Subscriber and RetrySubscriber are set by NewConsumer
 	// when nil; its Logger and MeterProvider default to Subscriber's.
 	DLQ dlq.Config
+
+	// TopicSpec is what Subscribe creates missing retry and dead-letter
+	// topics with (its Name is ignored). Zero Partitions: the partition
+	// count of the subscribed topic; zero ReplicationFactor: the cluster's
+	// default.
+	TopicSpec kafka.TopicSpec
+	// NoCreateTopics makes Subscribe check that the retry and dead-letter
+	// topics exist instead of creating the missing ones, for clusters
+	// where topics are provisioned apart (the consumer's principal lacks
+	// the CREATE permission). Default false: Subscribe creates them.
+	NoCreateTopics bool
 }
 
 // Consumer consumes Kafka topics with bounded retries and dead-lettering.
@@ -50,6 +62,8 @@ type Consumer struct {
 	admin       *kafka.Admin
 	main, retry *kafka.Subscriber
 	pub         *kafka.Publisher // owned, or nil
+	spec        kafka.TopicSpec
+	noCreate    bool
 }
 
 // RetrySubscriberConfig returns cfg as the retry-topic subscriber needs it:
@@ -79,7 +93,7 @@ func NewConsumer(cfg Config) (*Consumer, error) {
 		// Filled in: a zero Backoff would mean the subscriber's own default.
 		mainCfg.RetryBackoff = cfg.DLQ.Policy.Backoff.WithDefaults()
 	}
-	c := &Consumer{}
+	c := &Consumer{spec: cfg.TopicSpec, noCreate: cfg.NoCreateTopics}
 	var err error
 	if c.admin, err = kafka.NewAdmin(cfg.Subscriber.Config); err != nil {
 		return nil, err
@@ -113,6 +127,50 @@ func NewConsumer(cfg Config) (*Consumer, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// Subscribe makes sure the retry topics (with dlq.RetryTopics) and the
+// dead-letter topic of sub.Topic and sub.Group exist, creating the missing
+// ones with Config.TopicSpec unless Config.NoCreateTopics is set, then
+// consumes sub (see dlq.Consumer.Subscribe). A topic that is missing and
+// cannot be created (or, with NoCreateTopics, is missing) fails Subscribe
+// at once with an error naming it and wrapping dlq.ErrNotFound and
+// kafka.ErrUnknownTopic, rather than leaving a failing message's key
+// blocked on a dead-letter publish that can never succeed.
+func (c *Consumer) Subscribe(ctx context.Context, sub broker.Subscription, h broker.Handler) error {
+	if err := brokerimpl.CheckSubscribe(sub, h); err != nil {
+		return err
+	}
+	if err := c.ensureTopics(ctx, sub.Topic, sub.Group); err != nil {
+		return err
+	}
+	return c.Consumer.Subscribe(ctx, sub, h)
+}
+
+// ensureTopics checks the topics Subscribe publishes to and creates the
+// missing ones unless told not to.
+func (c *Consumer) ensureTopics(ctx context.Context, topic, group string) error {
+	var missing []string
+	for _, name := range c.Topics(topic, group) {
+		if _, err := c.admin.Partitions(ctx, name); err != nil {
+			if !errors.Is(err, kafka.ErrUnknownTopic) {
+				return fmt.Errorf("kafkadlq: check topic %q: %w", name, err)
+			}
+			missing = append(missing, name)
+		}
+	}
+	switch {
+	case len(missing) == 0:
+		return nil
+	case c.noCreate:
+		return fmt.Errorf("kafkadlq: retry and dead-letter topics %q of %q/%q do not exist (Config.NoCreateTopics is set: create them with Consumer.CreateTopics or your provisioning): %w: %w",
+			missing, topic, group, dlq.ErrNotFound, kafka.ErrUnknownTopic)
+	}
+	if err := CreateTopics(ctx, c.admin, topic, c.spec, missing...); err != nil {
+		return fmt.Errorf("kafkadlq: retry and dead-letter topics %q of %q/%q do not exist and could not be created: %w: %w: %w",
+			missing, topic, group, dlq.ErrNotFound, kafka.ErrUnknownTopic, err)
+	}
+	return nil
 }
 
 // CreateTopics creates the retry topics (with dlq.RetryTopics) and the

@@ -8,9 +8,21 @@
 // For a topic "orders" consumed by group "billing" the dead-letter topic is
 // "orders.billing.dlq" and, with dlq.RetryTopics, the retry topics are
 // "orders.billing.retry.1" up to "orders.billing.retry.N" (N =
-// MaxAttempts-1 by default). Consumer.CreateTopics creates them with the
-// main topic's partition count. Dead letters keep the original key, so the
-// dead letters of one key stay in order in one partition.
+// MaxAttempts-1 by default). Consumer.Subscribe creates the missing ones
+// (Config.TopicSpec, by default with the main topic's partition count)
+// before it consumes, or, with Config.NoCreateTopics or when creation is
+// refused, fails at once naming them; Consumer.CreateTopics creates them
+// ahead of time. Dead letters keep the original key, so the dead letters
+// of one key stay in order in one partition.
+//
+// # Hostile input
+//
+// Envelope headers on a main-topic message are a producer's forgery and
+// are stripped unread (see dlq.Consumer); on a retry topic they never
+// rename the message. The Inspector's marker records name the digest of
+// the dead letter they mark, so no message and no record written by
+// another client hides or removes a dead letter it does not know (see
+// HeaderMarker).
 //
 // # Ordering
 //

@@ -26,14 +26,13 @@ func ExampleNewConsumer() {
 			Policy:  dlq.Policy{MaxAttempts: 3, Backoff: broker.Backoff{Initial: time.Second}},
 			Name:    "billing.charge",
 		},
+		TopicSpec: kafka.TopicSpec{ReplicationFactor: 3},
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.CreateTopics(ctx, "orders", "billing", kafka.TopicSpec{ReplicationFactor: 3}); err != nil {
-		log.Fatal(err)
-	}
+	// Subscribe creates the retry and dead-letter topics that are missing.
 	err = c.Subscribe(ctx, broker.Subscription{Topic: "orders", Group: "billing"}, func(ctx context.Context, d broker.Delivery) error {
 		var order struct{ ID string }
 		if err := json.Unmarshal(d.Payload, &order); err != nil {

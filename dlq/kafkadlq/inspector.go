@@ -1,7 +1,11 @@
 package kafkadlq
 
 import (
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,13 +28,28 @@ import (
 
 // Marker record headers. A Kafka log cannot lose one record in the middle,
 // so the Inspector records that a dead letter was replayed or purged with a
-// marker record in the same partition: HeaderMarker names what happened and
-// HeaderMarkerOffset the offset of the dead letter. Listing skips marked
-// dead letters and markers; the prefix of a partition that holds only
+// marker record in the same partition: a record without key or value whose
+// HeaderMarker names what happened ("replayed" or "purged"),
+// HeaderMarkerOffset the offset of the dead letter, HeaderMarkerID its
+// message ID and HeaderMarkerDigest the SHA-256 digest of its record (key,
+// value, headers and timestamp, in hexadecimal). Listing skips markers and
+// the dead letters they mark; the prefix of a partition that holds only
 // marked dead letters and markers is deleted for real (DeleteRecords).
+//
+// A marker is honoured only when it follows the dead letter it names in
+// its partition and the record at that offset has that digest. Message
+// headers never become marker headers (the adapters escape the library's
+// header namespace on the wire), so no message, once dead-lettered, passes
+// for a marker; and a record written to the dead-letter topic by another
+// client hides no dead letter whose content it does not know. Who can read
+// and write the dead-letter topic can still mark its dead letters: grant
+// that (Kafka ACLs) to the consumers that dead-letter and the operators
+// only.
 const (
 	HeaderMarker       = dlq.HeaderPrefix + "marker"
 	HeaderMarkerOffset = dlq.HeaderPrefix + "marker-offset"
+	HeaderMarkerID     = dlq.HeaderPrefix + "marker-id"
+	HeaderMarkerDigest = dlq.HeaderPrefix + "marker-digest"
 )
 
 // InspectorConfig configures an Inspector.
@@ -142,13 +161,69 @@ type entry struct {
 	off    int64
 	marker bool
 	dl     dlq.DeadLetter
+	digest string // of a dead letter's record
+}
+
+// marker is a marker record as read: it marks the dead letter at off in
+// partition p if that record has digest.
+type marker struct {
+	p          int32
+	at, off    int64 // the marker's own offset, the dead letter's
+	id, digest string
 }
 
 // snapshot is what one reading of the topic found.
 type snapshot struct {
 	start, end map[int32]int64   // per partition, at the time of reading
 	parts      map[int32][]entry // records in offset order
+	markers    []marker
 	resolved   map[int32]map[int64]bool
+}
+
+// resolve marks the dead letters that markers name truly: those that
+// precede their marker in its partition, with the digest it names.
+func (s *snapshot) resolve() {
+	for _, m := range s.markers {
+		if m.off >= m.at {
+			continue
+		}
+		es := s.parts[m.p]
+		i, ok := slices.BinarySearchFunc(es, m.off, func(e entry, off int64) int { return cmp.Compare(e.off, off) })
+		if !ok || es[i].marker || es[i].digest != m.digest || (m.id != "" && es[i].dl.ID() != m.id) {
+			continue
+		}
+		s.resolve1(m.p, m.off)
+	}
+}
+
+func (s *snapshot) resolve1(p int32, off int64) {
+	if s.resolved[p] == nil {
+		s.resolved[p] = map[int64]bool{}
+	}
+	s.resolved[p][off] = true
+}
+
+// digest is the hexadecimal SHA-256 digest of a record's key, value,
+// headers and timestamp, each length-prefixed.
+func digest(r *kgo.Record) string {
+	h := sha256.New()
+	var n [8]byte
+	put := func(b []byte) {
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	put(r.Key)
+	put(r.Value)
+	binary.BigEndian.PutUint64(n[:], uint64(len(r.Headers)))
+	h.Write(n[:])
+	for _, hd := range r.Headers {
+		put([]byte(hd.Key))
+		put(hd.Value)
+	}
+	binary.BigEndian.PutUint64(n[:], uint64(r.Timestamp.UnixMilli()))
+	h.Write(n[:])
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // pending returns the dead letters not marked, oldest failure first.
@@ -252,27 +327,42 @@ func (in *Inspector) read(ctx context.Context) (*snapshot, error) {
 			}
 		})
 	}
+	s.resolve()
 	return s, nil
 }
 
-// decode turns a record into an entry, noting markers.
+// decode turns a record into an entry, noting markers: records without
+// key or value whose headers carry HeaderMarker. Any other record is a
+// dead letter, whatever its headers.
 func (s *snapshot) decode(r *kgo.Record) entry {
-	for _, h := range r.Headers {
-		if h.Key == HeaderMarker {
-			for _, h2 := range r.Headers {
-				if h2.Key == HeaderMarkerOffset {
-					if off, err := strconv.ParseInt(string(h2.Value), 10, 64); err == nil {
-						if s.resolved[r.Partition] == nil {
-							s.resolved[r.Partition] = map[int64]bool{}
-						}
-						s.resolved[r.Partition][off] = true
-					}
+	if len(r.Key) == 0 && len(r.Value) == 0 {
+		var m marker
+		found := false
+		for _, h := range r.Headers {
+			switch h.Key {
+			case HeaderMarker:
+				found = true
+			case HeaderMarkerOffset:
+				off, err := strconv.ParseInt(string(h.Value), 10, 64)
+				if err != nil {
+					off = -1
 				}
+				m.off = off
+			case HeaderMarkerID:
+				m.id = string(h.Value)
+			case HeaderMarkerDigest:
+				m.digest = string(h.Value)
+			}
+		}
+		if found {
+			m.p, m.at = r.Partition, r.Offset
+			if m.off >= 0 && m.digest != "" {
+				s.markers = append(s.markers, m)
 			}
 			return entry{off: r.Offset, marker: true}
 		}
 	}
-	return entry{off: r.Offset, dl: dlq.NewDeadLetter(kafka.MessageFromRecord(r), position(r.Partition, r.Offset))}
+	return entry{off: r.Offset, dl: dlq.NewDeadLetter(kafka.MessageFromRecord(r), position(r.Partition, r.Offset)), digest: digest(r)}
 }
 
 func position(p int32, off int64) string {
@@ -400,14 +490,18 @@ func (in *Inspector) mark(ctx context.Context, s *snapshot, dls []dlq.DeadLetter
 		if !ok {
 			continue
 		}
+		es := s.parts[p]
+		i, ok := slices.BinarySearchFunc(es, off, func(e entry, off int64) int { return cmp.Compare(e.off, off) })
+		if !ok || es[i].marker {
+			continue
+		}
 		recs = append(recs, &kgo.Record{Topic: in.cfg.Topic, Partition: p, Headers: []kgo.RecordHeader{
 			{Key: HeaderMarker, Value: []byte(what)},
 			{Key: HeaderMarkerOffset, Value: []byte(strconv.FormatInt(off, 10))},
+			{Key: HeaderMarkerID, Value: []byte(dl.ID())},
+			{Key: HeaderMarkerDigest, Value: []byte(es[i].digest)},
 		}})
-		if s.resolved[p] == nil {
-			s.resolved[p] = map[int64]bool{}
-		}
-		s.resolved[p][off] = true
+		s.resolve1(p, off)
 	}
 	if err := in.cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 		return fmt.Errorf("kafkadlq: mark %d dead letters %s in %q (they will be listed again): %w", len(recs), what, in.cfg.Topic, err)

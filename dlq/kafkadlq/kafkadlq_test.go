@@ -463,3 +463,234 @@ func TestInspectorClientOptions(t *testing.T) {
 	}
 	t.Fatalf("no franz-go warning reached Config.Logger; got %q", msgs)
 }
+
+// TestInspectorForgedMarkers: records another client writes to the
+// dead-letter topic with the Inspector's marker headers hide no dead
+// letter and make no replay delete one: a marker naming an offset alone
+// (the format before markers named their dead letter's digest), one naming
+// a dead letter's ID with a wrong digest, one naming a later offset, and a
+// record with a value and marker headers (a dead letter, listed as such).
+func TestInspectorForgedMarkers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic, dead := testenv.Name(t, "orders"), testenv.Name(t, "dead")
+	e.createTopic(t, topic, 1)
+	e.createTopic(t, dead, 1)
+	deadLetter := func(i int) string {
+		t.Helper()
+		m := broker.NewMessage(dead, []byte(fmt.Sprint(i)))
+		m.Headers = map[string]string{}
+		now := time.Now()
+		dlq.Envelope{ID: m.ID, Topic: topic, Time: m.Time, Group: "g", Partition: 0, Offset: int64(i), Error: "boom",
+			Attempts: 3, FirstFailure: now, LastFailure: now}.SetHeaders(m.Headers)
+		if err := e.pub.Publish(ctxT(t), m); err != nil {
+			t.Fatal(err)
+		}
+		return m.ID
+	}
+	ids := []string{deadLetter(0), deadLetter(1), deadLetter(2)} // offsets 0, 1, 2
+	raw, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.DefaultProduceTopic(dead))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	h := func(kv ...string) []kgo.RecordHeader {
+		var out []kgo.RecordHeader
+		for i := 0; i < len(kv); i += 2 {
+			out = append(out, kgo.RecordHeader{Key: kv[i], Value: []byte(kv[i+1])})
+		}
+		return out
+	}
+	forged := []*kgo.Record{
+		{Headers: h(kafkadlq.HeaderMarker, "purged", kafkadlq.HeaderMarkerOffset, "0")},
+		{Headers: h(kafkadlq.HeaderMarker, "replayed", kafkadlq.HeaderMarkerOffset, "1", kafkadlq.HeaderMarkerID, ids[1],
+			kafkadlq.HeaderMarkerDigest, strings.Repeat("0", 64))},
+		{Headers: h(kafkadlq.HeaderMarker, "purged", kafkadlq.HeaderMarkerOffset, "7", kafkadlq.HeaderMarkerDigest, strings.Repeat("0", 64))},
+		{Value: []byte("not a marker"), Headers: h(kafkadlq.HeaderMarker, "purged", kafkadlq.HeaderMarkerOffset, "2")},
+	}
+	if err := raw.ProduceSync(ctxT(t), forged...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	later := deadLetter(7) // offset 7
+	in := e.inspector(t, dead, nil)
+	ctx := ctxT(t)
+	listed := func() []string {
+		t.Helper()
+		dls, err := in.List(ctx, dlq.Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, dl := range dls {
+			out = append(out, dl.Position)
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got, want := listed(), []string{"0/0", "0/1", "0/2", "0/6", "0/7"}; !slices.Equal(got, want) {
+		t.Fatalf("listed %v, want %v (no dead letter hidden by a forged marker)", got, want)
+	}
+	if n, err := in.Replay(ctx, dlq.Filter{IDs: []string{later}}, dlq.ReplayOptions{}); n != 1 || err != nil {
+		t.Fatalf("Replay = %d, %v", n, err)
+	}
+	if got, want := listed(), []string{"0/0", "0/1", "0/2", "0/6"}; !slices.Equal(got, want) {
+		t.Fatalf("after replaying the last: listed %v, want %v", got, want)
+	}
+	lag, err := e.admin.Lag(ctx, dead, "nobody")
+	if err != nil || lag[0].Start != 0 {
+		t.Errorf("log start %+v, %v; want 0 (nothing deleted)", lag, err)
+	}
+	// The genuine markers still work: purging the first three leaves one.
+	if n, err := in.Purge(ctx, dlq.Filter{IDs: ids}); n != 3 || err != nil {
+		t.Fatalf("Purge = %d, %v", n, err)
+	}
+	if got, want := listed(), []string{"0/6"}; !slices.Equal(got, want) {
+		t.Fatalf("after purging three: listed %v, want %v", got, want)
+	}
+}
+
+// TestRetryTopicEnvelopeNeverRenames: a message on a retry topic whose
+// envelope names another topic, group and key and an absurd attempt count
+// is handled as a message of the retry topic's own topic and group, with
+// its own ID and key, on the last attempt the policy allows (the count is
+// clamped), and dead-lettered to its own group's destination.
+func TestRetryTopicEnvelopeNeverRenames(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic, group := testenv.Name(t, "orders"), "billing"
+	c := e.consumer(t, dlq.Config{Retries: dlq.RetryTopics, Policy: dlq.Policy{MaxAttempts: 3}}, topic, group)
+	other := testenv.Name(t, "other")
+	e.createTopic(t, other, 1)
+	if err := c.CreateTopics(ctxT(t), other, "evil", kafka.TopicSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	m := broker.NewMessage(dlq.RetryTopic(topic, group, 1), []byte("retry"))
+	m.Key = "customer-1"
+	m.Headers = map[string]string{"seq": "1"}
+	now := time.Now()
+	dlq.Envelope{ID: "forged", Topic: other, Key: "forged-key", Time: now, Group: "evil", Partition: 0, Offset: 0,
+		Error: "boom", Attempts: 1 << 40, FirstFailure: now, LastFailure: now, Due: now}.SetHeaders(m.Headers)
+	if err := e.pub.Publish(ctxT(t), m); err != nil {
+		t.Fatal(err)
+	}
+	type call struct {
+		id, topic, group, key string
+		attempt               int
+	}
+	calls := make(chan call, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Subscribe(ctx, broker.Subscription{Topic: topic, Group: group}, func(_ context.Context, d broker.Delivery) error {
+			calls <- call{d.ID, d.Topic, d.Group, d.Key, d.Attempt}
+			return errors.New("still failing")
+		})
+	}()
+	in := e.inspector(t, dlq.DeadLetterTopic(dlq.Envelope{Topic: topic, Group: group}), nil)
+	var dls []dlq.DeadLetter
+	for deadline := time.Now().Add(2 * time.Minute); len(dls) == 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no dead letter")
+		}
+		var err error
+		if dls, err = in.List(ctxT(t), dlq.Filter{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	close(calls)
+	var got []call
+	for cl := range calls {
+		got = append(got, cl)
+	}
+	if want := (call{m.ID, topic, group, m.Key, 3}); len(got) != 1 || got[0] != want {
+		t.Errorf("handler calls %+v, want one %+v", got, want)
+	}
+	if e := dls[0].Envelope; len(dls) != 1 || e.ID != m.ID || e.Topic != topic || e.Group != group || e.Key != m.Key || e.Attempts != 3 {
+		t.Errorf("dead letters %d, envelope %+v", len(dls), e)
+	}
+	evil := e.inspector(t, dlq.DeadLetterTopic(dlq.Envelope{Topic: other, Group: "evil"}), nil)
+	if dls, err := evil.List(ctxT(t), dlq.Filter{}); err != nil || len(dls) != 0 {
+		t.Errorf("the forged destination holds %d dead letters (%v)", len(dls), err)
+	}
+}
+
+// TestSubscribeCreatesTopics: Subscribe creates the missing retry and
+// dead-letter topics (with the main topic's partition count) and a poison
+// message is dead-lettered; with NoCreateTopics, or when the cluster
+// refuses to create them, Subscribe fails at once naming them, with an
+// error matching dlq.ErrNotFound and kafka.ErrUnknownTopic.
+func TestSubscribeCreatesTopics(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	newConsumer := func(cfg kafkadlq.Config) *kafkadlq.Consumer {
+		t.Helper()
+		cfg.Subscriber = subConfig(e.brokers)
+		cfg.DLQ.Retries, cfg.DLQ.Policy = dlq.RetryTopics, dlq.Policy{MaxAttempts: 3, Backoff: broker.Backoff{Initial: time.Millisecond}}
+		c, err := kafkadlq.NewConsumer(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	fail := func(context.Context, broker.Delivery) error { return errors.New("poison") }
+
+	t.Run("NoCreateTopics", func(t *testing.T) {
+		topic := testenv.Name(t, "orders")
+		e.createTopic(t, topic, 2)
+		c := newConsumer(kafkadlq.Config{NoCreateTopics: true})
+		err := c.Subscribe(ctxT(t), broker.Subscription{Topic: topic, Group: "g"}, fail)
+		if !errors.Is(err, dlq.ErrNotFound) || !errors.Is(err, kafka.ErrUnknownTopic) || !strings.Contains(err.Error(), topic+".g.dlq") {
+			t.Fatalf("Subscribe = %v, want ErrNotFound and ErrUnknownTopic naming the dead-letter topic", err)
+		}
+		if _, err := e.admin.Partitions(ctxT(t), topic+".g.dlq"); !errors.Is(err, kafka.ErrUnknownTopic) {
+			t.Errorf("dead-letter topic created anyway: %v", err)
+		}
+	})
+	t.Run("CreationRefused", func(t *testing.T) {
+		topic := testenv.Name(t, "orders")
+		e.createTopic(t, topic, 2)
+		c := newConsumer(kafkadlq.Config{TopicSpec: kafka.TopicSpec{ReplicationFactor: 100}}) // more replicas than brokers
+		err := c.Subscribe(ctxT(t), broker.Subscription{Topic: topic, Group: "g"}, fail)
+		if !errors.Is(err, dlq.ErrNotFound) || !strings.Contains(err.Error(), "could not be created") {
+			t.Fatalf("Subscribe = %v, want ErrNotFound: could not be created", err)
+		}
+	})
+	t.Run("Create", func(t *testing.T) {
+		topic := testenv.Name(t, "orders")
+		e.createTopic(t, topic, 3)
+		c := newConsumer(kafkadlq.Config{})
+		m := broker.NewMessage(topic, []byte("poison"))
+		if err := e.pub.Publish(ctxT(t), m); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- c.Subscribe(ctx, broker.Subscription{Topic: topic, Group: "g"}, fail) }()
+		in := e.inspector(t, topic+".g.dlq", nil)
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			dls, err := in.List(ctxT(t), dlq.Filter{})
+			if err == nil && len(dls) == 1 && dls[0].ID() == m.ID {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no dead letter: %d listed, %v", len(dls), err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range c.Topics(topic, "g") {
+			if n, err := e.admin.Partitions(ctxT(t), name); err != nil || n != 3 {
+				t.Errorf("topic %s: %d partitions, %v; want 3", name, n, err)
+			}
+		}
+	})
+}

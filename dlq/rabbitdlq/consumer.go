@@ -212,6 +212,15 @@ func brokerHeader(k string) bool {
 // cleanPublisher drops broker headers from the messages it publishes.
 type cleanPublisher struct{ broker.Publisher }
 
+// MaxMessageBytes reports the wrapped publisher's size limit, or 0 when it
+// reports none, so that dead letters are made to fit it.
+func (p cleanPublisher) MaxMessageBytes() int {
+	if l, ok := p.Publisher.(broker.SizeLimiter); ok {
+		return l.MaxMessageBytes()
+	}
+	return 0
+}
+
 func (p cleanPublisher) Publish(ctx context.Context, msgs ...broker.Message) error {
 	out, copied := msgs, false
 	for i, m := range msgs {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -338,7 +339,8 @@ func fromDeaths(dl *dlq.DeadLetter, deaths []rabbitmq.Death) {
 		if len(d.RoutingKeys) > 0 {
 			e.Key = d.RoutingKeys[0]
 		}
-		e.Attempts = int(d.Count)
+		// The count comes from the wire: clamped, never negative.
+		e.Attempts = int(min(max(d.Count, 0), math.MaxInt32))
 		e.FirstFailure = d.Time
 		e.Error = fmt.Sprintf("rejected %d times by queue %s (no dead-letter envelope)", d.Count, e.Queue)
 	}

@@ -113,7 +113,7 @@ func dlqName(topic, group string) string {
 // and through the TTL/dead-letter-exchange retry chain.
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	dlqtest.Run(t, dlqtest.Features{Retries: []dlq.Retries{dlq.RetryInProcess, dlq.RetryRedeliver}, DelayPrecision: time.Millisecond}, func(t *testing.T) dlqtest.Backend {
+	dlqtest.Run(t, dlqtest.Features{Retries: []dlq.Retries{dlq.RetryInProcess, dlq.RetryRedeliver}, DelayPrecision: time.Millisecond, MaxHeaderBytes: 100_000}, func(t *testing.T) dlqtest.Backend {
 		e := newEnv(t)
 		return dlqtest.Backend{
 			Publisher: e.pub,
