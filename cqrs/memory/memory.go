@@ -61,10 +61,14 @@ type op struct {
 }
 
 // Set stages value for key in table.
-func (tx *Tx) Set(table, key string, value any) { tx.ops = append(tx.ops, op{table: table, key: key, value: value}) }
+func (tx *Tx) Set(table, key string, value any) {
+	tx.ops = append(tx.ops, op{table: table, key: key, value: value})
+}
 
 // Delete stages the removal of key from table.
-func (tx *Tx) Delete(table, key string) { tx.ops = append(tx.ops, op{table: table, key: key, del: true}) }
+func (tx *Tx) Delete(table, key string) {
+	tx.ops = append(tx.ops, op{table: table, key: key, del: true})
+}
 
 // Add stages adding delta to the float64 at key in table (0 when absent):
 // a counter or a leaderboard score.
