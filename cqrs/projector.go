@@ -509,7 +509,9 @@ func (r *run[T]) maybeActivate(ctx context.Context) error {
 		return nil
 	}
 	if err != nil {
-		return err
+		p.log.WarnContext(ctx, "cqrs: activating the projection version failed; trying again after the next batch",
+			"projection", p.def.ID.String(), "error", err)
+		return nil
 	}
 	p.mu.Lock()
 	p.active = true

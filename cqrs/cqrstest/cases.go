@@ -105,8 +105,8 @@ func twoInstances[T any](h *harness[T]) {
 	}
 	st, _ := h.b.Store.State(h.ctx(), p.ID)
 	h.t.Logf("holder %s", st.Owner)
-	if h.f.Kill != nil {
-		h.f.Kill(h.t, p.ID)
+	if h.b.Kill != nil {
+		h.b.Kill(h.t, p.ID)
 	} else {
 		_ = stopHolder()
 	}
@@ -115,7 +115,7 @@ func twoInstances[T any](h *harness[T]) {
 	h.waitAt(p.ID, h.last)
 	h.t.Logf("handed over and caught up in %s", time.Since(start).Round(time.Millisecond))
 	h.checkModel(p.ID)
-	if h.f.Kill == nil && !other.Holding() {
+	if h.b.Kill == nil && !other.Holding() {
 		h.t.Fatal("the standby does not hold the lease")
 	}
 	_ = holder

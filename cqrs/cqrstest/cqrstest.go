@@ -86,8 +86,13 @@ type Backend[T any] struct {
 	// Effects returns the IDs of the events whose side effects were
 	// recorded for name (by any version), with repetitions.
 	Effects func(ctx context.Context, name string) ([]string, error)
-	// Views are the read model's tables (for Projection.Views).
-	Views []string
+	// Views returns the read model's tables of projection name (for
+	// Projection.Views).
+	Views func(name string) []string
+	// Kill, when set, ends the lease of the instance holding id the way
+	// its process dying would (postgres: its session is terminated), for
+	// the takeover case; else the holder is stopped by cancelling it.
+	Kill func(t *testing.T, id cqrs.ID)
 }
 
 // Features declares what the backend offers, and tunes the suite.
@@ -97,10 +102,6 @@ type Features struct {
 	// Events is the number of events the larger cases project. Default
 	// 2,000.
 	Events int
-	// Kill, when set, ends the lease of the instance holding id the way
-	// its process dying would (postgres: its session is terminated), for
-	// the takeover case; else the holder is stopped by cancelling it.
-	Kill func(t *testing.T, id cqrs.ID)
 	// Logger receives the projectors' logs. Default: discarded.
 	Logger *slog.Logger
 }
@@ -243,7 +244,11 @@ func (h *harness[T]) projection(name string, version int, pol cqrs.Policy, c *co
 			h.t.Fatal(err)
 		}
 	}
-	return cqrs.Projection[T]{ID: cqrs.ID{Name: name, Version: version}, Views: h.b.Views, Poison: pol,
+	var views []string
+	if h.b.Views != nil {
+		views = h.b.Views(name)
+	}
+	return cqrs.Projection[T]{ID: cqrs.ID{Name: name, Version: version}, Views: views, Poison: pol,
 		MaxAttempts: 3, Backoff: fastBackoff(),
 		Handle: func(ctx context.Context, tx T, b *cqrs.Batch) error {
 			points := map[string]int64{}

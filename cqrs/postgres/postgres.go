@@ -216,7 +216,7 @@ func (s *Store) Acquire(ctx context.Context, id cqrs.ID, owner string) (cqrs.Lea
 		return nil, fmt.Errorf("cqrs/postgres: %w: %s", cqrs.ErrLocked, id)
 	}
 	l := &lease{s: s, conn: conn, id: id}
-	_, err = conn.Exec(ctx, `INSERT INTO `+s.t.names+` (name) VALUES ($1) ON CONFLICT DO NOTHING;
+	_, err = conn.Exec(ctx, `WITH n AS (INSERT INTO `+s.t.names+` (name) VALUES ($1) ON CONFLICT DO NOTHING)
 INSERT INTO `+s.t.checkpoints+` (name, version, owner) VALUES ($1, $2, $3)
 ON CONFLICT (name, version) DO UPDATE SET owner = excluded.owner`, id.Name, id.Version, owner)
 	if err != nil {
@@ -382,7 +382,7 @@ func (s *Store) Activate(ctx context.Context, id cqrs.ID, views []string) error 
 			return err
 		}
 		var behind bool
-		err := tx.QueryRow(ctx, `SELECT (n.transaction_id, n.sequence) < (o.transaction_id, o.sequence)
+		err := tx.QueryRow(ctx, `SELECT coalesce((n.transaction_id, n.sequence) < (o.transaction_id, o.sequence), false)
 FROM `+s.t.checkpoints+` n LEFT JOIN `+s.t.checkpoints+` o ON o.name = n.name AND o.version = $3
 WHERE n.name = $1 AND n.version = $2`, id.Name, id.Version, active).Scan(&behind)
 		if errors.Is(err, pgx.ErrNoRows) {
