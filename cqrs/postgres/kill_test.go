@@ -151,7 +151,7 @@ func TestKillProjectorProcess(t *testing.T) {
 	if err := e.prepare(ctx, cqrs.ID{Name: "kill_pg", Version: 1}); err != nil {
 		t.Fatal(err)
 	}
-	want := copyEvents(t, e.pool, 6000)
+	want := copyEvents(t, e.pool, 3000)
 	rstore, _ := cqrsredis.New(rdb, cqrsredis.Config{Prefix: prefix})
 	spawn := func() *exec.Cmd {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
