@@ -2,7 +2,6 @@ package cqrs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
@@ -56,6 +55,8 @@ type Request struct {
 	Name string
 	// Value is the command or query (of the registered Go type).
 	Value any
+
+	rt *route
 }
 
 // Dispatch delivers a request to its handler and returns the handler's
@@ -106,9 +107,12 @@ func NewBus(mw ...Middleware) *Bus {
 }
 
 func (b *Bus) deliver(ctx context.Context, r Request) (any, error) {
-	b.mu.RLock()
-	rt := b.byName[r.Name]
-	b.mu.RUnlock()
+	rt := r.rt
+	if rt == nil || rt.name != r.Name {
+		b.mu.RLock()
+		rt = b.byName[r.Name]
+		b.mu.RUnlock()
+	}
 	if rt == nil || rt.kind != r.Kind {
 		return nil, fmt.Errorf("%w: %s %q", ErrUnregistered, r.Kind, r.Name)
 	}
@@ -191,7 +195,7 @@ func Send[C any](ctx context.Context, b *Bus, cmd C) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	v, err := b.chain(ctx, Request{Kind: KindCommand, Name: rt.name, Value: cmd})
+	v, err := b.chain(ctx, Request{Kind: KindCommand, Name: rt.name, Value: cmd, rt: rt})
 	if err != nil {
 		return Result{}, err
 	}
@@ -209,7 +213,7 @@ func Ask[Q, R any](ctx context.Context, b *Bus, q Q) (R, error) {
 	if err != nil {
 		return zero, err
 	}
-	v, err := b.chain(ctx, Request{Kind: KindQuery, Name: rt.name, Value: q})
+	v, err := b.chain(ctx, Request{Kind: KindQuery, Name: rt.name, Value: q, rt: rt})
 	if err != nil {
 		return zero, err
 	}
@@ -232,7 +236,7 @@ func (b *Bus) dispatchWire(ctx context.Context, kind Kind, name string, payload 
 	if err != nil {
 		return nil, err
 	}
-	return b.chain(ctx, Request{Kind: kind, Name: name, Value: v})
+	return b.chain(ctx, Request{Kind: kind, Name: name, Value: v, rt: rt})
 }
 
 // Validate is middleware that calls the Validate() error method of every
@@ -304,4 +308,3 @@ func DeciderHandler[S, C, E any](repo *eventsource.Repository[S, C, E], stream f
 	}
 }
 
-var errNilBus = errors.New("cqrs: nil bus")
