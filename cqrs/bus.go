@@ -307,4 +307,3 @@ func DeciderHandler[S, C, E any](repo *eventsource.Repository[S, C, E], stream f
 		return Result{Position: res.Position(), StreamID: id, Version: res.Version}, nil
 	}
 }
-

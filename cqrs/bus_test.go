@@ -100,7 +100,9 @@ func TestBusOverBroker(t *testing.T) {
 	defer cancel()
 	mb := memory.New(memory.Config{RedeliveryBackoff: broker.ConstantBackoff(time.Millisecond)})
 	bus := newBus(t)
-	go func() { _ = mb.Subscribe(ctx, broker.Subscription{Topic: "accounts", Group: "accounts"}, bus.Handler(mb)) }()
+	go func() {
+		_ = mb.Subscribe(ctx, broker.Subscription{Topic: "accounts", Group: "accounts"}, bus.Handler(mb))
+	}()
 	client, err := cqrs.NewClient(mb, mb, cqrs.ClientConfig{ReplyTopic: "replies-1", Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)

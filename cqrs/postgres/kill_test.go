@@ -22,8 +22,8 @@ import (
 	"github.com/steadfast-go/steadfast/cqrs"
 	"github.com/steadfast-go/steadfast/cqrs/cqrstest"
 	"github.com/steadfast-go/steadfast/cqrs/postgres"
-	"github.com/steadfast-go/steadfast/eventsource"
 	cqrsredis "github.com/steadfast-go/steadfast/cqrs/redis"
+	"github.com/steadfast-go/steadfast/eventsource"
 	espg "github.com/steadfast-go/steadfast/eventsource/postgres"
 	"github.com/steadfast-go/steadfast/internal/testenv"
 )
