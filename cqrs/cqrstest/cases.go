@@ -53,7 +53,7 @@ var crashPointNames = []string{"cqrs.projector.run", "cqrs.projector.batch", "cq
 // restarted projector's read model equals a clean replay.
 func crashPoints[T any](h *harness[T]) {
 	h.append(h.f.Events)
-	for i, point := range crashPointNames {
+	for i, point := range append(slices.Clone(crashPointNames), h.f.CrashPoints...) {
 		p := h.projection(fmt.Sprintf("crash_%d", i), 1, cqrs.Stop, nil)
 		var hits, crashes atomic.Int64
 		inj := func(name string, _ any) error {
@@ -437,5 +437,4 @@ func readYourWrites[T any](h *harness[T]) {
 	if err := cqrs.Wait(ctx, h.b.Store, "nobody", eventsource.Position{Transaction: 1}, 50*time.Millisecond); !errors.Is(err, cqrs.ErrTimeout) {
 		h.t.Fatalf("Wait on a projection with no serving version: %v, want ErrTimeout", err)
 	}
-	_ = slices.Clone([]int{})
 }

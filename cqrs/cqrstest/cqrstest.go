@@ -102,6 +102,10 @@ type Features struct {
 	// Events is the number of events the larger cases project. Default
 	// 2,000.
 	Events int
+	// CrashPoints are the store's own fault points (internal/fault) the
+	// crash case stops at too, besides the projector's: e.g. between the
+	// checkpoint write and the commit.
+	CrashPoints []string
 	// Logger receives the projectors' logs. Default: discarded.
 	Logger *slog.Logger
 }

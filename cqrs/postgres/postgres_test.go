@@ -168,7 +168,7 @@ WHERE locktype = 'advisory' AND classid::bigint = ($1::bigint & 4294967295) AND 
 // holder's session on the server, as when its process dies.
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	cqrstest.Run(t, cqrstest.Features{Timeout: 2 * time.Minute}, func(t *testing.T) cqrstest.Backend[postgres.Tx] {
+	cqrstest.Run(t, cqrstest.Features{Timeout: 2 * time.Minute, CrashPoints: []string{"cqrs/postgres.commit"}}, func(t *testing.T) cqrstest.Backend[postgres.Tx] {
 		e := newEnv(t)
 		b := e.backend(t)
 		b.Kill = e.kill

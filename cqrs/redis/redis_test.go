@@ -92,7 +92,7 @@ func backend(t *testing.T) (cqrstest.Backend[*redis.Tx], *goredis.Client, *redis
 // lease key, as its expiry after the holder's death would.
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	cqrstest.Run(t, cqrstest.Features{Timeout: 2 * time.Minute}, func(t *testing.T) cqrstest.Backend[*redis.Tx] {
+	cqrstest.Run(t, cqrstest.Features{Timeout: 2 * time.Minute, CrashPoints: []string{"cqrs/redis.commit"}}, func(t *testing.T) cqrstest.Backend[*redis.Tx] {
 		b, _, _, _ := backend(t)
 		return b
 	})
