@@ -1,0 +1,5 @@
+package cqrs_test
+
+import "log/slog"
+
+var discard = slog.New(slog.DiscardHandler)

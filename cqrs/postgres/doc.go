@@ -1,0 +1,35 @@
+// Package postgres is the PostgreSQL read-model store of cqrs projections
+// (pgx v5).
+//
+// Tables: the checkpoints table (Config.Table, default
+// "cqrs_checkpoints": one row per projection version with its checkpoint,
+// status and counts), "<table>_names" (the serving version of each name and
+// how far its side effects are done) and "<table>_skipped". Schema returns
+// the DDL; Migrate applies it. The read models are the application's own
+// tables: version N of a read model table T is T_v<N> (VersionTable,
+// Tx.Table), and the application's queries read the view T, which
+// Store.Activate points at the serving version.
+//
+// Guarantees:
+//
+//   - A batch runs in one transaction: the handler's writes (through Tx),
+//     the checkpoint row, the side-effects position and the skipped events
+//     commit together or not at all. The checkpoint row is locked and
+//     checked against the batch's starting checkpoint first
+//     (cqrs.ErrCheckpointConflict otherwise).
+//   - The lease is a session advisory lock (pg_try_advisory_lock) on a
+//     connection taken from the pool for as long as the lease lasts, and
+//     every batch runs on that connection: no batch commits without the
+//     lock. A dead holder's session ends with its process (or when the
+//     server notices the lost connection), which frees the lock at once.
+//     A projector therefore holds two connections while it runs (the lease
+//     and the event store's LISTEN): size the pool for it.
+//   - Activate repoints the views (CREATE OR REPLACE VIEW) and records the
+//     serving version in one transaction, after checking that the version
+//     has reached the serving one's checkpoint: queries see one version or
+//     the other, never a mix. The new version's table must have the view's
+//     columns in order (more may follow).
+//
+// Cost: per batch one transaction with two statements of the store (lock
+// and read the checkpoint; write it) beside the handler's.
+package postgres
