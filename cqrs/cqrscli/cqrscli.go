@@ -2,10 +2,10 @@
 // PostgreSQL, as a package: Run takes the arguments and the output streams,
 // so a command (or a larger tool mounting it as a subcommand) wraps it.
 //
-//	steadfast-cqrs status   [-sample 1s] [-json]     every projection version: serving, status, checkpoint, lag, rate, time left
-//	steadfast-cqrs skipped  NAME@vN [-limit N] [-json] events the version skipped
-//	steadfast-cqrs reset    NAME@vN                  clear a stopped or retrying status
-//	steadfast-cqrs activate NAME@vN [-views a,b]     make the version the serving one (blue/green swap)
+//	steadfast projection status   [-sample 1s] [-json]     every projection version: serving, status, checkpoint, lag, rate, time left
+//	steadfast projection skipped  NAME@vN [-limit N] [-json] events the version skipped
+//	steadfast projection reset    NAME@vN                  clear a stopped or retrying status
+//	steadfast projection activate NAME@vN [-views a,b]     make the version the serving one (blue/green swap)
 //
 // Every subcommand takes -db URL (default: $STEADFAST_POSTGRES_URL), -table
 // (the checkpoints table, default "cqrs_checkpoints"), -events-table (the
@@ -47,7 +47,7 @@ const (
 	ExitUsage = 2
 )
 
-const usage = `usage: steadfast-cqrs <command> [flags]
+const usage = `usage: steadfast projection <command> [flags]
 
 commands:
   status    every projection version: serving, status, checkpoint, lag, rate, time left
@@ -55,7 +55,7 @@ commands:
   reset     clear a stopped or retrying status (the event is applied again)
   activate  make a projection version the serving one (blue/green swap)
 
-Run "steadfast-cqrs <command> -h" for the flags.
+Run "steadfast projection <command> -h" for the flags.
 `
 
 type usageError struct{ msg string }
@@ -81,7 +81,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "steadfast-cqrs: %v\n", err)
+		fmt.Fprintf(stderr, "steadfast projection: %v\n", err)
 		var ue *usageError
 		if errors.As(err, &ue) {
 			return ExitUsage
@@ -92,22 +92,22 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	pool, err := pgxpool.New(ctx, o.db)
 	if err != nil {
-		fmt.Fprintf(stderr, "steadfast-cqrs: database: %v\n", err)
+		fmt.Fprintf(stderr, "steadfast projection: database: %v\n", err)
 		return ExitUsage
 	}
 	defer pool.Close()
 	store, err := postgres.New(pool, postgres.Config{Table: o.table})
 	if err != nil {
-		fmt.Fprintf(stderr, "steadfast-cqrs: %v\n", err)
+		fmt.Fprintf(stderr, "steadfast projection: %v\n", err)
 		return ExitUsage
 	}
 	head, err := postgres.NewHead(pool, o.events)
 	if err != nil {
-		fmt.Fprintf(stderr, "steadfast-cqrs: %v\n", err)
+		fmt.Fprintf(stderr, "steadfast projection: %v\n", err)
 		return ExitUsage
 	}
 	if err := do(ctx, o, store, head, stdout); err != nil {
-		fmt.Fprintf(stderr, "steadfast-cqrs: %v\n", err)
+		fmt.Fprintf(stderr, "steadfast projection: %v\n", err)
 		return ExitFail
 	}
 	return ExitOK
@@ -142,7 +142,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		fmt.Fprint(stderr, usage)
 		return o, usagef("unknown command %q", o.cmd)
 	}
-	fs := flag.NewFlagSet("steadfast-cqrs "+o.cmd, flag.ContinueOnError)
+	fs := flag.NewFlagSet("steadfast projection "+o.cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.db, "db", os.Getenv(EnvDatabaseURL), "PostgreSQL URL (default $"+EnvDatabaseURL+")")
 	fs.StringVar(&o.table, "table", postgres.DefaultTable, "checkpoints table")

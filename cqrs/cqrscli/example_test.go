@@ -11,7 +11,7 @@ import (
 func ExampleRun() {
 	cqrscli.Run(context.Background(), []string{"help"}, os.Stdout, os.Stdout)
 	// Output:
-	// usage: steadfast-cqrs <command> [flags]
+	// usage: steadfast projection <command> [flags]
 	//
 	// commands:
 	//   status    every projection version: serving, status, checkpoint, lag, rate, time left
@@ -19,5 +19,5 @@ func ExampleRun() {
 	//   reset     clear a stopped or retrying status (the event is applied again)
 	//   activate  make a projection version the serving one (blue/green swap)
 	//
-	// Run "steadfast-cqrs <command> -h" for the flags.
+	// Run "steadfast projection <command> -h" for the flags.
 }

@@ -1,9 +1,11 @@
 // Command steadfast is the operators' tool for the library's durable state:
-// parked outbox rows, saga instances and dead letters, one subcommand each.
+// parked outbox rows, saga instances, dead letters and projections, one
+// subcommand each.
 //
 //	steadfast outbox <stats|list|show|redrive|delete> [flags]   parked outbox rows (outbox/outboxcli)
 //	steadfast saga   <list|show|retry|skip|cancel|counts|flows|flow> [flags]   saga instances (saga/sagacli)
-//	steadfast dlq    <list|peek|replay|purge> [flags]   dead letters on Kafka or RabbitMQ
+//	steadfast dlq    <list|peek|replay|purge> [flags]   dead letters on Kafka or RabbitMQ (dlq/dlqcli)
+//	steadfast projection <status|skipped|reset|activate> [flags]   CQRS projections (cqrs/cqrscli)
 //
 // Install it with
 //
@@ -13,7 +15,7 @@
 // "steadfast outbox list -h"), and the flags are shared where the meaning is:
 // -db (PostgreSQL URL), -table, -limit, -after, -json, -all, -timeout.
 // Backends default to the same variables the library's tests use:
-// STEADFAST_POSTGRES_URL (outbox, saga), STEADFAST_KAFKA_BROKERS and
+// STEADFAST_POSTGRES_URL (outbox, saga, projection), STEADFAST_KAFKA_BROKERS and
 // STEADFAST_RABBITMQ_URL (dlq); a flag overrides its variable.
 //
 // The exit status is the subcommand's: 0 on success, 1 when the operation
@@ -28,6 +30,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/steadfast-go/steadfast/cqrs/cqrscli"
+	"github.com/steadfast-go/steadfast/dlq/dlqcli"
 	"github.com/steadfast-go/steadfast/outbox/outboxcli"
 	"github.com/steadfast-go/steadfast/saga/sagacli"
 )
@@ -48,7 +52,8 @@ type command struct {
 var commands = []command{
 	{"outbox", "parked outbox rows: stats, list, show, redrive, delete", outboxcli.Run},
 	{"saga", "saga instances and choreographed flows: list, show, retry, skip, cancel, counts, flows, flow", sagacli.Run},
-	{"dlq", "dead letters on Kafka or RabbitMQ: list, peek, replay, purge", dlqRun},
+	{"dlq", "dead letters on Kafka or RabbitMQ: list, peek, replay, purge", dlqcli.Run},
+	{"projection", "CQRS projections: status, skipped, reset, activate", cqrscli.Run},
 }
 
 func main() {
