@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/outbox"
+	"github.com/steadfast-go/steadfast/outbox/outboxtest"
 	"github.com/steadfast-go/steadfast/outbox/postgres"
 )
 
@@ -123,10 +125,10 @@ func TestNotifyInTransaction(t *testing.T) {
 	// A marker notification on the same channel proves the listener is up
 	// and orders what follows: notifications are delivered in order.
 	mark := func() int {
+		n := l.count()
 		if _, err := h.pool.Exec(ctx, "SELECT pg_notify($1, 'mark')", h.store.Channel()); err != nil {
 			t.Fatal(err)
 		}
-		n := l.count()
 		waitFor(t, "the marker notification", func() bool { return l.count() > n })
 		return l.count()
 	}
@@ -289,5 +291,53 @@ func TestNotifyIntervalValidation(t *testing.T) {
 	h := newHarness(t, postgres.Config{})
 	if _, err := postgres.New(h.pool, postgres.Config{NotifyInterval: -time.Millisecond}); !errors.Is(err, postgres.ErrInvalidConfig) {
 		t.Errorf("New with a negative NotifyInterval: err = %v, want ErrInvalidConfig", err)
+	}
+}
+
+// By default the relay deletes the rows the broker accepted; KeepPublished
+// marks them published instead, and they stay until housekeeping.
+func TestPublishedRows(t *testing.T) {
+	t.Parallel()
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprint("keep=", keep), func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, postgres.Config{})
+			ctx := context.Background()
+			const n = 30
+			msgs := make([]broker.Message, n)
+			for i := range msgs {
+				msgs[i] = broker.NewMessage("t", []byte("x"))
+				msgs[i].Key = fmt.Sprint("k", i%3)
+			}
+			if err := h.store.Enqueue(ctx, h.pool, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			r, err := outbox.NewRelay(h.store, outboxtest.MemoryBroker(t).Publisher,
+				outbox.Config{KeepPublished: keep, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for {
+				got, err := r.RunOnce(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got == 0 {
+					break
+				}
+			}
+			var total, published int
+			if err := h.pool.QueryRow(ctx, "SELECT count(*), count(*) FILTER (WHERE status = 'published') FROM "+h.store.Table()).
+				Scan(&total, &published); err != nil {
+				t.Fatal(err)
+			}
+			want := 0
+			if keep {
+				want = n
+			}
+			if total != want || published != want {
+				t.Errorf("after the drain: %d rows, %d published; want %d and %d", total, published, want, want)
+			}
+		})
 	}
 }
