@@ -91,8 +91,9 @@ type Config struct {
 	// serializes the commits of notifying transactions (each holds a
 	// database-wide lock from before its commit record is flushed until it
 	// ends), so concurrent business transactions that enqueue no longer
-	// share WAL flushes and commit one at a time; measured with 8 writers,
-	// that cost the business transactions about 40% of their throughput.
+	// share WAL flushes and commit one at a time: with 8 concurrent
+	// writers this has cost the business transactions up to about 40% of
+	// their throughput.
 	//
 	// By default (false) the notification is sent outside the caller's
 	// transaction: Enqueue hands it to the store, which sends it right away
