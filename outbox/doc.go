@@ -35,8 +35,8 @@
 //
 // # Delivery
 //
-// A row is marked published (or deleted) in the same transaction that
-// claimed it, after the broker acknowledged it. A relay that dies in
+// A row is deleted (or, with Config.KeepPublished, marked published) in the
+// same transaction that claimed it, after the broker acknowledged it. A relay that dies in
 // between leaves the row pending, and it is published again: delivery is at
 // least once, duplicates carry the same Message.ID, and a crash duplicates at
 // most the batch that relay had in flight. A store that ends claims on its

@@ -28,7 +28,7 @@ var (
 //
 // Guarantees:
 //
-//   - At least once: a row is marked published (or deleted) only after
+//   - At least once: a row is deleted (or marked published) only after
 //     Publish returned nil for it, in the same store transaction that
 //     claimed it. A relay that dies between the two leaves the row pending
 //     and it is published again: duplicates are bounded by one batch per
@@ -204,6 +204,7 @@ func (r *Relay) loop(ctx context.Context) {
 	// The pause after consecutive store or broker outages.
 	outageBackoff := broker.Backoff{Initial: 50 * time.Millisecond, Max: 5 * time.Second, Jitter: -1}
 	failures := 0
+	empty := 0 // claims in a row that found nothing, for adaptive polling
 	for ctx.Err() == nil {
 		res, err := r.cycle(ctx)
 		var pause time.Duration
@@ -223,6 +224,7 @@ func (r *Relay) loop(ctx context.Context) {
 		default:
 			failures = 0
 			if res.claimed > 0 && !res.stalled {
+				empty = 0
 				continue // there may be more
 			}
 		}
@@ -240,6 +242,11 @@ func (r *Relay) loop(ctx context.Context) {
 			}
 		}
 		wait := r.cfg.PollInterval
+		if err == nil && res.outage == nil && !res.stalled && r.cfg.MinPollInterval > 0 {
+			// Adaptive polling: soon after activity, then backing off.
+			wait = adaptiveWait(r.cfg.MinPollInterval, wait, empty)
+			empty++
+		}
 		if at := r.retryAt.Load(); at != 0 {
 			// A failed row becomes due before the next poll: look then.
 			switch d := time.Until(time.Unix(0, at)); {
@@ -255,12 +262,26 @@ func (r *Relay) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
+			empty = 0
 			if r.cfg.WakeDelay > 0 && !sleep(ctx, r.cfg.WakeDelay) {
 				return
 			}
 		case <-poll.C:
 		}
 	}
+}
+
+// adaptiveWait is the wait after n claims in a row found nothing: least
+// doubled n times, at most most, without overflowing.
+func adaptiveWait(least, most time.Duration, n int) time.Duration {
+	d := least
+	for range n {
+		if d >= most/2 {
+			return most
+		}
+		d *= 2
+	}
+	return min(d, most)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
@@ -307,7 +328,7 @@ func (r *Relay) housekeep(ctx context.Context) {
 		defer t.Stop()
 		statsC = t.C
 	}
-	if r.cfg.Retention > 0 && !r.cfg.DeletePublished {
+	if r.cfg.Retention > 0 && r.cfg.KeepPublished {
 		t := time.NewTicker(r.cfg.CleanupInterval)
 		defer t.Stop()
 		cleanC = t.C
@@ -420,7 +441,7 @@ func (r *Relay) cycle(ctx context.Context) (cycleResult, error) {
 		}
 		return res, nil
 	}
-	out.Delete = r.cfg.DeletePublished
+	out.Delete = !r.cfg.KeepPublished
 	if err := claim.Complete(cctx, out); err != nil {
 		// The rows stay pending; the ones the broker accepted will be
 		// published again.

@@ -28,7 +28,7 @@ import (
 // the cluster STEADFAST_KAFKA_BROKERS names):
 //
 //   - Publish: 8 goroutines publish batches of 100 keyed messages and wait
-//     for the acknowledgements (acks=all, idempotent, 5ms linger, snappy).
+//     for the acknowledgements (acks=all, idempotent, no linger, snappy).
 //     raw uses ProduceSync with the same client settings.
 //   - Consume: a single group member reads b.N pre-published keyed messages.
 //     raw polls with franz-go's default autocommit (which may commit a
@@ -121,7 +121,7 @@ func rawProducer(b *testing.B, brokers []string) *kgo.Client {
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerLinger(5*time.Millisecond),
+		kgo.ProducerLinger(0),
 		kgo.ProducerBatchMaxBytes(1<<20),
 		kgo.ProducerBatchCompression(kgo.SnappyCompression()),
 		kgo.MaxBufferedRecords(100_000),
@@ -203,6 +203,82 @@ func BenchmarkPublish(b *testing.B) {
 						msgs[i] = broker.Message{Topic: topic, Key: "key-" + strconv.Itoa((first+i)%benchKeys), Payload: benchPayload(first+i, sz.size)}
 					}
 					return pub.Publish(ctx, msgs...)
+				})
+				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+			})
+		})
+	}
+}
+
+// benchOneCallers is how many goroutines BenchmarkPublishOne runs.
+const benchOneCallers = 16
+
+// runOneCallers splits n messages over benchOneCallers goroutines, each
+// calling publish with one message index at a time and waiting for it.
+func runOneCallers(b *testing.B, n int, publish func(i int) error) {
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+		errs = make(chan error, benchOneCallers)
+	)
+	for range benchOneCallers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := publish(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkPublishOne: 16 goroutines each publish one keyed message per
+// call and wait for its acknowledgement, as request handlers that each emit
+// an event do. raw is franz-go's ProduceSync of one record per call with the
+// adapter's producer settings. Concurrent calls share produce requests in
+// both: a call hands its record to the client's buffer, and the records of
+// the calls waiting meanwhile go out together in the next request.
+func BenchmarkPublishOne(b *testing.B) {
+	for _, sz := range benchSizes {
+		b.Run(sz.name, func(b *testing.B) {
+			b.Run("raw", func(b *testing.B) {
+				brokers := produceCluster(b)
+				topic := benchTopic(b, brokers)
+				cl := rawProducer(b, brokers)
+				ctx := context.Background()
+				b.SetBytes(int64(sz.size))
+				b.ResetTimer()
+				start := time.Now()
+				runOneCallers(b, b.N, func(i int) error {
+					rec := &kgo.Record{Topic: topic, Key: []byte("key-" + strconv.Itoa(i%benchKeys)), Value: benchPayload(i, sz.size)}
+					return cl.ProduceSync(ctx, rec).FirstErr()
+				})
+				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+			})
+			b.Run("steadfast", func(b *testing.B) {
+				brokers := produceCluster(b)
+				topic := benchTopic(b, brokers)
+				pub, err := NewPublisher(PublisherConfig{Config: Config{Brokers: brokers}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { _ = pub.Close() })
+				ctx := context.Background()
+				b.SetBytes(int64(sz.size))
+				b.ResetTimer()
+				start := time.Now()
+				runOneCallers(b, b.N, func(i int) error {
+					return pub.Publish(ctx, broker.Message{Topic: topic, Key: "key-" + strconv.Itoa(i%benchKeys), Payload: benchPayload(i, sz.size)})
 				})
 				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 			})

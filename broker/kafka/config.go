@@ -80,7 +80,7 @@ const (
 	DefaultDialTimeout  = 10 * time.Second
 	DefaultStartTimeout = 15 * time.Second
 
-	DefaultLinger                      = 5 * time.Millisecond
+	DefaultLinger                      = 0
 	DefaultBatchMaxBytes               = 1 << 20
 	DefaultCompression                 = CompressionSnappy
 	DefaultDeliveryTimeout             = 30 * time.Second
@@ -255,11 +255,17 @@ func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 // and is rejected elsewhere.
 type PublisherConfig struct {
 	Config
-	// Linger is how long a partition's batch may wait for more records.
-	// Publish sends the partitions its own records went to as soon as all of
-	// them are buffered, so the linger only gathers records of concurrent
-	// calls while earlier batches are in flight. Default DefaultLinger
-	// (5ms); negative disables lingering.
+	// Linger is how long a partition's batch may wait for more records
+	// before it is sent. Publish sends the partitions its own records went to
+	// as soon as all of them are buffered; what gathers the records of
+	// concurrent calls into shared produce requests is that a broker has one
+	// request in flight at a time (the idempotent producer's rule): records
+	// buffered meanwhile leave together in the next one. A linger adds a
+	// wait on top, and records buffered while a request is in flight may sit
+	// out the whole linger after it returns: measured with 16 goroutines
+	// each publishing one message per call, a 5ms linger cut throughput to
+	// a fifth, and it gains nothing for calls of many messages. Default
+	// DefaultLinger (0, no linger); negative is the same as zero.
 	Linger time.Duration
 	// BatchMaxBytes bounds one record batch. Default DefaultBatchMaxBytes
 	// (1 MiB, 1,048,576), which fits Kafka's default message.max.bytes.
@@ -290,12 +296,7 @@ func (c PublisherConfig) withDefaults() (PublisherConfig, error) {
 	if c.Config, err = c.Config.withDefaults(); err != nil {
 		return c, err
 	}
-	switch {
-	case c.Linger == 0:
-		c.Linger = DefaultLinger
-	case c.Linger < 0:
-		c.Linger = 0
-	}
+	c.Linger = max(c.Linger, DefaultLinger)
 	c.BatchMaxBytes = cmp.Or(c.BatchMaxBytes, DefaultBatchMaxBytes)
 	c.Compression = cmp.Or(c.Compression, DefaultCompression)
 	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, broker.DefaultMaxMessageBytes)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -96,8 +97,9 @@ func (p *Publisher) Client() *kgo.Client { return p.cl }
 // still reach the cluster, so treat them as not sent and retry them
 // (consumers deduplicate on Message.ID).
 //
-// Records of one Publish call are sent without waiting for the linger;
-// concurrent calls share batches.
+// Records of one Publish call are sent without waiting for a linger, and
+// concurrent calls share produce requests: a call of one message costs a
+// share of a request, not a request of its own.
 func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("kafka: publish: %w", err)
@@ -118,11 +120,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 	// record timeout, which counts from the record timestamp (Message.Time).
 	ctx, cancel := context.WithTimeoutCause(ctx, p.cfg.DeliveryTimeout, p.timeoutCause)
 	defer cancel()
-	// ProduceSync sends the partitions it touched without waiting for the
-	// linger, while concurrent calls still share batches. It waits for every
-	// record, so it runs aside and the call can give up when ctx ends.
-	results := make(chan kgo.ProduceResults, 1)
-	go func() { results <- p.cl.ProduceSync(ctx, recs...) }()
+	results := p.produce(ctx, recs)
 	var res kgo.ProduceResults
 	select {
 	case res = <-results:
@@ -179,6 +177,39 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...broker.Message) (err er
 		return nil
 	}
 	return pe
+}
+
+// produce hands recs to the client and returns the channel that receives
+// their results once the cluster answered for every one. It does not wait,
+// so the call can give up when ctx ends.
+//
+// Without a linger each record is handed over with Produce and a promise:
+// the client sends a partition's records as soon as it has no request in
+// flight to that broker, and the records of concurrent calls buffered
+// meanwhile leave together in the next request. With a linger, ProduceSync
+// (run aside, as it waits) sends the partitions it touched without waiting
+// for the linger, while concurrent calls still share batches.
+func (p *Publisher) produce(ctx context.Context, recs []*kgo.Record) <-chan kgo.ProduceResults {
+	done := make(chan kgo.ProduceResults, 1)
+	if p.cfg.Linger > 0 {
+		go func() { done <- p.cl.ProduceSync(ctx, recs...) }()
+		return done
+	}
+	var mu sync.Mutex
+	results := make(kgo.ProduceResults, 0, len(recs))
+	promise := func(r *kgo.Record, err error) {
+		mu.Lock()
+		results = append(results, kgo.ProduceResult{Record: r, Err: err})
+		last := len(results) == len(recs)
+		mu.Unlock()
+		if last {
+			done <- results
+		}
+	}
+	for _, r := range recs {
+		p.cl.Produce(ctx, r, promise)
+	}
+	return done
 }
 
 // tooLarge reports the errors with which the cluster refuses a record batch

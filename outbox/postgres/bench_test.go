@@ -29,18 +29,28 @@ import (
 //
 // BenchmarkRelay: end-to-end throughput of draining 20,000 committed rows
 // of 1 KB (random, so incompressible) over 100 keys, from the commit to the
-// broker's acknowledgement, with one relay or three running at once. The
-// raw baseline is the loop a team would write by hand with pgx and the
-// broker's client: SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1000, publish the
-// batch, UPDATE (or DELETE) the rows, COMMIT; it keeps no per-key order
-// across relays and has no retry bookkeeping. "mark" variants mark rows
-// published (the default), "delete" variants delete them.
+// broker's acknowledgement, with one relay or three running at once (each
+// on its own pool, as separate processes would). The raw baseline is the
+// loop a team would write by hand with pgx and the broker's client: SELECT
+// ... FOR UPDATE SKIP LOCKED LIMIT 1000, publish the batch, UPDATE (or
+// DELETE) the rows, COMMIT; it keeps no per-key order across relays and has
+// no retry bookkeeping. "defaults" variants run the relay and the store with
+// their zero Configs (rows deleted once published, batch 1000, backlog
+// gauges every 10s); "keep" variants mark rows published instead
+// (KeepPublished) and compare with raw-mark.
 //
 // BenchmarkLatency: commit-to-acknowledgement latency of single-message
-// transactions at a steady 1,000 per second, woken by LISTEN/NOTIFY (at
-// once, or after a 2ms WakeDelay that batches commits arriving together) or
-// by polling only (every 10ms, or every second: the default), against a raw
+// transactions at a steady 1,000 per second: with the default wake-up (a
+// coalesced notification outside the caller's transaction, plus adaptive
+// polling), with the notification inside the transaction
+// (NotifyInTransaction), and by polling only (every 10ms), against a raw
 // pgx + client relay polling every 10ms.
+//
+// BenchmarkEnqueue: 8 writers commit business transactions (one INSERT of a
+// business row with a 1 KB document) as fast as they can; "raw" does only
+// that, the others also Enqueue a 1 KB message in the same transaction, with
+// the default wake-up or with NotifyInTransaction. No relay runs, so only
+// the cost to the caller is measured.
 
 const (
 	benchRows  = 20000
@@ -74,7 +84,7 @@ var benchBrokers = []benchBroker{
 		b.Cleanup(func() { _ = pub.Close() })
 		// The raw client: franz-go with the adapter's producer settings.
 		cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.RequiredAcks(kgo.AllISRAcks()),
-			kgo.ProducerLinger(5*time.Millisecond), kgo.ProducerBatchCompression(kgo.SnappyCompression()))
+			kgo.ProducerLinger(0), kgo.ProducerBatchCompression(kgo.SnappyCompression()))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -166,24 +176,25 @@ var benchBrokers = []benchBroker{
 }
 
 func BenchmarkRelay(b *testing.B) {
+	discard := slog.New(slog.DiscardHandler)
 	for _, bb := range benchBrokers {
 		b.Run(bb.name+"/1KB", func(b *testing.B) {
 			for _, v := range []struct {
 				name   string
 				raw    bool
-				relays int
 				delete bool
+				relays int
+				cfg    outbox.Config
 			}{
-				{"raw-mark", true, 1, false},
-				{"raw-delete", true, 1, true},
-				{"mark-1relay-vs-raw-mark", false, 1, false},
-				{"mark-3relays-vs-raw-mark", false, 3, false},
-				{"delete-1relay-vs-raw-delete", false, 1, true},
-				{"delete-3relays-vs-raw-delete", false, 3, true},
+				{"raw-mark", true, false, 1, outbox.Config{}},
+				{"raw-delete", true, true, 1, outbox.Config{}},
+				{"defaults-1relay-vs-raw-delete", false, true, 1, outbox.Config{Logger: discard}},
+				{"defaults-3relays-vs-raw-delete", false, true, 3, outbox.Config{Logger: discard}},
+				{"keep-1relay-vs-raw-mark", false, false, 1, outbox.Config{KeepPublished: true, Logger: discard}},
 			} {
 				b.Run(v.name, func(b *testing.B) {
 					pub, raw, topic := bb.setup(b)
-					h := newHarness(b, postgres.Config{DisableNotify: true})
+					h := newHarness(b, postgres.Config{})
 					var elapsed time.Duration
 					for range b.N {
 						b.StopTimer()
@@ -193,7 +204,7 @@ func BenchmarkRelay(b *testing.B) {
 						if v.raw {
 							rawDrain(b, h, raw, v.delete)
 						} else {
-							relayDrain(b, h, pub, v.relays, v.delete)
+							relayDrain(b, h, pub, v.relays, v.cfg)
 						}
 						elapsed += time.Since(start)
 						b.StopTimer()
@@ -248,7 +259,7 @@ func (c *countingPublisher) Publish(ctx context.Context, msgs ...broker.Message)
 
 // relayDrain runs relays (each on its own pool, as separate processes would)
 // until the broker acknowledged every row.
-func relayDrain(b *testing.B, h *harness, pub broker.Publisher, relays int, del bool) {
+func relayDrain(b *testing.B, h *harness, pub broker.Publisher, relays int, cfg outbox.Config) {
 	cp := &countingPublisher{Publisher: pub, done: make(chan struct{}), want: benchRows}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -256,8 +267,7 @@ func relayDrain(b *testing.B, h *harness, pub broker.Publisher, relays int, del 
 		b.StopTimer()
 		store := h.open(b)
 		b.StartTimer()
-		r, err := outbox.NewRelay(store, cp, outbox.Config{BatchSize: benchBatch, DeletePublished: del,
-			Retention: -1, StatsInterval: -1, Logger: slog.New(slog.DiscardHandler)})
+		r, err := outbox.NewRelay(store, cp, cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -321,27 +331,27 @@ func rawDrain(b *testing.B, h *harness, send func(context.Context, []broker.Mess
 
 func BenchmarkLatency(b *testing.B) {
 	const rate, duration = 1000, 5 * time.Second
+	discard := slog.New(slog.DiscardHandler)
 	for _, bb := range benchBrokers {
 		b.Run(bb.name+"/1000rps", func(b *testing.B) {
 			for _, v := range []struct {
-				name   string
-				raw    bool
-				notify bool
-				poll   time.Duration
-				delay  time.Duration
+				name  string
+				raw   bool
+				store postgres.Config
+				relay outbox.Config
 			}{
-				{"raw-poll10ms", true, false, 10 * time.Millisecond, 0},
-				{"notify-vs-raw-poll10ms", false, true, time.Second, 0},
-				{"notify-wake2ms-vs-raw-poll10ms", false, true, time.Second, 2 * time.Millisecond},
-				{"poll10ms-vs-raw-poll10ms", false, false, 10 * time.Millisecond, 0},
-				{"poll1s-vs-raw-poll10ms", false, false, time.Second, 0},
+				{"raw-poll10ms", true, postgres.Config{DisableNotify: true}, outbox.Config{}},
+				{"defaults-vs-raw-poll10ms", false, postgres.Config{}, outbox.Config{Logger: discard}},
+				{"notifytx-vs-raw-poll10ms", false, postgres.Config{NotifyInTransaction: true}, outbox.Config{Logger: discard}},
+				{"poll10ms-vs-raw-poll10ms", false, postgres.Config{DisableNotify: true},
+					outbox.Config{PollInterval: 10 * time.Millisecond, MinPollInterval: -1, Logger: discard}},
 			} {
 				b.Run(v.name, func(b *testing.B) {
 					pub, raw, topic := bb.setup(b)
-					h := newHarness(b, postgres.Config{DisableNotify: !v.notify})
+					h := newHarness(b, v.store)
 					var all []time.Duration
 					for range b.N {
-						all = append(all, measureLatency(b, h, topic, pub, raw, v.raw, v.notify, v.poll, v.delay, rate, duration)...)
+						all = append(all, measureLatency(b, h, topic, pub, raw, v.raw, v.relay, rate, duration)...)
 					}
 					slices.Sort(all)
 					pct := func(p float64) float64 {
@@ -360,7 +370,7 @@ func BenchmarkLatency(b *testing.B) {
 // relay publishes them, and returns each message's time from commit to the
 // broker's acknowledgement.
 func measureLatency(b *testing.B, h *harness, topic string, pub broker.Publisher,
-	raw func(context.Context, []broker.Message) error, useRaw, notify bool, poll, delay time.Duration, rate int, d time.Duration) []time.Duration {
+	raw func(context.Context, []broker.Message) error, useRaw bool, cfg outbox.Config, rate int, d time.Duration) []time.Duration {
 	var (
 		mu        sync.Mutex
 		committed = map[string]time.Time{}
@@ -377,7 +387,7 @@ func measureLatency(b *testing.B, h *harness, topic string, pub broker.Publisher
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	if useRaw {
-		wg.Go(func() { rawPoller(ctx, b, h, raw, poll, ack) })
+		wg.Go(func() { rawPoller(ctx, b, h, raw, 10*time.Millisecond, ack) })
 	} else {
 		r, err := outbox.NewRelay(h.open(b), publisherFunc(func(ctx context.Context, msgs ...broker.Message) error {
 			err := pub.Publish(ctx, msgs...)
@@ -385,8 +395,7 @@ func measureLatency(b *testing.B, h *harness, topic string, pub broker.Publisher
 				ack(msgs)
 			}
 			return err
-		}), outbox.Config{BatchSize: benchBatch, PollInterval: poll, DisableNotify: !notify, WakeDelay: delay,
-			Retention: -1, StatsInterval: -1, Logger: slog.New(slog.DiscardHandler)})
+		}), cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -483,4 +492,66 @@ func rawPoller(ctx context.Context, b *testing.B, h *harness, send func(context.
 		case <-time.After(poll):
 		}
 	}
+}
+
+func BenchmarkEnqueue(b *testing.B) {
+	const writers = 8
+	b.Run("8writers/1KB", func(b *testing.B) {
+		for _, v := range []struct {
+			name    string
+			enqueue bool
+			cfg     postgres.Config
+		}{
+			{"raw", false, postgres.Config{}},
+			{"defaults", true, postgres.Config{}},
+			{"notifytx", true, postgres.Config{NotifyInTransaction: true}},
+		} {
+			b.Run(v.name, func(b *testing.B) {
+				ctx := context.Background()
+				h := newHarness(b, v.cfg)
+				biz := pgx.Identifier{testenv.Name(b, "orders")}.Sanitize()
+				if _, err := h.pool.Exec(ctx, "CREATE TABLE "+biz+" (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, doc bytea NOT NULL)"); err != nil {
+					b.Fatal(err)
+				}
+				payload := make([]byte, 1024)
+				_, _ = rand.Read(payload)
+				// Warm the writers' connections up.
+				var wg sync.WaitGroup
+				for range writers {
+					wg.Go(func() {
+						if _, err := h.pool.Exec(ctx, "SELECT 1"); err != nil {
+							b.Error(err)
+						}
+					})
+				}
+				wg.Wait()
+				var next atomic.Int64
+				b.ResetTimer()
+				start := time.Now()
+				for range writers {
+					wg.Go(func() {
+						for next.Add(1) <= int64(b.N) {
+							err := pgx.BeginFunc(ctx, h.pool, func(tx pgx.Tx) error {
+								if _, err := tx.Exec(ctx, "INSERT INTO "+biz+" (doc) VALUES ($1)", payload); err != nil {
+									return err
+								}
+								if !v.enqueue {
+									return nil
+								}
+								m := broker.NewMessage("orders", payload)
+								m.Key = "k" + strconv.Itoa(int(next.Load()%benchKeys))
+								return h.store.Enqueue(ctx, tx, m)
+							})
+							if err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tx/s")
+			})
+		}
+	})
 }

@@ -226,8 +226,11 @@ func brokerOutage(t *testing.T, b outboxtest.Broker, outage func(enqueue func())
 		MaxAttempts:    2,
 		Backoff:        broker.ConstantBackoff(10 * time.Millisecond),
 		PublishTimeout: time.Second,
-		PollInterval:   50 * time.Millisecond,
-		Logger:         testLogger(),
+		// Batches small enough to publish well within PublishTimeout on a
+		// loaded machine: a batch cut short by it is retried whole.
+		BatchSize:    500,
+		PollInterval: 50 * time.Millisecond,
+		Logger:       testLogger(),
 	})
 	if err != nil {
 		t.Fatal(err)

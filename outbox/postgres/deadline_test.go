@@ -161,6 +161,7 @@ func TestRelayStopsBeforeClaimTimeout(t *testing.T) {
 		r, err := outbox.NewRelay(h.open(t), pub, outbox.Config{
 			PublishTimeout: publishTimeout,
 			PollInterval:   50 * time.Millisecond,
+			KeepPublished:  true, // the rows' states are checked below
 			MeterProvider:  fakeProvider{m: fm},
 			Logger:         slog.New(logs),
 		})

@@ -12,9 +12,14 @@
 // Enqueue takes a DB, which pgx.Tx, *pgxpool.Pool and *pgx.Conn satisfy.
 // Pass the transaction that writes your business rows: the messages commit
 // with them or not at all. Several messages in one call are written in one
-// statement, in order. The commit notifies listening relays (NOTIFY on
-// Config.Channel), so they publish within milliseconds; polling remains the
-// fallback when a notification is lost.
+// statement, in order. Enqueue wakes listening relays (NOTIFY on
+// Config.Channel) so they publish within milliseconds; polling remains the
+// fallback when a notification is lost. By default the notification is
+// sent outside the caller's transaction, at most one per
+// Config.NotifyInterval, because a NOTIFY inside it would make PostgreSQL
+// commit the notifying transactions one at a time; a relay woken before the
+// commit finds the rows by adaptive polling (outbox.Config.MinPollInterval).
+// Config.NotifyInTransaction restores the notification at commit.
 //
 // # Schema
 //
@@ -43,7 +48,7 @@
 //
 // Costs: a claim reads about twice the batch of index entries to choose its
 // keys, holds one advisory lock per distinct key (from the server's shared
-// lock table, sized by max_locks_per_transaction), and marking rows
-// published is an UPDATE per row (about ten times the cost of the DELETE
-// that outbox.Config.DeletePublished does instead).
+// lock table, sized by max_locks_per_transaction), and keeping published
+// rows (outbox.Config.KeepPublished) is an UPDATE per row, several times
+// the cost of the DELETE the relay does by default.
 package postgres

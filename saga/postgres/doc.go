@@ -55,15 +55,12 @@
 // outbox insert, COMMIT) and a participant command five (BEGIN, record
 // lock, record write, outbox insert, COMMIT); a local step adds a SAVEPOINT
 // and its RELEASE. The outbox relay then claims, publishes and marks or
-// deletes every command and reply. Two outbox settings matter at high
-// rates: each Enqueue notifies the relay by default, and NOTIFY serializes
-// committing transactions on a server-wide lock, while the relay, woken by
-// every commit, publishes many small batches; outbox.Config.WakeDelay (a
-// few milliseconds) gathers commits into fewer, larger claims, and
-// outbox/postgres Config.DisableNotify with a short relay PollInterval
-// removes the notifications altogether at the price of up to one interval
-// of latency per hop. outbox.Config.DeletePublished avoids keeping every
-// command and reply. BenchmarkSagas measures completed sagas per second
+// deletes every command and reply. The outbox's defaults suit this load:
+// Enqueue's notification is sent outside the transaction, coalesced, so
+// commits are not serialized on PostgreSQL's notification lock, and
+// published rows are deleted rather than kept; outbox.Config.WakeDelay (a
+// few milliseconds) gathers commits into fewer, larger claims at the price
+// of that much latency per hop. BenchmarkSagas measures completed sagas per second
 // beside the same writes done with raw pgx.
 //
 // Finished instances and their history are deleted by the engines after

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,8 +133,9 @@ func TestLocalStepsInTheTransaction(t *testing.T) {
 				if err := exec(ctx, tx, `INSERT INTO audit VALUES ($1, 'confirm attempt')`, o.ID); err != nil {
 					return err
 				}
-				n, _ := attempts.LoadOrStore(o.ID, new(int))
-				if *n.(*int)++; *n.(*int) == 1 {
+				// Attempts may run on either engine: count atomically.
+				n, _ := attempts.LoadOrStore(o.ID, new(atomic.Int32))
+				if n.(*atomic.Int32).Add(1) == 1 {
 					return errors.New("first attempt fails after writing")
 				}
 				return exec(ctx, tx, `UPDATE orders SET status = 'confirmed' WHERE id = $1`, o.ID)
