@@ -1,6 +1,11 @@
 // Package postgres is the PostgreSQL read-model store of cqrs projections
 // (pgx v5).
 //
+// Import it as cqrspg, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import cqrspg "github.com/steadfast-go/steadfast/cqrs/postgres"
+//
 // Tables: the checkpoints table (Config.Table, default
 // "cqrs_checkpoints": one row per projection version with its checkpoint,
 // status and counts), "<table>_names" (the serving version of each name and

@@ -1,6 +1,11 @@
 // Package redis is the Redis read-model store of cqrs projections
 // (go-redis v9).
 //
+// Import it as cqrsredis, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import cqrsredis "github.com/steadfast-go/steadfast/cqrs/redis"
+//
 // Keys, under Config.Prefix (default "steadfast:cqrs:"): every read-model
 // key of version N of projection P is "<prefix>P:vN:<key>" (Tx.Key,
 // Store.VersionPrefix); the version's state (checkpoint, status, counts)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	brokermem "github.com/steadfast-go/steadfast/broker/memory"
+	"github.com/steadfast-go/steadfast/cqrs"
+	cqrspg "github.com/steadfast-go/steadfast/cqrs/postgres"
 	"github.com/steadfast-go/steadfast/dlq"
 	"github.com/steadfast-go/steadfast/eventsource"
 	espg "github.com/steadfast-go/steadfast/eventsource/postgres"
@@ -179,3 +181,25 @@ func snippetChoreography(ctx context.Context, tx pgx.Tx, out *outboxpg.Store, pl
 }
 
 var _ = []any{snippetBroker, snippetOutbox, snippetIdempotency, snippetDLQ, snippetEventStore, snippetOrchestration, snippetChoreography}
+
+func applyBalances(context.Context, cqrspg.Tx, *cqrs.Batch) error { return nil }
+
+func snippetCQRS(ctx context.Context, pool *pgxpool.Pool, events *espg.Store, reg *eventsource.Registry,
+	accounts *eventsource.Repository[Account, any, any]) error {
+	checkpoints, err := cqrspg.New(pool, cqrspg.Config{}) // or cqrsredis.New, cqrsmem.New
+	err = checkpoints.Migrate(ctx)
+	balances, err := cqrs.NewProjector(checkpoints, events, reg, cqrs.Projection[cqrspg.Tx]{
+		ID: cqrs.ID{Name: "balances", Version: 1}, // a new Version rebuilds blue/green, then swaps
+		Handle: func(ctx context.Context, tx cqrspg.Tx, b *cqrs.Batch) error {
+			return applyBalances(ctx, tx, b) // in the transaction that moves the checkpoint
+		},
+	}, cqrs.Config{})
+	go balances.Run(ctx)
+
+	bus := cqrs.NewBus(cqrs.Validate())
+	err = cqrs.HandleCommand(bus, "account.deposit", cqrs.DeciderHandler(accounts,
+		func(any) string { return "account-1" }))
+	res, err := cqrs.Send[any](ctx, bus, Deposit{Amount: 100})
+	err = cqrs.Wait(ctx, checkpoints, "balances", res.Position, 5*time.Second) // read your writes
+	return err
+}

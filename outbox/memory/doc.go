@@ -7,6 +7,11 @@
 // published in ID order. It implements outbox.Notifier, so a relay on it
 // publishes new rows at once.
 //
+// Import it as outboxmem, the name the library's docs and examples give it
+// (its backend packages share the names postgres, redis and memory):
+//
+//	import outboxmem "github.com/steadfast-go/steadfast/outbox/memory"
+//
 // What it does not give, and cannot: durability (nothing survives the
 // process) and atomicity with your own data. In PostgreSQL, the outbox row
 // and the business row commit in one database transaction. Here a Tx holds
