@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
-	"github.com/steadfast-go/steadfast/broker/memory"
+	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/dlq"
 )
 
@@ -21,7 +21,7 @@ type order struct {
 // is retried. The message that cannot be decoded goes to the dead-letter
 // topic at once; the one that keeps failing goes there after MaxAttempts.
 func Example() {
-	b := memory.New(memory.Config{})
+	b := brokermem.New(brokermem.Config{})
 	defer b.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -9,7 +9,7 @@ import (
 	"github.com/steadfast-go/steadfast/broker"
 	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/outbox"
-	"github.com/steadfast-go/steadfast/outbox/memory"
+	outboxmem "github.com/steadfast-go/steadfast/outbox/memory"
 )
 
 // A service writes an order and its event in one transaction; a relay
@@ -20,7 +20,7 @@ import (
 func Example() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	store, err := memory.New(memory.Config{})
+	store, err := outboxmem.New(outboxmem.Config{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -29,7 +29,7 @@ func Example() {
 
 	// The business transaction: the order and its event commit together.
 	orders := map[string]string{}
-	err = store.BeginFunc(ctx, func(tx *memory.Tx) error {
+	err = store.BeginFunc(ctx, func(tx *outboxmem.Tx) error {
 		m := broker.NewMessage("orders", []byte(`{"id":"order-1","status":"created"}`))
 		m.Key = "order-1" // the events of one order are published in order
 		if err := tx.Enqueue(ctx, m); err != nil {
@@ -67,7 +67,7 @@ func Example() {
 // publishes them again.
 func ExampleStore_redrive() {
 	ctx := context.Background()
-	store, _ := memory.New(memory.Config{})
+	store, _ := outboxmem.New(outboxmem.Config{})
 	m := broker.NewMessage("orders", []byte("order-7 created"))
 	m.Key = "order-7"
 	_ = store.Enqueue(ctx, m)

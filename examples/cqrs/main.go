@@ -30,11 +30,11 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/cqrs"
-	"github.com/steadfast-go/steadfast/cqrs/memory"
+	cqrsmem "github.com/steadfast-go/steadfast/cqrs/memory"
 	cqrspg "github.com/steadfast-go/steadfast/cqrs/postgres"
 	cqrsredis "github.com/steadfast-go/steadfast/cqrs/redis"
 	"github.com/steadfast-go/steadfast/eventsource"
-	esmemory "github.com/steadfast-go/steadfast/eventsource/memory"
+	esmem "github.com/steadfast-go/steadfast/eventsource/memory"
 	espg "github.com/steadfast-go/steadfast/eventsource/postgres"
 )
 
@@ -113,11 +113,11 @@ func totalsHandler[T any](add func(ctx context.Context, tx T, player string, poi
 func setup(ctx context.Context, out io.Writer, pgURL, redisURL string, reg *eventsource.Registry) (*backends, error) {
 	b := &backends{}
 	run := broker.NewID()[24:]
-	mem := memory.New()
+	mem := cqrsmem.New()
 	b.states, b.boards = mem, mem
 	if pgURL == "" {
 		fmt.Fprintln(out, "events and totals: in process (set STEADFAST_POSTGRES_URL for PostgreSQL)")
-		b.events = esmemory.New()
+		b.events = esmem.New()
 		b.totals = func(ctx context.Context, _ int) (map[string]int64, error) {
 			v, _ := mem.ActiveVersion(ctx, "totals")
 			m := map[string]int64{}
@@ -127,8 +127,8 @@ func setup(ctx context.Context, out io.Writer, pgURL, redisURL string, reg *even
 			return m, nil
 		}
 		b.runTotal = func(ctx context.Context, version int) (*projector, error) {
-			p, err := cqrs.NewProjector(mem, b.events, reg, cqrs.Projection[*memory.Tx]{ID: cqrs.ID{Name: "totals", Version: version},
-				Handle: totalsHandler(func(_ context.Context, tx *memory.Tx, player string, points int64) error {
+			p, err := cqrs.NewProjector(mem, b.events, reg, cqrs.Projection[*cqrsmem.Tx]{ID: cqrs.ID{Name: "totals", Version: version},
+				Handle: totalsHandler(func(_ context.Context, tx *cqrsmem.Tx, player string, points int64) error {
 					tx.Add("totals", player, float64(points))
 					return nil
 				})}, cfg(true))
@@ -219,8 +219,8 @@ ON CONFLICT (player) DO UPDATE SET points = excluded.points + `+tx.Table(view)+`
 			return out, nil
 		}
 		b.runBoard = func(ctx context.Context) (*projector, error) {
-			p, err := cqrs.NewProjector(mem, b.events, reg, cqrs.Projection[*memory.Tx]{ID: cqrs.ID{Name: "board", Version: 1},
-				Handle: totalsHandler(func(_ context.Context, tx *memory.Tx, player string, points int64) error {
+			p, err := cqrs.NewProjector(mem, b.events, reg, cqrs.Projection[*cqrsmem.Tx]{ID: cqrs.ID{Name: "board", Version: 1},
+				Handle: totalsHandler(func(_ context.Context, tx *cqrsmem.Tx, player string, points int64) error {
 					tx.Add("board", player, float64(points))
 					return nil
 				})}, cfg(true))

@@ -42,7 +42,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/kafka"
-	"github.com/steadfast-go/steadfast/broker/memory"
+	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/dlq"
 	"github.com/steadfast-go/steadfast/dlq/kafkadlq"
@@ -164,7 +164,7 @@ func open(ctx context.Context, be backends, topic, group string) (*setup, error)
 		}}, nil
 
 	default:
-		b := memory.New(memory.Config{})
+		b := brokermem.New(brokermem.Config{})
 		cfg.Publisher, cfg.Subscriber = b, b
 		c, err := dlq.New(cfg)
 		if err != nil {
@@ -341,7 +341,7 @@ func waitFor(ctx context.Context, cond func() bool) error {
 // dlq/kafkadlq and dlq/rabbitdlq.) The memory broker keeps every message
 // published, so replayed and purged dead letters are remembered here.
 type memInspector struct {
-	b     *memory.Broker
+	b     *brokermem.Broker
 	topic string
 	mu    sync.Mutex
 	gone  map[string]bool // original IDs replayed or purged

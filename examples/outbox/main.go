@@ -31,7 +31,7 @@ import (
 	"time"
 
 	"github.com/steadfast-go/steadfast/broker"
-	"github.com/steadfast-go/steadfast/broker/memory"
+	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/outbox"
 )
 
@@ -59,7 +59,7 @@ func run(ctx context.Context, out io.Writer, url string) error {
 	topic := "orders." + run
 	// The broker's size limit (4 KiB here, to show a parked row) is the one
 	// setting: the relay asks its publisher for it.
-	b := memory.New(memory.Config{MaxMessageBytes: 4 << 10})
+	b := brokermem.New(brokermem.Config{MaxMessageBytes: 4 << 10})
 	defer b.Close()
 
 	// The consumer: prints each event, checks per-order order.

@@ -19,7 +19,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/kafka"
-	"github.com/steadfast-go/steadfast/broker/memory"
+	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 )
 
@@ -88,7 +88,7 @@ func backend(ctx context.Context, out io.Writer, topic string, groups ...string)
 			conn.Close()
 		}, nil
 	}
-	b := memory.New(memory.Config{})
+	b := brokermem.New(brokermem.Config{})
 	fmt.Fprintln(out, "backend: memory (in-process; set STEADFAST_KAFKA_BROKERS or STEADFAST_RABBITMQ_URL for a real broker)")
 	return b, b, func() { b.Close() }, nil
 }

@@ -47,7 +47,7 @@ import (
 
 	"github.com/steadfast-go/steadfast/broker"
 	"github.com/steadfast-go/steadfast/broker/kafka"
-	"github.com/steadfast-go/steadfast/broker/memory"
+	brokermem "github.com/steadfast-go/steadfast/broker/memory"
 	"github.com/steadfast-go/steadfast/broker/rabbitmq"
 	"github.com/steadfast-go/steadfast/outbox"
 	outboxpg "github.com/steadfast-go/steadfast/outbox/postgres"
@@ -173,7 +173,7 @@ func openBroker(ctx context.Context, out io.Writer, be backends, topics map[stri
 			conn.Close()
 		}, nil
 	default:
-		b := memory.New(memory.Config{})
+		b := brokermem.New(brokermem.Config{})
 		fmt.Fprintln(out, "broker: memory (set STEADFAST_KAFKA_BROKERS or STEADFAST_RABBITMQ_URL for a real broker)")
 		return b, b, func() { b.Close() }, nil
 	}
