@@ -1,7 +1,8 @@
 // Package cqrs is command/query responsibility segregation for Go services:
 // typed command and query buses (in process, or over any broker of this
 // module), and exactly-once projectors that build read models from the
-// event store's global log, with blue/green rebuilds and read-your-writes.
+// event store's global log, with blue/green rebuilds and read-your-writes,
+// or from a broker subscription.
 // Read-model stores implement its Store port: cqrs/postgres (PostgreSQL),
 // cqrs/redis (Redis) and cqrs/memory (in process); all pass the suite in
 // cqrs/cqrstest. cqrs/cqrscli is the operators' command line.
@@ -68,6 +69,29 @@
 // Events the registry cannot decode (an unregistered type) stop the
 // projection under Stop and Retry, and are skipped under Skip. The status is
 // queryable (Store.State, cqrscli status) and Store.Reset clears it.
+//
+// # Projections fed by a broker subscription
+//
+// A Consumer applies a Projection to events a broker delivers (messages
+// made by eventsource.ToMessage: the event store publishing through the
+// outbox, or another service's events), for read models in another service
+// than the event store's:
+//
+//	c, err := cqrs.NewConsumer(store, reg, projection, cqrs.ConsumerConfig{})
+//	err = c.Run(ctx, subscriber, broker.Subscription{Topic: "orders", Group: "order-views"})
+//
+// A broker delivers at least once and orders per key only, so a position
+// checkpoint would skip or repeat events. Instead the store (OnceStore:
+// cqrs/postgres, cqrs/redis, cqrs/memory) records each applied event's ID
+// in the transaction that applies it, and a recorded ID is never applied
+// again: each event's effect happens exactly once across redeliveries,
+// duplicates, crashes and competing instances (within ConsumerConfig.Keep,
+// default 7 days). Deliveries handled at the same time share one
+// transaction (group commit). Events of one key (stream) apply in delivery
+// order; there is no order across keys, no checkpoint position (so no
+// Wait), no lease and no blue/green rebuild: rebuild a version from the
+// event store with a Projector. Poison and undecodable messages follow the
+// Policy as with a Projector (see Consumer).
 //
 // # Rebuilds and side effects
 //

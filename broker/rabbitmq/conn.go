@@ -29,7 +29,7 @@ const (
 	DefaultHeartbeat    = 10 * time.Second
 	DefaultCloseTimeout = time.Second
 
-	DefaultChannels         = 4
+	DefaultChannels         = 1
 	DefaultWindow           = 1000
 	DefaultMaxChannelErrors = 3
 	DefaultPrefetch         = 1000

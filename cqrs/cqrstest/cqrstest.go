@@ -153,6 +153,10 @@ func cases[T any]() []testCase[T] {
 		{"Unregistered", unregistered[T]},
 		{"BlueGreen", blueGreen[T]},
 		{"ReadYourWrites", readYourWrites[T]},
+		{"ConsumerProject", consumerProject[T]},
+		{"ConsumerCrashPoints", consumerCrashPoints[T]},
+		{"ConsumerConcurrent", consumerConcurrent[T]},
+		{"ConsumerPoison", consumerPoison[T]},
 	}
 }
 

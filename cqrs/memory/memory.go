@@ -20,6 +20,11 @@ type Store struct {
 	active   map[string]int
 	effects  map[string]eventsource.Position
 	skipped  map[cqrs.ID][]cqrs.SkippedEvent
+	// applied holds the event IDs each version fed by a broker applied,
+	// with their expiry; onceMu serializes ApplyOnce.
+	applied map[cqrs.ID]map[string]time.Time
+	onceMu  sync.Mutex
+	pruneAt time.Time
 }
 
 type version struct {
@@ -33,7 +38,7 @@ type version struct {
 // New returns an empty store.
 func New() *Store {
 	return &Store{versions: map[cqrs.ID]*version{}, active: map[string]int{}, effects: map[string]eventsource.Position{},
-		skipped: map[cqrs.ID][]cqrs.SkippedEvent{}}
+		skipped: map[cqrs.ID][]cqrs.SkippedEvent{}, applied: map[cqrs.ID]map[string]time.Time{}}
 }
 
 var _ cqrs.Store[*Tx] = (*Store)(nil)
@@ -64,6 +69,26 @@ func (tx *Tx) Delete(table, key string) {
 // a counter or a leaderboard score.
 func (tx *Tx) Add(table, key string, delta float64) {
 	tx.ops = append(tx.ops, op{table: table, key: key, delta: delta, add: true})
+}
+
+// apply runs staged writes.
+func (v *version) apply(ops []op) {
+	for _, o := range ops {
+		t := v.tables[o.table]
+		if t == nil {
+			t = map[string]any{}
+			v.tables[o.table] = t
+		}
+		switch {
+		case o.del:
+			delete(t, o.key)
+		case o.add:
+			f, _ := t[o.key].(float64)
+			t[o.key] = f + o.delta
+		default:
+			t[o.key] = o.value
+		}
+	}
 }
 
 func (s *Store) ver(id cqrs.ID) *version {
@@ -145,22 +170,7 @@ func (l *lease) Apply(ctx context.Context, c cqrs.Commit, fn func(context.Contex
 	if v.state.Checkpoint != c.From {
 		return fmt.Errorf("memory: %w: %s: stored %s, batch from %s", cqrs.ErrCheckpointConflict, l.id, v.state.Checkpoint, c.From)
 	}
-	for _, o := range tx.ops {
-		t := v.tables[o.table]
-		if t == nil {
-			t = map[string]any{}
-			v.tables[o.table] = t
-		}
-		switch {
-		case o.del:
-			delete(t, o.key)
-		case o.add:
-			f, _ := t[o.key].(float64)
-			t[o.key] = f + o.delta
-		default:
-			t[o.key] = o.value
-		}
-	}
+	v.apply(tx.ops)
 	v.state.Checkpoint = c.To
 	v.state.Status, v.state.Error, v.state.Attempts = cqrs.StatusRunning, "", 0
 	v.state.Events += int64(c.Events)
@@ -312,4 +322,80 @@ func (s *Store) Top(name, table string, n int) []Entry {
 		out = out[:n]
 	}
 	return out
+}
+
+var _ cqrs.OnceStore[*Tx] = (*Store)(nil)
+
+// ApplyOnce implements cqrs.OnceStore. Calls are serialized; an ID is
+// fresh when not recorded or recorded longer than its Keep ago.
+func (s *Store) ApplyOnce(ctx context.Context, id cqrs.ID, o cqrs.Once, fn func(context.Context, *Tx, []bool) error) error {
+	if err := id.Validate(); err != nil {
+		return err
+	}
+	if err := o.Validate(); err != nil {
+		return fmt.Errorf("memory: %w", err)
+	}
+	s.onceMu.Lock()
+	defer s.onceMu.Unlock()
+	now := time.Now()
+	s.mu.RLock()
+	fresh := make([]bool, len(o.IDs))
+	isNew := map[string]bool{}
+	for i, eid := range o.IDs {
+		exp, ok := s.applied[id][eid]
+		fresh[i] = !ok || !now.Before(exp)
+		isNew[eid] = fresh[i]
+	}
+	s.mu.RUnlock()
+	tx := &Tx{}
+	if fn != nil {
+		if err := fn(ctx, tx, fresh); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.ver(id)
+	v.apply(tx.ops)
+	ids := s.applied[id]
+	if ids == nil {
+		ids = map[string]time.Time{}
+		s.applied[id] = ids
+	}
+	for eid, ok := range isNew {
+		if ok {
+			ids[eid] = now.Add(o.Keep)
+			v.state.Events++
+		}
+	}
+	if now.After(s.pruneAt) {
+		s.pruneAt = now.Add(time.Minute)
+		for eid, exp := range ids {
+			if !now.Before(exp) {
+				delete(ids, eid)
+			}
+		}
+	}
+	for _, k := range o.Skipped {
+		if isNew[k.EventID] {
+			s.skipped[id] = append(s.skipped[id], k)
+			v.state.Events--
+			v.state.Skipped++
+		}
+	}
+	v.state.Status, v.state.Error, v.state.Attempts = cqrs.StatusRunning, "", 0
+	v.state.Updated = now
+	return nil
+}
+
+// Fail implements cqrs.OnceStore.
+func (s *Store) Fail(ctx context.Context, id cqrs.ID, status cqrs.Status, attempts int, msg string) error {
+	if err := id.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.ver(id)
+	v.state.Status, v.state.Attempts, v.state.Error, v.state.Updated = status, attempts, msg, time.Now()
+	return nil
 }

@@ -9,7 +9,9 @@
 // Tables: the checkpoints table (Config.Table, default
 // "cqrs_checkpoints": one row per projection version with its checkpoint,
 // status and counts), "<table>_names" (the serving version of each name and
-// how far its side effects are done) and "<table>_skipped". Schema returns
+// how far its side effects are done), "<table>_skipped" and
+// "<table>_applied" (the event IDs each version fed by a broker
+// subscription applied, kept for cqrs.ConsumerConfig.Keep). Schema returns
 // the DDL; Migrate applies it. The read models are the application's own
 // tables: version N of a read model table T is T_v<N> (VersionTable,
 // Tx.Table), and the application's queries read the view T, which
@@ -29,6 +31,15 @@
 //     server notices the lost connection), which frees the lock at once.
 //     A projector therefore holds two connections while it runs (the lease
 //     and the event store's LISTEN): size the pool for it.
+//   - cqrs.Consumer (ApplyOnce): a group's event IDs are inserted into
+//     "<table>_applied" first, in sorted order, in the group's transaction;
+//     an ID already there is not fresh. A concurrent transaction inserting
+//     the same ID waits for the first and then finds it, so exactly one
+//     applies it. Deadlocks and serialization failures (handlers of two
+//     instances writing the same rows) retry the transaction up to 5 times.
+//     The counts go to the version's checkpoints row, which every
+//     instance's group updates last: instances of one version commit one
+//     at a time.
 //   - Activate repoints the views (CREATE OR REPLACE VIEW) and records the
 //     serving version in one transaction, after checking that the version
 //     has reached the serving one's checkpoint: queries see one version or

@@ -28,6 +28,8 @@ func ExampleSchema() {
 	// CREATE TABLE IF NOT EXISTS "app"."cqrs_checkpoints"
 	// CREATE TABLE IF NOT EXISTS "app"."cqrs_checkpoints_names"
 	// CREATE TABLE IF NOT EXISTS "app"."cqrs_checkpoints_skipped"
+	// CREATE TABLE IF NOT EXISTS "app"."cqrs_checkpoints_applied"
+	// CREATE INDEX IF NOT EXISTS "cqrs_checkpoints_applied_exp" ON "app"."cqrs_checkpoints_applied" (expires_at);
 	// "app"."balances_v2"
 	// true
 }

@@ -40,8 +40,12 @@ const (
 var discard = slog.New(slog.DiscardHandler)
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envChild) != "" {
-		if err := projectorProcess(); err != nil {
+	if mode := os.Getenv(envChild); mode != "" {
+		run := projectorProcess
+		if mode == "consumer" {
+			run = consumerProcess
+		}
+		if err := run(); err != nil {
 			fmt.Fprintln(os.Stderr, "projector process:", err)
 			os.Exit(1)
 		}

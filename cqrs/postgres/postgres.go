@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,16 +50,22 @@ type Config struct {
 type Store struct {
 	pool *pgxpool.Pool
 	t    tables
+	// nextPrune is when ApplyOnce next deletes expired IDs (unix nanos).
+	nextPrune atomic.Int64
 }
 
-var _ cqrs.Store[Tx] = (*Store)(nil)
+var (
+	_ cqrs.Store[Tx]     = (*Store)(nil)
+	_ cqrs.OnceStore[Tx] = (*Store)(nil)
+)
 
 type tables struct {
-	name                          pgtable.Name
-	checkpoints, names, skipped   string
-	schema                        string
-	lock                          int32
-	stateSQL, applySQL, commitSQL string
+	name                                 pgtable.Name
+	checkpoints, names, skipped, applied string
+	schema                               string
+	lock                                 int32
+	stateSQL, applySQL, commitSQL        string
+	onceSQL, onceCommitSQL, pruneSQL     string
 }
 
 func parseTables(table string) (tables, error) {
@@ -67,7 +74,7 @@ func parseTables(table string) (tables, error) {
 		return tables{}, fmt.Errorf("%w: %w", cqrs.ErrInvalidConfig, err)
 	}
 	t := tables{name: n, checkpoints: n.Ident(), names: n.Sibling("_names"), skipped: n.Sibling("_skipped"),
-		lock: n.LockKey("steadfast.cqrs")}
+		applied: n.Sibling("_applied"), lock: n.LockKey("steadfast.cqrs")}
 	t.schema = strings.NewReplacer(
 		"{checkpoints}", t.checkpoints,
 		"{checkpoints_pkey}", n.Derived("_pkey"),
@@ -75,6 +82,9 @@ func parseTables(table string) (tables, error) {
 		"{names_pkey}", n.Derived("_names_pkey"),
 		"{skipped}", t.skipped,
 		"{skipped_pkey}", n.Derived("_skipped_pkey"),
+		"{applied}", n.Sibling("_applied"),
+		"{applied_pkey}", n.Derived("_applied_pkey"),
+		"{applied_expires}", n.Derived("_applied_exp"),
 	).Replace(schemaTemplate)
 	t.stateSQL = `SELECT c.transaction_id, c.sequence, c.status, c.error, c.attempts, c.events, c.skipped, c.owner, c.updated_at,
 coalesce(n.active = c.version, false)
@@ -94,6 +104,23 @@ INSERT INTO ` + t.skipped + ` (name, version, transaction_id, sequence, event_id
 SELECT $1, $2, u.t, u.s, u.id, u.st, u.v, u.ty, u.e
 FROM unnest($7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::text[]) AS u(t, s, id, st, v, ty, e)
 ON CONFLICT DO NOTHING`
+	// Records the IDs (sorted, so two transactions wait on each other
+	// instead of deadlocking) and returns those not recorded before, or
+	// recorded but expired.
+	t.onceSQL = `INSERT INTO ` + t.applied + ` AS a (name, version, event_id, expires_at)
+SELECT $1, $2, u.id, now() + $4 * interval '1 millisecond' FROM unnest($3::text[]) AS u(id) ORDER BY u.id
+ON CONFLICT (name, version, event_id) DO UPDATE SET expires_at = excluded.expires_at WHERE a.expires_at < now()
+RETURNING event_id`
+	t.onceCommitSQL = `WITH c AS (
+  INSERT INTO ` + t.checkpoints + ` AS c (name, version, events, skipped) VALUES ($1, $2, $3, cardinality($4::bigint[]))
+  ON CONFLICT (name, version) DO UPDATE SET status = 'running', error = '', attempts = 0,
+    events = c.events + excluded.events, skipped = c.skipped + excluded.skipped, updated_at = now())
+INSERT INTO ` + t.skipped + ` (name, version, transaction_id, sequence, event_id, stream_id, stream_version, type, error)
+SELECT $1, $2, u.t, u.s, u.id, u.st, u.v, u.ty, u.e
+FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::text[], $10::text[]) AS u(t, s, id, st, v, ty, e)
+ON CONFLICT DO NOTHING`
+	t.pruneSQL = `DELETE FROM ` + t.applied + ` WHERE ctid = ANY (ARRAY(
+SELECT ctid FROM ` + t.applied + ` WHERE expires_at < now() LIMIT 10000))`
 	return t, nil
 }
 

@@ -48,3 +48,16 @@ CREATE TABLE IF NOT EXISTS {skipped} (
     skipped_at     timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT {skipped_pkey} PRIMARY KEY (name, version, transaction_id, sequence, event_id)
 );
+
+-- Event IDs a projection version fed by a broker subscription
+-- (cqrs.Consumer) applied, recorded in the transaction that applied them, so
+-- a redelivery is never applied twice. Rows are kept until expires_at
+-- (cqrs.ConsumerConfig.Keep) and then deleted by the store.
+CREATE TABLE IF NOT EXISTS {applied} (
+    name       text        NOT NULL,
+    version    integer     NOT NULL,
+    event_id   text        NOT NULL,
+    expires_at timestamptz NOT NULL,
+    CONSTRAINT {applied_pkey} PRIMARY KEY (name, version, event_id)
+);
+CREATE INDEX IF NOT EXISTS {applied_expires} ON {applied} (expires_at);

@@ -11,7 +11,10 @@
 // Store.VersionPrefix); the version's state (checkpoint, status, counts)
 // is the hash "<prefix>P:vN:_state", its lease "<prefix>P:vN:_lease", its
 // skipped events the list "<prefix>P:vN:_skipped"; the name's serving
-// version and side-effects position are the hash "<prefix>P:_name".
+// version and side-effects position are the hash "<prefix>P:_name". A
+// version fed by a broker subscription (cqrs.Consumer) records each applied
+// event ID as the key "<prefix>P:vN:_applied:<event ID>", with a TTL of
+// cqrs.ConsumerConfig.Keep.
 //
 // Guarantees:
 //
@@ -30,6 +33,15 @@
 //     checkpoint, so the read model is still consistent with it and the
 //     projector re-applies them. Do not run projections on a replica that
 //     can be promoted with lost writes unless re-applying is acceptable.
+//     A cqrs.Consumer is different: the broker forgets a message once it
+//     is acknowledged, so batches Redis loses after acknowledging them are
+//     lost from the read model. Run Consumers on Redis with appendfsync
+//     always, or rebuild from the event store after a server crash.
+//   - cqrs.Consumer (ApplyOnce): the applied-ID keys of a group are WATCHed
+//     and read, and the fresh ones are SET (with their TTL) in the group's
+//     MULTI/EXEC with the handler's commands and the counts; when another
+//     instance recorded one of them in between, EXEC runs nothing and the
+//     group is read and applied again.
 //   - Commands inside MULTI are not rolled back if one fails at run time
 //     (a wrong type): keep handlers to commands that cannot fail on the
 //     version's own keys.
