@@ -1,14 +1,10 @@
 package postgres_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -147,30 +143,8 @@ func TestKillConsumerProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	rstore, _ := cqrsredis.New(rdb, cqrsredis.Config{Prefix: prefix})
-	spawn := func() *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), envChild+"=consumer", envChildDB+"="+e.url, envChildRedis+"="+rdbURL, envChildPrefix+"="+prefix,
-			envChildSeeds+"="+strings.Join(seeds, ","), envChildTopic+"="+topic)
-		cmd.Stderr = os.Stderr
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(stdout)
-		if !sc.Scan() || strings.TrimSpace(sc.Text()) != "ready" {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			t.Fatal("consumer process exited before it was ready")
-		}
-		go func() {
-			for sc.Scan() {
-			}
-		}()
-		return cmd
-	}
+	env := []string{envChild + "=consumer", envChildDB + "=" + e.url, envChildRedis + "=" + rdbURL, envChildPrefix + "=" + prefix,
+		envChildSeeds + "=" + strings.Join(seeds, ","), envChildTopic + "=" + topic}
 	progress := func() (pg, rd int64) {
 		if st, err := e.store.State(ctx, cqrs.ID{Name: "killc_pg", Version: 1}); err == nil {
 			pg = st.Events
@@ -180,36 +154,7 @@ func TestKillConsumerProcess(t *testing.T) {
 		}
 		return pg, rd
 	}
-	for i := range 4 {
-		pg0, rd0 := progress()
-		cmd := spawn()
-		target := int64(150 + rand.IntN(300))
-		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
-			pg, rd := progress()
-			if pg >= min(pg0+target, want.Events) && rd >= min(rd0+target, want.Events) {
-				break
-			}
-			time.Sleep(time.Millisecond)
-		}
-		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		_ = cmd.Wait()
-		pg, rd := progress()
-		t.Logf("consumer process %d killed at %d (postgres) and %d (redis) of %d events", i+1, pg, rd, want.Events)
-	}
-	last := spawn()
-	defer func() { _ = last.Process.Signal(syscall.SIGKILL); _ = last.Wait() }()
-	for deadline := time.Now().Add(2 * time.Minute); ; {
-		pg, rd := progress()
-		if pg >= want.Events && rd >= want.Events {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not caught up: %d and %d of %d", pg, rd, want.Events)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	killRounds(t, env, progress, want.Events, 150, 300)
 	time.Sleep(200 * time.Millisecond) // a double apply would show by now
 	got, err := e.read(ctx, "killc_pg_scores_v1", "killc_pg_counts_v1")
 	if err != nil {
@@ -218,20 +163,7 @@ func TestKillConsumerProcess(t *testing.T) {
 	if !modelsEqual(got, want) {
 		t.Errorf("postgres read model after the kills: %d events %v, want %d events %v", got.Events, got.Scores, want.Events, want.Scores)
 	}
-	h, err := rdb.HGetAll(ctx, rstore.VersionPrefix(cqrs.ID{Name: "killc_rd", Version: 1})+"scores").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rgot := cqrstest.Model{Scores: map[string]int64{}}
-	for k, v := range h {
-		var x int64
-		fmt.Sscan(v, &x)
-		if k == "_events" {
-			rgot.Events = x
-		} else {
-			rgot.Scores[k] = x
-		}
-	}
+	rgot := redisModel(t, rdb, rstore.VersionPrefix(cqrs.ID{Name: "killc_rd", Version: 1})+"scores")
 	if !modelsEqual(rgot, want) {
 		t.Errorf("redis read model after the kills: %d events %v, want %d events %v", rgot.Events, rgot.Scores, want.Events, want.Scores)
 	}

@@ -157,9 +157,40 @@ func TestKillProjectorProcess(t *testing.T) {
 	}
 	want := copyEvents(t, e.pool, 3000)
 	rstore, _ := cqrsredis.New(rdb, cqrsredis.Config{Prefix: prefix})
+	env := []string{envChild + "=1", envChildDB + "=" + e.url, envChildRedis + "=" + rdbURL, envChildPrefix + "=" + prefix}
+	progress := func() (pg, rd int64) {
+		if st, err := e.store.State(ctx, cqrs.ID{Name: "kill_pg", Version: 1}); err == nil {
+			pg = st.Events
+		}
+		if st, err := rstore.State(ctx, cqrs.ID{Name: "kill_rd", Version: 1}); err == nil {
+			rd = st.Events
+		}
+		return pg, rd
+	}
+	killRounds(t, env, progress, want.Events, 200, 700)
+	got, err := e.read(ctx, "kill_pg_scores_v1", "kill_pg_counts_v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !modelsEqual(got, want) {
+		t.Errorf("postgres read model after the kills: %d events %v, want %d events %v", got.Events, got.Scores, want.Events, want.Scores)
+	}
+	rgot := redisModel(t, rdb, rstore.VersionPrefix(cqrs.ID{Name: "kill_rd", Version: 1})+"scores")
+	if !modelsEqual(rgot, want) {
+		t.Errorf("redis read model after the kills: %d events %v, want %d events %v", rgot.Events, rgot.Scores, want.Events, want.Scores)
+	}
+}
+
+// killRounds starts the test binary as a child process with env (it
+// prints "ready" once running) and SIGKILLs it four times, each once both
+// stores (progress) moved by a random number of events in
+// [base, base+spread); then it starts a last one and waits until both
+// reached want. The last child is killed when the test ends.
+func killRounds(t *testing.T, env []string, progress func() (pg, rd int64), want int64, base, spread int) {
+	t.Helper()
 	spawn := func() *exec.Cmd {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), envChild+"=1", envChildDB+"="+e.url, envChildRedis+"="+rdbURL, envChildPrefix+"="+prefix)
+		cmd.Env = append(os.Environ(), env...)
 		cmd.Stderr = os.Stderr
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
@@ -182,30 +213,21 @@ func TestKillProjectorProcess(t *testing.T) {
 		case ok := <-ready:
 			if !ok {
 				_ = cmd.Wait()
-				t.Fatal("projector process exited before it was ready")
+				t.Fatal("child process exited before it was ready")
 			}
 		case <-time.After(time.Minute):
 			_ = cmd.Process.Kill()
-			t.Fatal("projector process not ready after a minute")
+			t.Fatal("child process not ready after a minute")
 		}
 		return cmd
-	}
-	progress := func() (pg, rd int64) {
-		if st, err := e.store.State(ctx, cqrs.ID{Name: "kill_pg", Version: 1}); err == nil {
-			pg = st.Events
-		}
-		if st, err := rstore.State(ctx, cqrs.ID{Name: "kill_rd", Version: 1}); err == nil {
-			rd = st.Events
-		}
-		return pg, rd
 	}
 	for i := range 4 {
 		pg0, rd0 := progress()
 		cmd := spawn()
-		target := int64(200 + rand.IntN(700))
+		target := int64(base + rand.IntN(spread))
 		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
 			pg, rd := progress()
-			if pg >= min(pg0+target, want.Events) && rd >= min(rd0+target, want.Events) {
+			if pg >= min(pg0+target, want) && rd >= min(rd0+target, want) {
 				break
 			}
 			time.Sleep(time.Millisecond)
@@ -215,44 +237,40 @@ func TestKillProjectorProcess(t *testing.T) {
 		}
 		_ = cmd.Wait()
 		pg, rd := progress()
-		t.Logf("projector process %d killed (%s) at %d (postgres) and %d (redis) of %d events", i+1, cmd.ProcessState, pg, rd, want.Events)
+		t.Logf("child process %d killed (%s) at %d (postgres) and %d (redis) of %d events", i+1, cmd.ProcessState, pg, rd, want)
 	}
 	last := spawn()
-	defer func() { _ = last.Process.Signal(syscall.SIGKILL); _ = last.Wait() }()
+	t.Cleanup(func() { _ = last.Process.Signal(syscall.SIGKILL); _ = last.Wait() })
 	for deadline := time.Now().Add(2 * time.Minute); ; {
 		pg, rd := progress()
-		if pg >= want.Events && rd >= want.Events {
-			break
+		if pg >= want && rd >= want {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not caught up: %d and %d of %d", pg, rd, want.Events)
+			t.Fatalf("not caught up: %d and %d of %d", pg, rd, want)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	got, err := e.read(ctx, "kill_pg_scores_v1", "kill_pg_counts_v1")
+}
+
+// redisModel reads the scores hash key (its "_events" field is the count).
+func redisModel(t *testing.T, rdb *goredis.Client, key string) cqrstest.Model {
+	t.Helper()
+	h, err := rdb.HGetAll(context.Background(), key).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !modelsEqual(got, want) {
-		t.Errorf("postgres read model after the kills: %d events %v, want %d events %v", got.Events, got.Scores, want.Events, want.Scores)
-	}
-	h, err := rdb.HGetAll(ctx, rstore.VersionPrefix(cqrs.ID{Name: "kill_rd", Version: 1})+"scores").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rgot := cqrstest.Model{Scores: map[string]int64{}}
+	m := cqrstest.Model{Scores: map[string]int64{}}
 	for k, v := range h {
 		var n int64
 		fmt.Sscan(v, &n)
 		if k == "_events" {
-			rgot.Events = n
+			m.Events = n
 		} else {
-			rgot.Scores[k] = n
+			m.Scores[k] = n
 		}
 	}
-	if !modelsEqual(rgot, want) {
-		t.Errorf("redis read model after the kills: %d events %v, want %d events %v", rgot.Events, rgot.Scores, want.Events, want.Scores)
-	}
+	return m
 }
 
 func modelsEqual(a, b cqrstest.Model) bool {
