@@ -388,7 +388,7 @@ func (c *Consumer[T]) flush(ctx context.Context) {
 		group := c.pending[:n:n]
 		c.pending = c.pending[n:]
 		c.mu.Unlock()
-		err := c.apply(ctx, group)
+		err := c.applyGroup(ctx, group)
 		var he *handlerError
 		if errors.As(err, &he) && len(group) > 1 {
 			c.log.WarnContext(ctx, "cqrs: projection handler failed on a group of deliveries; applying them one by one",
@@ -399,6 +399,18 @@ func (c *Consumer[T]) flush(ctx context.Context) {
 			it.done <- err
 		}
 	}
+}
+
+// applyGroup applies a group for flush. A panic of the handler fails the
+// group and hands leadership on (the broker turns the panic of the
+// leader's own delivery into an error), so the Consumer does not wedge.
+func (c *Consumer[T]) applyGroup(ctx context.Context, group []*delivery) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("cqrs: projection %s: handler panicked: %v", c.def.ID, p)
+		}
+	}()
+	return c.apply(ctx, group)
 }
 
 // applyAlone applies one delivery in its own transaction.
