@@ -23,6 +23,11 @@ import (
 // a requeued message, a replayed dead letter).
 const DefaultKeep = 7 * 24 * time.Hour
 
+// MaxEventIDBytes is the longest message ID a Consumer records. A longer
+// (or empty) one is refused like an undecodable message; under Skip it is
+// acknowledged without being applied or recorded.
+const MaxEventIDBytes = 512
+
 // Once is what OnceStore.ApplyOnce records with a group of events.
 type Once struct {
 	// IDs are the event IDs of the group, each non-empty and listed once.
@@ -262,8 +267,15 @@ func (c *Consumer[T]) Handle(ctx context.Context, d broker.Delivery) error {
 	if stopped != nil {
 		return fmt.Errorf("%w: %s: %w", ErrStopped, c.def.ID, stopped)
 	}
-	if d.ID == "" {
-		return c.halt(ctx, fmt.Errorf("%w: a message without an ID cannot be applied exactly once", eventsource.ErrInvalidEvent))
+	if d.ID == "" || len(d.ID) > MaxEventIDBytes {
+		// Wire data: an ID that cannot be recorded cannot be applied
+		// exactly once, and must not reach the store's index either.
+		err := fmt.Errorf("%w: message ID of %d bytes: want 1 to %d", eventsource.ErrInvalidEvent, len(d.ID), MaxEventIDBytes)
+		if c.def.Poison == Skip {
+			c.log.WarnContext(ctx, "cqrs: dropping a message whose ID cannot be recorded", "projection", c.def.ID.String(), "error", err)
+			return nil
+		}
+		return c.halt(ctx, err)
 	}
 	rec, err := eventsource.FromMessage(d.Message)
 	if err == nil && !c.def.Filter.IsZero() && !c.def.Filter.Match(&rec) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -286,6 +287,14 @@ func (h *harness[T]) hostile() []broker.Message {
 	return []broker.Message{noHeaders, badPos, unknown, garbage}
 }
 
+// longID returns a valid event message whose ID is too long to record.
+func (h *harness[T]) longID() broker.Message {
+	m := h.message(Registry(), ScoreAdded{Player: "px", Points: 1}, h.n)
+	h.n++
+	m.ID = strings.Repeat("x", 5000)
+	return m
+}
+
 // consumerPoison: Skip records poison and hostile messages as skipped and
 // goes on; Stop ends Run with the poison, records the stopped status, and
 // leaves the message in the broker; Retry applies a flaky event once.
@@ -314,6 +323,16 @@ func consumerPoison[T any](h *harness[T]) {
 	h.checkOnce(p.ID, want)
 	if st, _ := h.b.Store.State(ctx, p.ID); st.Skipped != int64(len(bad)) {
 		h.t.Fatalf("skip: %d events recorded as skipped, want %d", st.Skipped, len(bad))
+	}
+	// An ID too long to record is dropped under Skip and stops under Stop.
+	long := h.longID()
+	if err := c.Handle(ctx, broker.Delivery{Message: long, Attempt: 1}); err != nil {
+		h.t.Fatalf("skip: a 5,000-byte ID: %v", err)
+	}
+	h.checkOnce(p.ID, want)
+	if err := h.consumer(h.projection("broker_longid", 1, cqrs.Stop, nil), cqrs.ConsumerConfig{}).Handle(ctx,
+		broker.Delivery{Message: long, Attempt: 1}); !errors.Is(err, eventsource.ErrInvalidEvent) {
+		h.t.Fatalf("stop: a 5,000-byte ID: %v, want ErrInvalidEvent", err)
 	}
 
 	// Stop, on each kind of bad message.
