@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/steadfast-go/steadfast/broker"
@@ -173,21 +172,12 @@ func NewConsumer[T any](store OnceStore[T], reg *eventsource.Registry, p Project
 	switch {
 	case store == nil || reg == nil:
 		return nil, fmt.Errorf("%w: nil store or registry", ErrInvalidConfig)
-	case p.Handle == nil:
-		return nil, fmt.Errorf("%w: projection %s has no Handle", ErrInvalidConfig, p.ID)
-	case p.Poison < Stop || p.Poison > Retry:
-		return nil, fmt.Errorf("%w: unknown poison policy %d", ErrInvalidConfig, p.Poison)
-	case p.MaxAttempts < 0 || cfg.MaxBatch < 0 || cfg.Keep < 0:
-		return nil, fmt.Errorf("%w: negative MaxAttempts, MaxBatch or Keep", ErrInvalidConfig)
+	case cfg.MaxBatch < 0 || cfg.Keep < 0:
+		return nil, fmt.Errorf("%w: negative MaxBatch or Keep", ErrInvalidConfig)
 	}
-	if err := p.ID.Validate(); err != nil {
+	p, err := p.withDefaults()
+	if err != nil {
 		return nil, err
-	}
-	if err := p.Backoff.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-	if p.MaxAttempts == 0 {
-		p.MaxAttempts = DefaultMaxAttempts
 	}
 	if cfg.MaxBatch == 0 {
 		cfg.MaxBatch = DefaultBatchSize
@@ -196,9 +186,8 @@ func NewConsumer[T any](store OnceStore[T], reg *eventsource.Registry, p Project
 		cfg.Keep = DefaultKeep
 	}
 	c := &Consumer[T]{store: store, reg: reg, def: p, cfg: cfg, log: telemetry.Logger(cfg.Logger)}
-	c.attrs = metric.WithAttributes(attribute.String("steadfast.projection", p.Name), attribute.Int("steadfast.projection.version", p.Version))
+	c.attrs = p.ID.attrs()
 	m := telemetry.Meter(cfg.MeterProvider, "cqrs")
-	var err error
 	if c.events, err = m.Int64Counter(MetricEvents, metric.WithDescription("events applied by the projection")); err != nil {
 		return nil, err
 	}

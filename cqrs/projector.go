@@ -191,22 +191,12 @@ func NewProjector[T any](store Store[T], source eventsource.LogReader, reg *even
 	switch {
 	case store == nil || source == nil || reg == nil:
 		return nil, fmt.Errorf("%w: nil store, source or registry", ErrInvalidConfig)
-	case p.Handle == nil:
-		return nil, fmt.Errorf("%w: projection %s has no Handle", ErrInvalidConfig, p.ID)
-	case p.Poison < Stop || p.Poison > Retry:
-		return nil, fmt.Errorf("%w: unknown poison policy %d", ErrInvalidConfig, p.Poison)
-	case p.MaxAttempts < 0 || cfg.BatchSize < 0 || cfg.PollInterval < 0 || cfg.TakeoverInterval < 0:
-		return nil, fmt.Errorf("%w: negative MaxAttempts, BatchSize, PollInterval or TakeoverInterval", ErrInvalidConfig)
+	case cfg.BatchSize < 0 || cfg.PollInterval < 0 || cfg.TakeoverInterval < 0:
+		return nil, fmt.Errorf("%w: negative BatchSize, PollInterval or TakeoverInterval", ErrInvalidConfig)
 	}
-	if err := p.ID.Validate(); err != nil {
+	p, err := p.withDefaults()
+	if err != nil {
 		return nil, err
-	}
-	if err := p.Backoff.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-	p.MaxAttempts = max(p.MaxAttempts, 0)
-	if p.MaxAttempts == 0 {
-		p.MaxAttempts = DefaultMaxAttempts
 	}
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = DefaultBatchSize
@@ -226,9 +216,8 @@ func NewProjector[T any](store Store[T], source eventsource.LogReader, reg *even
 	if pr.head == nil {
 		pr.head, _ = source.(HeadReader)
 	}
-	pr.attrs = metric.WithAttributes(attribute.String("steadfast.projection", p.Name), attribute.Int("steadfast.projection.version", p.Version))
+	pr.attrs = p.ID.attrs()
 	m := telemetry.Meter(cfg.MeterProvider, "cqrs")
-	var err error
 	counter := func(dst *metric.Int64Counter, name, desc string) {
 		if err == nil {
 			*dst, err = m.Int64Counter(name, metric.WithDescription(desc))
@@ -251,6 +240,34 @@ func NewProjector[T any](store Store[T], source eventsource.LogReader, reg *even
 		return nil, err
 	}
 	return pr, nil
+}
+
+// withDefaults checks p and fills its zero fields, for NewProjector and
+// NewConsumer.
+func (p Projection[T]) withDefaults() (Projection[T], error) {
+	switch {
+	case p.Handle == nil:
+		return p, fmt.Errorf("%w: projection %s has no Handle", ErrInvalidConfig, p.ID)
+	case p.Poison < Stop || p.Poison > Retry:
+		return p, fmt.Errorf("%w: unknown poison policy %d", ErrInvalidConfig, p.Poison)
+	case p.MaxAttempts < 0:
+		return p, fmt.Errorf("%w: negative MaxAttempts", ErrInvalidConfig)
+	}
+	if err := p.ID.Validate(); err != nil {
+		return p, err
+	}
+	if err := p.Backoff.Validate(); err != nil {
+		return p, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = DefaultMaxAttempts
+	}
+	return p, nil
+}
+
+// attrs are the metric attributes of version id.
+func (id ID) attrs() metric.MeasurementOption {
+	return metric.WithAttributes(attribute.String("steadfast.projection", id.Name), attribute.Int("steadfast.projection.version", id.Version))
 }
 
 // ID returns the projection version the projector runs.
